@@ -1,0 +1,3 @@
+from qlass.cli import main
+
+main()

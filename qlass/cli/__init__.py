@@ -1,0 +1,62 @@
+"""The ``qlass`` command line. Thin: parse arguments, build objects, call the runtime.
+
+Each command group lives in its own module and is registered on :data:`app` below.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from qlass._log import configure_logging, redact
+from qlass._version import __version__
+from qlass.cli import config_cmd
+from qlass.errors import QlassError, UserError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="qlass",
+    help="Q-guided stepwise search for language agents (QLASS): explore, label, train a "
+    "QNet, and search with it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"qlass {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+    log_json: Annotated[
+        bool, typer.Option("--log-json", help="Log one JSON object per line (for machines).")
+    ] = False,
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")
+    ] = "INFO",
+) -> None:
+    configure_logging(json_logs=log_json, level=log_level)
+
+
+config_cmd.register(app)
+
+
+def main() -> None:
+    """Console entry point: run the app and turn qlass errors into clear messages."""
+    try:
+        app()
+    except QlassError as exc:
+        kind = "error" if isinstance(exc, UserError) else "failed"
+        typer.secho(f"{kind}: {redact(str(exc))}", err=True, fg=typer.colors.RED)
+        sys.exit(2 if isinstance(exc, UserError) else 1)

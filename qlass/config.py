@@ -1,0 +1,267 @@
+"""Typed run configuration: one pydantic model per concern, composed into :class:`RunConfig`.
+
+A config is loaded from a TOML or YAML file, then overridden by ``--set section.field=value``
+pairs from the command line, validated up front (errors name the field), and saved into the
+DB with every run. Defaults are the paper's settings (../PAPER.md) where the paper has one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from qlass.errors import ConfigError
+
+__all__ = [
+    "BCConfig",
+    "EnvConfig",
+    "EvalConfig",
+    "ExploreConfig",
+    "LabelConfig",
+    "PolicyConfig",
+    "QNetConfig",
+    "RunConfig",
+    "SearchConfig",
+    "StoreConfig",
+    "apply_overrides",
+    "load_config",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class StoreConfig(_Section):
+    """Where exploration trees, labels, runs and the policy-call cache live."""
+
+    url: str = Field(
+        "sqlite+aiosqlite:///qlass.db",
+        description="SQLAlchemy async URL: sqlite+aiosqlite:///FILE or postgresql+asyncpg://...",
+    )
+
+
+class EnvConfig(_Section):
+    """Which simulator and tasks to use."""
+
+    name: str = Field("textworld_express", description="env registry name")
+    games: tuple[str, ...] = Field(
+        ("coin",), description="TextWorldExpress games or ScienceWorld task names"
+    )
+    params: str = Field(
+        "numLocations=5,includeDoors=0", description="simulator game parameters (TWX)"
+    )
+    max_steps: int = Field(30, ge=1, description="step limit per episode")
+    pool_size: int = Field(4, ge=1, description="live simulator instances at most")
+    step_timeout_s: float = Field(30.0, gt=0, description="a step slower than this fails")
+    train_tasks: int | None = Field(None, ge=1, description="cap on training tasks (None: all)")
+    eval_tasks: int | None = Field(None, ge=1, description="cap on evaluation tasks (None: all)")
+    data_dir: Path | None = Field(None, description="local data (ALFWorld) or split files")
+    server_url: str | None = Field(None, description="env server URL (WebShop)")
+
+
+class PolicyConfig(_Section):
+    """The policy LLM: a backend name and its model."""
+
+    backend: str = Field("hf", description="'hf' (local transformers), 'litellm' or 'scripted'")
+    model: str = Field("runs/bc-policy", description="model dir (hf) or LiteLLM model string")
+    api_base: str | None = Field(None, description="OpenAI-compatible base URL (litellm)")
+    temperature: float = Field(0.7, ge=0, description="sampling temperature for exploration")
+    max_tokens: int = Field(64, ge=1, description="completion tokens per turn at most")
+    max_turns_in_prompt: int | None = Field(
+        None, ge=0, description="keep only this many recent turns in the prompt"
+    )
+    max_concurrency: int = Field(16, ge=1, description="requests in flight at most")
+    rpm: int | None = Field(None, ge=1, description="requests per minute limit")
+    tpm: int | None = Field(None, ge=1, description="tokens per minute limit")
+    timeout_s: float = Field(60.0, gt=0, description="per-request timeout")
+    retries: int = Field(4, ge=0, description="retries on 429/5xx/timeouts")
+    cache: bool = Field(True, description="answer seeded calls from the DB on rerun/resume")
+    device: str = Field("auto", description="'cpu', 'cuda' or 'auto' (hf)")
+    max_batch: int = Field(32, ge=1, description="micro-batch size (hf)")
+
+
+class BCConfig(_Section):
+    """Behaviour cloning on expert trajectories (loss on agent turns only)."""
+
+    base_model: str | None = Field(
+        None, description="local checkpoint to fine-tune; None trains a small model from scratch"
+    )
+    output_dir: Path = Field(Path("runs/bc-policy"), description="where the policy is saved")
+    examples: int | None = Field(None, ge=0, description="cap on expert trajectories used")
+    epochs: float = Field(20.0, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(16, ge=1)
+    max_length: int = Field(1024, ge=16, description="tokens per training sequence")
+    layers: int = Field(4, ge=1, description="from-scratch model depth")
+    width: int = Field(128, ge=16, description="from-scratch model width")
+    heads: int = Field(4, ge=1)
+    vocab_size: int = Field(1024, ge=64, description="from-scratch tokenizer vocabulary")
+
+
+class ExploreConfig(_Section):
+    """Exploration-tree construction (paper: W=2, D up to 8, prune depth 3, T=0.7)."""
+
+    width: int = Field(2, ge=1, description="W: candidates sampled per expanded node")
+    max_depth: int = Field(8, ge=1, description="D: depth beyond which branches are not expanded")
+    min_prune_depth: int = Field(
+        3, ge=0, description="beyond this depth only one child is expanded further"
+    )
+    temperature: float = Field(0.7, ge=0)
+    concurrency: int = Field(8, ge=1, description="trees grown at once")
+
+
+class LabelConfig(_Section):
+    """Bellman Q labels on the trees."""
+
+    gamma: float = Field(0.9, ge=0, le=1, description="discount")
+    normalize: bool = Field(True, description="per-tree min-max normalisation (paper)")
+    intermediate_reward: Literal["zero", "env"] = Field(
+        "zero", description="'zero' as in the paper, or the simulator's step reward"
+    )
+    max_triples_per_tree: int = Field(300, ge=1, description="training triples per tree")
+
+
+class QNetConfig(_Section):
+    """QNet training (paper: batch 64, 3 epochs, lr 1e-5 cosine, warmup 0.03, len 4096)."""
+
+    base_model: str | None = Field(None, description="backbone dir; None: the BC policy")
+    output_dir: Path = Field(Path("runs/qnet"))
+    head_dim: int = Field(1024, ge=1)
+    batch_size: int = Field(64, ge=1)
+    epochs: float = Field(3.0, gt=0)
+    lr: float = Field(1e-5, gt=0)
+    warmup_ratio: float = Field(0.03, ge=0, le=1)
+    max_length: int = Field(4096, ge=16)
+    dev_fraction: float = Field(0.1, ge=0, lt=1, description="tasks held out for dev MSE")
+    max_batch: int = Field(32, ge=1, description="scorer micro-batch size")
+
+
+class SearchConfig(_Section):
+    """Inference-time strategies to compare."""
+
+    strategies: tuple[str, ...] = Field(("greedy", "best_of_n", "qlass"))
+    candidates: int = Field(2, ge=1, description="M: candidates per step (qlass, beam)")
+    best_of_n: int = Field(4, ge=1, description="N whole trajectories (best_of_n)")
+    beam_width: int = Field(2, ge=1)
+    temperature: float = Field(0.7, ge=0)
+    oracle_terminal_reward: bool = Field(
+        False,
+        description="ABLATION ONLY: score finished candidates by the true env reward "
+        "(the authors' released behaviour; leaks test reward)",
+    )
+
+
+class EvalConfig(_Section):
+    """Evaluation split and sizes. Tune on dev; test is for the final report only."""
+
+    split: Literal["dev", "test"] = Field("dev")
+    concurrency: int = Field(8, ge=1, description="episodes at once")
+
+
+class RunConfig(BaseModel):
+    """Everything one run needs; stored in the DB so a run can be reproduced or resumed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field("qlass", description="run name")
+    seed: int = Field(0, description="seed for every random choice of the run")
+    store: StoreConfig = StoreConfig()
+    env: EnvConfig = EnvConfig()
+    policy: PolicyConfig = PolicyConfig()
+    bc: BCConfig = BCConfig()
+    explore: ExploreConfig = ExploreConfig()
+    labels: LabelConfig = LabelConfig()
+    qnet: QNetConfig = QNetConfig()
+    search: SearchConfig = SearchConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_simple(cls, value: str) -> str:
+        if not value or any(ch in value for ch in "/\\\n"):
+            raise ValueError("must be non-empty and hold no slash or newline")
+        return value
+
+    def fingerprint(self) -> str:
+        """A short hash of the config; stages are skipped when it matches a stored one."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        if path.suffix == ".toml":
+            data: Any = tomllib.loads(text)
+        elif path.suffix in {".yaml", ".yml"}:
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"config file {path} must end in .toml, .yaml or .yml")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file {path} is not valid {path.suffix[1:]}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a table/mapping at the top level")
+    return data
+
+
+def _parse_value(raw: str) -> Any:
+    """Read a CLI override value as YAML (numbers, booleans, lists, null), else as text."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``section.field=value`` overrides to a raw config mapping (returns a copy)."""
+    merged: dict[str, Any] = json.loads(json.dumps(data, default=str))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} must look like section.field=value")
+        *parents, leaf = key.strip().split(".")
+        node = merged
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        node[leaf] = _parse_value(raw)
+    return merged
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "<top>"
+        lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: Path | None = None, overrides: Iterable[str] = ()) -> RunConfig:
+    """Load a :class:`RunConfig` from an optional TOML/YAML file plus CLI overrides.
+
+    Raises:
+        ConfigError: unreadable file, bad syntax, or a value that fails validation; the
+            message names each offending field.
+    """
+    data = _read_file(path) if path is not None else {}
+    data = apply_overrides(data, overrides)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        source = str(path) if path else "defaults"
+        raise ConfigError(_format_validation_error(exc, source)) from exc

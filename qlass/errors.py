@@ -1,0 +1,143 @@
+"""The one exception tree of qlass.
+
+Errors a user can fix by changing what they asked for (``UserError``) are kept apart from
+errors that happened while running (``RuntimeFailure``). Exceptions of LiteLLM, the
+simulators, SQLAlchemy and HTTP clients are translated into these at the boundary where
+they occur, with the original kept as ``__cause__``.
+
+    QlassError
+    ├── UserError                     bad input: fix the command, config or data
+    │   ├── ConfigError               invalid or unreadable configuration (names the field)
+    │   ├── UnknownNameError          unknown env, task, backend, strategy or run
+    │   ├── MissingDependencyError    an optional extra is not installed
+    │   └── MissingDataError          local data (ALFWorld, a checkpoint) not where it was said
+    └── RuntimeFailure                something failed while running
+        ├── EnvError                  a simulator failed
+        │   ├── EnvCrashedError       the simulator process died
+        │   ├── EnvTimeoutError       a step took longer than the step timeout
+        │   └── ReplayMismatchError   replaying a prefix did not reach the recorded state
+        ├── PolicyError               a policy backend failed
+        │   ├── PolicyCallError       the call failed after all retries
+        │   └── PolicyTimeoutError    the call timed out after all retries
+        ├── ActionParseError          model output holds no parsable action
+        ├── ValueModelError           a value model (QNet, scorer server, judge) failed
+        └── StoreError                the tree store failed
+            ├── SchemaVersionError    the DB has a schema this version cannot use
+            └── DatabaseUnavailableError  locked, corrupt or unreachable DB
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ActionParseError",
+    "ConfigError",
+    "DatabaseUnavailableError",
+    "EnvCrashedError",
+    "EnvError",
+    "EnvTimeoutError",
+    "MissingDataError",
+    "MissingDependencyError",
+    "PolicyCallError",
+    "PolicyError",
+    "PolicyTimeoutError",
+    "QlassError",
+    "ReplayMismatchError",
+    "RuntimeFailure",
+    "SchemaVersionError",
+    "StoreError",
+    "UnknownNameError",
+    "UserError",
+    "ValueModelError",
+]
+
+
+class QlassError(Exception):
+    """Base of every error qlass raises on purpose."""
+
+
+class UserError(QlassError):
+    """The request cannot be carried out as given; changing the input fixes it."""
+
+
+class ConfigError(UserError):
+    """A configuration value is invalid; the message names the field."""
+
+
+class UnknownNameError(UserError):
+    """A name (env, task, backend, strategy, run) is not known; the message lists choices."""
+
+
+class MissingDependencyError(UserError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+    def __init__(self, package: str, extra: str, purpose: str) -> None:
+        super().__init__(f"{purpose} needs the '{package}' package: pip install 'qlass[{extra}]'")
+        self.package = package
+        self.extra = extra
+
+
+class MissingDataError(UserError):
+    """Local data the user must provide is missing; the message says what and where."""
+
+
+class RuntimeFailure(QlassError):
+    """Something failed while running; what was committed before it is kept."""
+
+
+class EnvError(RuntimeFailure):
+    """A simulator failed."""
+
+
+class EnvCrashedError(EnvError):
+    """The simulator process died or its connection broke."""
+
+
+class EnvTimeoutError(EnvError):
+    """A simulator call took longer than its timeout."""
+
+
+class ReplayMismatchError(EnvError):
+    """Replaying an action prefix from reset reached a different observation than recorded.
+
+    The simulator is not deterministic for this task, so tree nodes cannot be revisited by
+    replay.
+    """
+
+
+class PolicyError(RuntimeFailure):
+    """A policy backend failed."""
+
+
+class PolicyCallError(PolicyError):
+    """A policy call failed after all retries (HTTP error, rate limit, bad response)."""
+
+
+class PolicyTimeoutError(PolicyError):
+    """A policy call timed out after all retries."""
+
+
+class ActionParseError(RuntimeFailure):
+    """Model output contains no parsable action.
+
+    The episode records the step as invalid; nothing is sent to the environment.
+    """
+
+    def __init__(self, message: str, text: str) -> None:
+        super().__init__(message)
+        self.text = text
+
+
+class ValueModelError(RuntimeFailure):
+    """A value model failed: unreachable scorer, bad checkpoint, non-finite scores."""
+
+
+class StoreError(RuntimeFailure):
+    """The tree store failed."""
+
+
+class SchemaVersionError(StoreError):
+    """The database has a schema this version of qlass cannot migrate or use."""
+
+
+class DatabaseUnavailableError(StoreError):
+    """The database is locked, corrupt or unreachable."""
