@@ -167,6 +167,7 @@ class Trajectory:
     usage: Usage = Usage()
     env_steps: int = 0
     wall_time_s: float = 0.0
+    info: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def history(self) -> History:
