@@ -1,0 +1,171 @@
+"""Create the async SQLAlchemy engine of a tree store and translate driver errors.
+
+Any SQLAlchemy async URL is accepted (``sqlite+aiosqlite:///FILE``,
+``postgresql+asyncpg://...``); a bare file path is shorthand for a SQLite file, and the sync
+driver names ``sqlite://`` and ``postgresql://`` are mapped to their async drivers.
+
+SQLite connections are set up by a connect event: WAL journal (readers never block the
+writer), a busy timeout (a writer in another process waits instead of failing),
+foreign keys on, ``synchronous=NORMAL`` (safe with WAL; a power cut may lose the last
+commits but never corrupts the file). SQLAlchemy, not the sqlite3 driver, emits ``BEGIN``:
+plain ``BEGIN`` for reads and ``BEGIN IMMEDIATE`` for sessions opened with the
+``qlass_write`` execution option, so a write transaction takes the file's write lock up
+front and the busy timeout applies to it (a deferred transaction that reads first and
+writes later can fail at once with "database is locked" when another process wrote in
+between).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, exc
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from qlass.errors import DatabaseUnavailableError, StoreError
+
+__all__ = [
+    "WRITE_OPTION",
+    "make_engine",
+    "normalize_url",
+    "safe_url",
+    "sqlite_file",
+    "translate_error",
+]
+
+WRITE_OPTION = "qlass_write"
+"""Execution option that marks a connection as the store's writer (``BEGIN IMMEDIATE``)."""
+
+_ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+
+
+def normalize_url(url_or_path: str | Path | URL) -> URL:
+    """Parse a SQLAlchemy URL or a plain file path into an async-driver URL."""
+    if isinstance(url_or_path, URL):
+        url_or_path = url_or_path.render_as_string(hide_password=False)
+    text = str(url_or_path)
+    if "://" not in text:
+        return URL.create("sqlite+aiosqlite", database=text)
+    try:
+        url = make_url(text)
+    except exc.ArgumentError as error:
+        raise DatabaseUnavailableError(f"not a database URL: {text!r} ({error})") from error
+    if url.drivername in _ASYNC_DRIVERS:
+        url = url.set(drivername=_ASYNC_DRIVERS[url.drivername])
+    return url
+
+
+def safe_url(url: URL | str) -> str:
+    """The URL as text with any password masked (for messages and logs)."""
+    parsed = url if isinstance(url, URL) else normalize_url(url)
+    return parsed.render_as_string(hide_password=True)
+
+
+def sqlite_file(url: URL | str) -> Path | None:
+    """The database file of a SQLite URL; ``None`` for in-memory or other databases."""
+    parsed = url if isinstance(url, URL) else normalize_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def _is_memory(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite" and sqlite_file(url) is None
+
+
+def make_engine(
+    url_or_path: str | Path | URL,
+    *,
+    busy_timeout_s: float = 30.0,
+    echo: bool = False,
+    **engine_kwargs: Any,
+) -> AsyncEngine:
+    """Create the async engine for ``url_or_path``, with the SQLite set-up described above.
+
+    Nothing connects yet; connection errors surface on first use (see :func:`translate_error`).
+    """
+    url = normalize_url(url_or_path)
+    try:
+        engine = create_async_engine(url, echo=echo, **engine_kwargs)
+    except (exc.ArgumentError, exc.NoSuchModuleError, ImportError) as error:
+        raise DatabaseUnavailableError(
+            f"cannot use database URL {safe_url(url)}: {error}"
+        ) from error
+    if url.get_backend_name() == "sqlite":
+        _install_sqlite_hooks(engine, busy_ms=int(busy_timeout_s * 1000), wal=not _is_memory(url))
+    return engine
+
+
+def _install_sqlite_hooks(engine: AsyncEngine, *, busy_ms: int, wal: bool) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        # Let SQLAlchemy emit BEGIN itself (see _on_begin); the driver's legacy mode
+        # would skip BEGIN before SELECT and DDL.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            if wal:
+                cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        write = connection.get_execution_options().get(WRITE_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+_LOCKED = ("database is locked", "database is busy", "database table is locked")
+_CORRUPT = ("file is not a database", "database disk image is malformed", "not a database")
+_UNREACHABLE = (
+    "unable to open database file",
+    "connection refused",
+    "could not connect",
+    "connection was closed",
+    "connection is closed",
+    "name or service not known",
+    "temporary failure in name resolution",
+    "timeout",
+    "does not exist",
+    "password authentication failed",
+)
+
+
+def translate_error(error: BaseException, url: URL | str) -> StoreError:
+    """Map a driver or SQLAlchemy exception to a :mod:`qlass.errors` store error.
+
+    The caller raises the result ``from error`` so the original stays the ``__cause__``.
+    """
+    where = safe_url(url)
+    original = getattr(error, "orig", None) or error
+    message = str(original).strip() or type(original).__name__
+    lowered = message.lower()
+    if any(token in lowered for token in _LOCKED):
+        return DatabaseUnavailableError(
+            f"database {where} is locked: another process held the write lock longer than "
+            f"the busy timeout ({message})"
+        )
+    if any(token in lowered for token in _CORRUPT):
+        return DatabaseUnavailableError(
+            f"{where} is not a usable database (not a SQLite file, or corrupt): {message}"
+        )
+    if isinstance(error, exc.IntegrityError):
+        return StoreError(f"database {where} refused a write (constraint violated): {message}")
+    connection_lost = isinstance(error, exc.DBAPIError) and error.connection_invalidated
+    if (
+        connection_lost
+        or isinstance(original, OSError)
+        or isinstance(error, exc.InterfaceError | exc.TimeoutError)
+        or any(token in lowered for token in _UNREACHABLE)
+    ):
+        return DatabaseUnavailableError(f"cannot reach database {where}: {message}")
+    return StoreError(f"database {where} failed: {message}")

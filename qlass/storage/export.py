@@ -1,0 +1,145 @@
+"""Export (prefix, candidate action, Q) training triples for the QNet.
+
+For each tree of the label set's run, every labelled non-root node whose action is valid
+(``action`` set, status ``ok``) gives one :class:`~qlass.types.LabelledStep`: the history
+of the path root→parent (the state the action was taken from), the node's raw model text
+as the candidate, and its Q value (normalised per tree if the label set says so; min and
+max are taken over all the tree's labelled non-root nodes, before sampling). At most
+``max_per_tree`` triples are kept per tree, chosen by an RNG seeded from ``seed`` and the
+task key, so a tree's sample does not depend on which other trees are exported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from sqlalchemy import and_, select
+
+from qlass.errors import ConfigError
+from qlass.storage._db import Database, record
+from qlass.storage.bellman import minmax_normalize
+from qlass.storage.labels import load_label_set
+from qlass.storage.models import Node, QLabel, Task, table
+from qlass.storage.records import LabelSetRecord, TaskRecord
+from qlass.types import History, LabelledStep, Turn
+
+__all__ = ["export_triples"]
+
+_NODES = table(Node)
+_LABELS = table(QLabel)
+_TASKS = table(Task)
+
+
+async def export_triples(
+    db: Database,
+    label_set_id: int,
+    *,
+    max_per_tree: int = 300,
+    seed: int = 0,
+    tasks: Collection[str] | None = None,
+    split: str | None = None,
+) -> list[LabelledStep]:
+    """Training triples of a label set; see the module docstring.
+
+    Args:
+        tasks: only these task keys (``TaskSpec.key``); ``None`` for all.
+        split: only tasks of this split ('train', 'dev', 'test').
+    """
+    if max_per_tree < 1:
+        raise ConfigError(f"max_per_tree must be at least 1, got {max_per_tree}")
+    async with db.read() as session:
+        label_set = await load_label_set(session, label_set_id)
+        query = select(_TASKS).where(_TASKS.c.run_id == label_set.run_id).order_by(_TASKS.c.id)
+        if split is not None:
+            query = query.where(_TASKS.c.split == split)
+        task_records = [record(TaskRecord, row) for row in await session.execute(query)]
+    if tasks is not None:
+        wanted = set(tasks)
+        task_records = [task for task in task_records if task.key in wanted]
+    triples: list[LabelledStep] = []
+    for task in task_records:
+        async with db.read() as session:  # one short read per tree
+            rows = (
+                await session.execute(
+                    select(
+                        _NODES.c.id,
+                        _NODES.c.parent_id,
+                        _NODES.c.action,
+                        _NODES.c.text,
+                        _NODES.c.observation,
+                        _NODES.c.status,
+                        _LABELS.c.q,
+                    )
+                    .outerjoin(
+                        _LABELS,
+                        and_(
+                            _LABELS.c.node_id == _NODES.c.id,
+                            _LABELS.c.label_set_id == label_set_id,
+                        ),
+                    )
+                    .where(_NODES.c.task_id == task.id)
+                    .order_by(_NODES.c.id)
+                )
+            ).all()
+        if rows:
+            triples.extend(
+                await asyncio.to_thread(_tree_triples, task, rows, label_set, max_per_tree, seed)
+            )
+    return triples
+
+
+def _tree_triples(
+    task: TaskRecord,
+    rows: Sequence[Any],
+    label_set: LabelSetRecord,
+    max_per_tree: int,
+    seed: int,
+) -> list[LabelledStep]:
+    by_id = {row.id: row for row in rows}
+    raw = {row.id: row.q for row in rows if row.q is not None}
+    roots = [row.id for row in rows if row.parent_id is None]
+    values = minmax_normalize(raw, roots) if label_set.normalize else raw
+    candidates = [
+        row
+        for row in rows
+        if row.parent_id is not None
+        and row.q is not None
+        and row.action is not None
+        and row.status == "ok"
+    ]
+    if len(candidates) > max_per_tree:
+        rng = random.Random(f"{seed}/{task.key}")
+        keep = sorted(rng.sample(range(len(candidates)), max_per_tree))
+        candidates = [candidates[i] for i in keep]
+    histories: dict[int, History] = {}
+
+    def history_at(node_id: int) -> History:
+        """The history in the state of ``node_id`` (memoised, walking up iteratively)."""
+        pending: list[int] = []
+        current: int | None = node_id
+        while current is not None and current not in histories:
+            pending.append(current)
+            current = by_id[current].parent_id
+        for item in reversed(pending):
+            row = by_id[item]
+            if row.parent_id is None:
+                histories[item] = History(task.instruction, row.observation)
+            else:
+                histories[item] = histories[row.parent_id].extend(
+                    Turn(row.text, row.action, row.observation)
+                )
+        return histories[node_id]
+
+    return [
+        LabelledStep(
+            tree_id=task.id,
+            task_key=task.key,
+            history=history_at(row.parent_id),
+            candidate_text=row.text,
+            q=values[row.id],
+        )
+        for row in candidates
+    ]

@@ -1,0 +1,298 @@
+"""Q-label sets: created once per (gamma, normalize, reward mode), then kept up to date.
+
+Creating a set computes it fully for the run's existing trees. After that every insert of
+a finished leaf (and :meth:`TreeRepository.finish_leaf`) calls :func:`relabel` inside the
+same transaction: it loads the leaf's ancestor chain and their children's labels in two
+queries, recomputes bottom-up in memory, and writes only the values that changed. A node
+is recomputed only if it is dirty itself or one of its children changed, so the walk stops
+at the first ancestor whose value stays the same. Raw values are stored; normalisation is
+applied when reading (:mod:`qlass.storage.bellman`), so an update stays O(depth).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any
+
+import structlog
+from sqlalchemy import and_, delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from qlass.errors import ConfigError, UnknownNameError
+from qlass.storage._db import Database, record, upsert
+from qlass.storage.bellman import LabelNode, minmax_normalize, node_value, tree_values
+from qlass.storage.models import LabelSet, Node, QLabel, Run, Task, table, utcnow
+from qlass.storage.records import IntermediateReward, LabelSetRecord
+
+__all__ = ["LabelRepository", "load_label_set", "relabel"]
+
+log = structlog.get_logger(__name__)
+
+_NODES = table(Node)
+_LABELS = table(QLabel)
+_LABEL_NODE_COLUMNS = (
+    _NODES.c.id,
+    _NODES.c.parent_id,
+    _NODES.c.depth,
+    _NODES.c.reward,
+    _NODES.c.final_reward,
+)
+
+
+def _label_node(row: Any) -> LabelNode:
+    return LabelNode(row.id, row.parent_id, row.depth, row.reward, row.final_reward)
+
+
+class LabelRepository:
+    """Create, read and recompute Q-label sets."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create_set(
+        self,
+        run_id: int,
+        *,
+        gamma: float = 0.9,
+        normalize: bool = True,
+        intermediate_reward: IntermediateReward = "zero",
+    ) -> LabelSetRecord:
+        """Get the run's label set with these options, creating and computing it if new.
+
+        A new gamma (or reward mode) gives a new set; old sets stay as they are.
+        """
+        if not 0.0 <= gamma <= 1.0:
+            raise ConfigError(f"labels.gamma must be in [0, 1], got {gamma}")
+        if intermediate_reward not in ("zero", "env"):
+            raise ConfigError(
+                f"labels.intermediate_reward must be 'zero' or 'env', got {intermediate_reward!r}"
+            )
+        async with self._db.write() as session:
+            # Exclusive on the run: inserts (which share-lock it) wait until the set is full.
+            run = await session.execute(select(Run.id).where(Run.id == run_id).with_for_update())
+            if run.first() is None:
+                raise UnknownNameError(f"no run with id {run_id}")
+            existing = await session.scalar(
+                select(LabelSet).where(
+                    LabelSet.run_id == run_id,
+                    LabelSet.gamma == gamma,
+                    LabelSet.normalize == normalize,
+                    LabelSet.intermediate_reward == intermediate_reward,
+                )
+            )
+            if existing is not None:
+                return record(LabelSetRecord, existing.__dict__)
+            label_set = LabelSet(
+                run_id=run_id,
+                gamma=gamma,
+                normalize=normalize,
+                intermediate_reward=intermediate_reward,
+                created_at=utcnow(),
+            )
+            session.add(label_set)
+            await session.flush()
+            result = record(LabelSetRecord, label_set.__dict__)
+            written = await _recompute(session, result, task_ids=None)
+        log.info(
+            "label set created", run_id=run_id, label_set=result.id, gamma=gamma, labels=written
+        )
+        return result
+
+    async def get_set(self, label_set_id: int) -> LabelSetRecord:
+        async with self._db.read() as session:
+            return await load_label_set(session, label_set_id)
+
+    async def sets(self, run_id: int) -> list[LabelSetRecord]:
+        """The run's label sets, oldest first."""
+        async with self._db.read() as session:
+            rows = await session.execute(
+                select(table(LabelSet)).where(LabelSet.run_id == run_id).order_by(LabelSet.id)
+            )
+            return [record(LabelSetRecord, row) for row in rows]
+
+    async def values(
+        self, label_set_id: int, task_id: int, *, normalized: bool | None = None
+    ) -> dict[int, float]:
+        """Q values of one tree by node id; normalised if the set says so (or if asked)."""
+        async with self._db.read() as session:
+            label_set = await load_label_set(session, label_set_id)
+            rows = (
+                await session.execute(
+                    select(_NODES.c.id, _NODES.c.parent_id, _LABELS.c.q)
+                    .join(_LABELS, _LABELS.c.node_id == _NODES.c.id)
+                    .where(_NODES.c.task_id == task_id, _LABELS.c.label_set_id == label_set_id)
+                )
+            ).all()
+        raw = {row.id: row.q for row in rows}
+        if not (label_set.normalize if normalized is None else normalized):
+            return raw
+        return minmax_normalize(raw, [row.id for row in rows if row.parent_id is None])
+
+    async def recompute(self, label_set_id: int, *, task_id: int | None = None) -> int:
+        """Recompute a set from scratch (all trees, or one); returns how many rows changed.
+
+        With incremental updates working this changes nothing; it exists to check them and
+        to repair a store written by a buggy version.
+        """
+        async with self._db.write() as session:
+            label_set = await load_label_set(session, label_set_id)
+            return await _recompute(
+                session, label_set, task_ids=None if task_id is None else [task_id]
+            )
+
+
+async def load_label_set(session: AsyncSession, label_set_id: int) -> LabelSetRecord:
+    row = (
+        await session.execute(select(table(LabelSet)).where(LabelSet.id == label_set_id))
+    ).first()
+    if row is None:
+        raise UnknownNameError(f"no label set with id {label_set_id}")
+    return record(LabelSetRecord, row)
+
+
+async def _recompute(
+    session: AsyncSession, label_set: LabelSetRecord, *, task_ids: Sequence[int] | None
+) -> int:
+    nodes_query = (
+        select(*_LABEL_NODE_COLUMNS)
+        .join(table(Task), Task.id == _NODES.c.task_id)
+        .where(Task.run_id == label_set.run_id)
+    )
+    if task_ids is not None:
+        nodes_query = nodes_query.where(_NODES.c.task_id.in_(task_ids))
+    nodes = [_label_node(row) for row in await session.execute(nodes_query)]
+    node_ids = {node.id for node in nodes}
+    labels_query = (
+        select(_LABELS.c.node_id, _LABELS.c.q)
+        .join(_NODES, _NODES.c.id == _LABELS.c.node_id)
+        .join(table(Task), Task.id == _NODES.c.task_id)
+        .where(_LABELS.c.label_set_id == label_set.id, Task.run_id == label_set.run_id)
+    )
+    if task_ids is not None:
+        labels_query = labels_query.where(_NODES.c.task_id.in_(task_ids))
+    old = {row.node_id: row.q for row in await session.execute(labels_query)}
+    new = tree_values(nodes, label_set.gamma, label_set.intermediate_reward)
+    changed = [(node, q) for node, q in new.items() if old.get(node) != q]
+    gone = [node for node in old if node not in new and node in node_ids]
+    await _write(session, label_set.id, changed, gone)
+    return len(changed) + len(gone)
+
+
+async def _write(
+    session: AsyncSession,
+    label_set_id: int,
+    changed: Sequence[tuple[int, float]],
+    gone: Collection[int],
+) -> None:
+    if changed:
+        rows = [{"label_set_id": label_set_id, "node_id": node, "q": q} for node, q in changed]
+        for start in range(0, len(rows), 5000):
+            await upsert(
+                session, _LABELS, rows[start : start + 5000], ("label_set_id", "node_id"), ("q",)
+            )
+    if gone:
+        await session.execute(
+            delete(_LABELS).where(
+                _LABELS.c.label_set_id == label_set_id, _LABELS.c.node_id.in_(list(gone))
+            )
+        )
+
+
+async def relabel(
+    session: AsyncSession, *, run_id: int, task_id: int, dirty: Collection[int], postgres: bool
+) -> int:
+    """Update every label set of the run after ``dirty`` nodes got (or changed) a final reward.
+
+    Runs inside the caller's write transaction. Returns the number of labels written.
+    """
+    if not dirty:
+        return 0
+    if postgres:
+        # Share-lock the run (a set being created holds it exclusively) and lock the tree, so
+        # two transactions never relabel the same ancestors from stale reads.
+        await session.execute(select(Run.id).where(Run.id == run_id).with_for_update(read=True))
+        await session.execute(select(Task.id).where(Task.id == task_id).with_for_update())
+    sets = (
+        await session.execute(
+            select(LabelSet.id, LabelSet.gamma, LabelSet.intermediate_reward).where(
+                LabelSet.run_id == run_id
+            )
+        )
+    ).all()
+    if not sets:
+        return 0
+    chain = _ancestor_chain(dirty)
+    affected = {
+        row.id: _label_node(row)
+        for row in await session.execute(
+            select(*_LABEL_NODE_COLUMNS).where(_NODES.c.id.in_(select(chain.c.id)))
+        )
+    }
+    set_ids = [label_set.id for label_set in sets]
+    children: dict[int, dict[int, None]] = {}  # parent -> ordered set of child ids
+    labels: dict[tuple[int, int], float] = {}
+    rows = await session.execute(
+        select(_NODES.c.id, _NODES.c.parent_id, _LABELS.c.label_set_id, _LABELS.c.q)
+        .outerjoin(
+            _LABELS,
+            and_(_LABELS.c.node_id == _NODES.c.id, _LABELS.c.label_set_id.in_(set_ids)),
+        )
+        .where(
+            _NODES.c.task_id == task_id,
+            _NODES.c.parent_id.in_(list(affected)) | _NODES.c.parent_id.is_(None),
+        )
+    )
+    for row in rows:  # one row per (node, label) pair: the root and children of affected
+        if row.parent_id is not None:
+            children.setdefault(row.parent_id, {})[row.id] = None
+        if row.label_set_id is not None:
+            labels[(row.label_set_id, row.id)] = row.q
+    order = sorted(affected.values(), key=lambda node: -node.depth)
+    written = 0
+    for set_id, gamma, mode in sets:
+        changed, gone = _walk(order, children, labels, set(dirty), set_id, gamma, mode)
+        await _write(session, set_id, changed, gone)
+        written += len(changed) + len(gone)
+    return written
+
+
+def _ancestor_chain(dirty: Iterable[int]) -> Any:
+    """A recursive CTE of the dirty nodes and all their ancestors (ids)."""
+    start = (
+        select(_NODES.c.id, _NODES.c.parent_id)
+        .where(_NODES.c.id.in_(list(dirty)))
+        .cte("chain", recursive=True)
+    )
+    up = select(_NODES.c.id, _NODES.c.parent_id).join(start, _NODES.c.id == start.c.parent_id)
+    return start.union(up)
+
+
+def _walk(
+    order: Sequence[LabelNode],
+    children: Mapping[int, Iterable[int]],
+    labels: Mapping[tuple[int, int], float],
+    dirty: set[int],
+    set_id: int,
+    gamma: float,
+    mode: str,
+) -> tuple[list[tuple[int, float]], list[int]]:
+    """Recompute affected nodes deepest first; only those dirty or with a changed child."""
+    current: dict[int, float | None] = {}
+    changed_nodes: set[int] = set()
+    changed: list[tuple[int, float]] = []
+    gone: list[int] = []
+    for node in order:
+        kids = tuple(children.get(node.id, ()))
+        if node.id not in dirty and not any(kid in changed_nodes for kid in kids):
+            continue
+        kid_values = (current[kid] if kid in current else labels.get((set_id, kid)) for kid in kids)
+        value = node_value(node, kid_values, gamma, mode)
+        current[node.id] = value
+        if value == labels.get((set_id, node.id)):
+            continue
+        changed_nodes.add(node.id)
+        if value is None:
+            gone.append(node.id)
+        else:
+            changed.append((node.id, value))
+    return changed, gone

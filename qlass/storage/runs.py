@@ -1,0 +1,199 @@
+"""Runs: a named configuration with its code version and seed; plus the run summary."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import case, func, select, update
+
+from qlass.errors import ConfigError, UnknownNameError
+from qlass.storage._db import Database, record
+from qlass.storage.models import (
+    Episode,
+    LabelSet,
+    Node,
+    QLabel,
+    QNetCheckpoint,
+    Run,
+    Stage,
+    Task,
+    table,
+    utcnow,
+)
+from qlass.storage.records import (
+    CheckpointRecord,
+    EpisodeSummary,
+    LabelSetRecord,
+    LabelSetSummary,
+    RunRecord,
+    RunSummary,
+    StageRecord,
+)
+
+__all__ = ["RunRepository"]
+
+_RUNS = table(Run)
+
+
+class RunRepository:
+    """Create, find and summarise runs. Run names are unique within a store."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create(
+        self,
+        name: str,
+        *,
+        config: Mapping[str, Any],
+        config_fingerprint: str = "",
+        code_version: str = "",
+        seed: int = 0,
+        status: str = "created",
+    ) -> RunRecord:
+        """Record a new run. ``config`` is the resolved configuration as JSON-able data.
+
+        Raises:
+            ConfigError: a run with this name exists already.
+        """
+        now = utcnow()
+        row = {
+            "name": name,
+            "config": dict(config),
+            "config_fingerprint": config_fingerprint,
+            "code_version": code_version,
+            "seed": seed,
+            "status": status,
+            "created_at": now,
+            "updated_at": now,
+        }
+        async with self._db.write() as session:
+            taken = await session.scalar(select(_RUNS.c.id).where(_RUNS.c.name == name))
+            if taken is not None:
+                raise ConfigError(
+                    f"a run named {name!r} exists already (id {taken}); pick another name "
+                    "or resume that run"
+                )
+            run_id = (
+                await session.execute(_RUNS.insert().values(**row).returning(_RUNS.c.id))
+            ).scalar_one()
+        return record(RunRecord, {**row, "id": run_id})
+
+    async def find(self, name: str) -> RunRecord | None:
+        """The run with this name, or ``None``."""
+        async with self._db.read() as session:
+            row = (await session.execute(select(_RUNS).where(_RUNS.c.name == name))).first()
+        return None if row is None else record(RunRecord, row)
+
+    async def get(self, ref: int | str) -> RunRecord:
+        """A run by id or by name (a string of digits is tried as a name, then as an id).
+
+        Raises:
+            UnknownNameError: no such run; the message lists the known names.
+        """
+        query = select(_RUNS)
+        if isinstance(ref, int):
+            query = query.where(_RUNS.c.id == ref)
+        elif ref.isdigit():
+            query = query.where((_RUNS.c.name == ref) | (_RUNS.c.id == int(ref))).order_by(
+                _RUNS.c.name != ref
+            )
+        else:
+            query = query.where(_RUNS.c.name == ref)
+        async with self._db.read() as session:
+            row = (await session.execute(query)).first()
+            if row is None:
+                names = (await session.scalars(select(_RUNS.c.name).order_by(_RUNS.c.id))).all()
+        if row is None:
+            known = ", ".join(names[-20:]) if names else "none"
+            raise UnknownNameError(f"no run {ref!r} in the store (runs: {known})")
+        return record(RunRecord, row)
+
+    async def all(self) -> list[RunRecord]:
+        """Every run, oldest first."""
+        async with self._db.read() as session:
+            rows = await session.execute(select(_RUNS).order_by(_RUNS.c.id))
+            return [record(RunRecord, row) for row in rows]
+
+    async def set_status(self, run_id: int, status: str) -> None:
+        async with self._db.write() as session:
+            result = await session.execute(
+                update(_RUNS).where(_RUNS.c.id == run_id).values(status=status, updated_at=utcnow())
+            )
+            if result.rowcount == 0:  # type: ignore[attr-defined]
+                raise UnknownNameError(f"no run with id {run_id}")
+
+    async def summary(self, ref: int | str) -> RunSummary:
+        """Counts over everything the run holds (what ``qlass runs show`` prints)."""
+        run = await self.get(ref)
+        async with self._db.read() as session:
+            status_rows = await session.execute(
+                select(Task.status, func.count()).where(Task.run_id == run.id).group_by(Task.status)
+            )
+            by_status = {status: int(count) for status, count in status_rows}
+            nodes, leaves = (
+                await session.execute(
+                    select(
+                        func.count(Node.id),
+                        func.coalesce(
+                            func.sum(case((Node.final_reward.is_not(None), 1), else_=0)), 0
+                        ),
+                    )
+                    .join(Task, Task.id == Node.task_id)
+                    .where(Task.run_id == run.id)
+                )
+            ).one()
+            label_rows = await session.execute(
+                select(table(LabelSet), func.count(QLabel.node_id).label("labelled"))
+                .outerjoin(QLabel, QLabel.label_set_id == LabelSet.id)
+                .where(LabelSet.run_id == run.id)
+                .group_by(*table(LabelSet).c)
+                .order_by(LabelSet.id)
+            )
+            label_sets = tuple(
+                LabelSetSummary(record(LabelSetRecord, row), row.labelled) for row in label_rows
+            )
+            stages = tuple(
+                record(StageRecord, row)
+                for row in await session.execute(
+                    select(table(Stage))
+                    .where(Stage.run_id == run.id)
+                    .order_by(Stage.started_at, Stage.name)
+                )
+            )
+            checkpoints = tuple(
+                record(CheckpointRecord, row)
+                for row in await session.execute(
+                    select(table(QNetCheckpoint))
+                    .where(QNetCheckpoint.run_id == run.id)
+                    .order_by(QNetCheckpoint.id)
+                )
+            )
+            episode_rows = await session.execute(
+                select(
+                    Episode.stage,
+                    Episode.strategy,
+                    func.count(),
+                    func.avg(Episode.final_score),
+                    func.avg(case((Episode.success, 1.0), else_=0.0)),
+                    func.sum(Episode.completion_tokens),
+                )
+                .where(Episode.run_id == run.id)
+                .group_by(Episode.stage, Episode.strategy)
+                .order_by(Episode.stage, Episode.strategy)
+            )
+            episodes = tuple(
+                EpisodeSummary(stage, strategy, n, float(score), float(rate), int(tokens))
+                for stage, strategy, n, score, rate, tokens in episode_rows
+            )
+        return RunSummary(
+            run=run,
+            tasks_by_status=by_status,
+            nodes=int(nodes),
+            finished_leaves=int(leaves),
+            label_sets=label_sets,
+            stages=stages,
+            checkpoints=checkpoints,
+            episodes=episodes,
+        )

@@ -1,0 +1,144 @@
+"""The :class:`TreeStore` facade: open a database, migrate it, and hand out repositories."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import structlog
+from sqlalchemy import exc
+
+from qlass.storage._db import Database
+from qlass.storage.calls import PolicyCallCache
+from qlass.storage.checkpoints import CheckpointRepository
+from qlass.storage.engine import make_engine, normalize_url, safe_url, sqlite_file, translate_error
+from qlass.storage.episodes import EpisodeRepository
+from qlass.storage.export import export_triples
+from qlass.storage.labels import LabelRepository
+from qlass.storage.runs import RunRepository
+from qlass.storage.schema import SchemaState, ensure_schema
+from qlass.storage.stages import StageRepository
+from qlass.storage.tasks import TaskRepository
+from qlass.storage.trees import TreeRepository
+from qlass.types import LabelledStep
+
+__all__ = ["TreeStore"]
+
+log = structlog.get_logger(__name__)
+
+
+class TreeStore:
+    """Exploration trees, Q labels, runs and the policy-call cache in one database.
+
+    Open with ``store = await TreeStore.open(url)`` (or ``async with await
+    TreeStore.open(url) as store``) and close with :meth:`aclose`. The store is safe to use
+    from many coroutines at once. Its parts:
+
+    - ``runs``: :class:`~qlass.storage.runs.RunRepository`
+    - ``tasks``: :class:`~qlass.storage.tasks.TaskRepository`
+    - ``trees``: :class:`~qlass.storage.trees.TreeRepository` (nodes; relabels on leaves)
+    - ``labels``: :class:`~qlass.storage.labels.LabelRepository` (Q-label sets)
+    - ``call_cache``: :class:`~qlass.storage.calls.PolicyCallCache` (a ``CallCache``)
+    - ``checkpoints``, ``stages``, ``episodes``
+    """
+
+    def __init__(self, db: Database, schema: SchemaState) -> None:
+        self._db = db
+        self.schema = schema
+        self.runs = RunRepository(db)
+        self.tasks = TaskRepository(db)
+        self.trees = TreeRepository(db)
+        self.labels = LabelRepository(db)
+        self.call_cache = PolicyCallCache(db)
+        self.checkpoints = CheckpointRepository(db)
+        self.stages = StageRepository(db)
+        self.episodes = EpisodeRepository(db)
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        url: str | Path,
+        *,
+        upgrade: bool = True,
+        busy_timeout_s: float = 30.0,
+        **engine_kwargs: Any,
+    ) -> TreeStore:
+        """Open the store at ``url`` (a SQLAlchemy URL or a SQLite file path).
+
+        A missing SQLite file (and its directory) is created. The schema is migrated to the
+        newest revision unless ``upgrade`` is false, in which case a store that is not at
+        head is refused.
+
+        Raises:
+            DatabaseUnavailableError: the database cannot be reached, is locked, or the file
+                is not a database.
+            SchemaVersionError: the schema is newer than this qlass, or foreign.
+        """
+        parsed = normalize_url(url)
+        path = sqlite_file(parsed)
+        if path is not None and upgrade:
+            await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+        engine = make_engine(parsed, busy_timeout_s=busy_timeout_s, **engine_kwargs)
+        try:
+            schema = await ensure_schema(engine, upgrade=upgrade)
+        except (exc.DBAPIError, exc.TimeoutError, OSError) as error:
+            await engine.dispose()
+            raise translate_error(error, parsed) from error
+        except BaseException:
+            await engine.dispose()
+            raise
+        log.debug("store opened", url=safe_url(parsed), revision=schema.after)
+        return cls(Database(engine), schema)
+
+    @property
+    def url(self) -> str:
+        """The database URL with any password masked."""
+        return safe_url(self._db.engine.url)
+
+    @property
+    def dialect(self) -> str:
+        """'sqlite', 'postgresql', ..."""
+        return self._db.dialect
+
+    async def export_triples(
+        self,
+        label_set_id: int,
+        *,
+        max_per_tree: int = 300,
+        seed: int = 0,
+        tasks: Collection[str] | None = None,
+        split: str | None = None,
+    ) -> list[LabelledStep]:
+        """QNet training triples of a label set (see :mod:`qlass.storage.export`)."""
+        return await export_triples(
+            self._db,
+            label_set_id,
+            max_per_tree=max_per_tree,
+            seed=seed,
+            tasks=tasks,
+            split=split,
+        )
+
+    async def aclose(self) -> None:
+        """Close every connection. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            await self._db.dispose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"TreeStore({self.url!r}, revision={self.schema.after!r})"
