@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Self, runtime_checkable
 
 from qlass.types import History
 
-__all__ = ["ValueModel", "ValueQuery"]
+__all__ = ["BaseValueModel", "ValueModel", "ValueQuery"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,3 +30,19 @@ class ValueModel(Protocol):
     async def score(self, queries: Sequence[ValueQuery]) -> list[float]: ...
 
     async def aclose(self) -> None: ...
+
+
+class BaseValueModel:
+    """Optional convenience base: ``async with`` support around ``aclose``.
+
+    Implementations need not inherit from it; :class:`ValueModel` is structural.
+    """
+
+    async def aclose(self) -> None:
+        """Release resources (nothing by default). Idempotent."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,140 @@
+"""``QNetClient``: a :class:`ValueModel` that scores through a ``qlass serve-qnet`` server.
+
+An agent anywhere (one driving an API model such as GPT-4o, say) is guided by a QNet that
+runs on another machine. Connection errors, timeouts and 5xx answers are retried with
+exponential backoff; when the server stays down or slow, :class:`ValueModelError` says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import structlog
+
+from qlass.errors import ValueModelError
+from qlass.qnet._wire import query_to_json
+from qlass.qnet.base import BaseValueModel, ValueQuery
+
+__all__ = ["QNetClient"]
+
+log = structlog.get_logger(__name__)
+
+
+class QNetClient(BaseValueModel):
+    """Scores queries by ``POST {url}/v1/score``.
+
+    Args:
+        url: the server's base URL, e.g. ``http://gpu-box:8765``.
+        timeout_s: per-request timeout.
+        retries: extra attempts after a connection error, timeout or 5xx answer.
+        backoff_s: wait before the first retry; doubled for each further one.
+        max_queries_per_request: larger score calls are split into several requests.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float = 30.0,
+        retries: int = 3,
+        backoff_s: float = 0.5,
+        max_queries_per_request: int = 1024,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_queries_per_request = max_queries_per_request
+        self._client: httpx.AsyncClient | None = None
+
+    async def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            # Building a client loads CA certificates from disk: do it off the event loop.
+            self._client = await asyncio.to_thread(
+                httpx.AsyncClient, base_url=self.url, timeout=self.timeout_s
+            )
+        return self._client
+
+    async def score(self, queries: Sequence[ValueQuery]) -> list[float]:
+        """Scores for ``queries`` in order.
+
+        Raises:
+            ValueModelError: the server is unreachable, too slow, or answered an error or a
+                malformed body.
+        """
+        size = self.max_queries_per_request
+        scores: list[float] = []
+        for start in range(0, len(queries), size):
+            scores.extend(await self._score_chunk(queries[start : start + size]))
+        return scores
+
+    async def _score_chunk(self, queries: Sequence[ValueQuery]) -> list[float]:
+        body = {"queries": [query_to_json(q) for q in queries]}
+        data = await self._request("POST", "/v1/score", body)
+        scores = data.get("scores") if isinstance(data, dict) else None
+        if (
+            not isinstance(scores, list)
+            or len(scores) != len(queries)
+            or not all(isinstance(s, int | float) and math.isfinite(s) for s in scores)
+        ):
+            raise ValueModelError(f"{self.url} answered a malformed score list")
+        return [float(s) for s in scores]
+
+    async def health(self) -> dict[str, Any]:
+        """The server's ``/health`` answer (raises ValueModelError if it is down)."""
+        data = await self._request("GET", "/health", None)
+        if not isinstance(data, dict):
+            raise ValueModelError(f"{self.url}/health answered a malformed body")
+        return data
+
+    async def _request(self, method: str, path: str, body: Any) -> Any:
+        client = await self._http()
+        attempts = self.retries + 1
+        last_error = ""
+        for attempt in range(attempts):
+            if attempt:
+                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
+            try:
+                response = await client.request(method, path, json=body)
+            except httpx.TimeoutException as exc:
+                last_error = f"timed out after {self.timeout_s:g} s ({type(exc).__name__})"
+            except httpx.TransportError as exc:
+                last_error = f"unreachable ({type(exc).__name__}: {exc})"
+            else:
+                if response.status_code < 400:
+                    try:
+                        return response.json()
+                    except ValueError as exc:
+                        raise ValueModelError(f"{self.url}{path} answered non-JSON") from exc
+                detail = _detail(response)
+                if response.status_code < 500:
+                    raise ValueModelError(
+                        f"{self.url}{path} refused the request ({response.status_code}): {detail}"
+                    )
+                last_error = f"server error {response.status_code}: {detail}"
+            log.warning(
+                "value server request failed", url=self.url, attempt=attempt + 1, error=last_error
+            )
+        raise ValueModelError(
+            f"value model server {self.url} failed after {attempts} attempt(s): {last_error}"
+        )
+
+    async def aclose(self) -> None:
+        """Close the HTTP connection pool. Idempotent."""
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text[:200]
+    if isinstance(data, dict) and "detail" in data:
+        return str(data["detail"])[:500]
+    return str(data)[:200]

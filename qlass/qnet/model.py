@@ -1,0 +1,260 @@
+"""The QNet: a transformers backbone with an MLP value head read at the last token.
+
+``value = head(h_last)`` where ``h_last`` is the backbone's last-layer hidden state at the
+last real (non-pad) token and the head is ``Linear(h, d) -> ReLU -> Linear(d, d) -> ReLU ->
+Linear(d, 1)`` (``d = head_dim``, 1024 in the paper). The head always runs in float32, also
+when the backbone runs in bf16 on a GPU.
+
+A checkpoint is a self-contained directory that can be copied between machines::
+
+    qnet_config.json         head_dim, max_length, base model, qlass version, format version
+    backbone/                the backbone (``save_pretrained``: config.json + safetensors)
+    value_head.safetensors   the head's weights
+    tokenizer.json ...       the tokenizer, chat template included
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import structlog
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from qlass._version import __version__, code_version
+from qlass.errors import MissingDataError, ValueModelError
+
+__all__ = ["CHECKPOINT_FORMAT", "QNet", "QNetOutput", "QNetSpec", "ValueHead", "load_tokenizer"]
+
+log = structlog.get_logger(__name__)
+
+CHECKPOINT_FORMAT = 1
+CONFIG_FILE = "qnet_config.json"
+HEAD_FILE = "value_head.safetensors"
+BACKBONE_DIR = "backbone"
+
+
+@dataclass(frozen=True, slots=True)
+class QNetSpec:
+    """What ``qnet_config.json`` records besides the weights."""
+
+    head_dim: int
+    max_length: int
+    base_model: str | None = None
+    qlass_version: str = __version__
+    format: int = CHECKPOINT_FORMAT
+
+
+@dataclass
+class QNetOutput(ModelOutput):
+    """``value``: one float32 value per sequence; ``loss``: MSE to ``labels`` if given."""
+
+    loss: torch.Tensor | None = None
+    value: torch.Tensor | None = None
+
+
+class ValueHead(nn.Module):
+    """``Linear(hidden, d) -> ReLU -> Linear(d, d) -> ReLU -> Linear(d, 1)``."""
+
+    def __init__(self, hidden_size: int, head_dim: int = 1024) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(hidden_size, head_dim),
+            nn.ReLU(),
+            nn.Linear(head_dim, head_dim),
+            nn.ReLU(),
+            nn.Linear(head_dim, 1),
+        )
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.net(hidden).squeeze(-1)
+
+
+def _hidden_size(config: Any) -> int:
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    size = getattr(text_config, "hidden_size", None) or getattr(text_config, "n_embd", None)
+    if not isinstance(size, int):
+        raise ValueModelError(f"cannot tell the hidden size of a {type(config).__name__}")
+    return size
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token of each row (right or left padding)."""
+    width = attention_mask.shape[1]
+    return width - 1 - attention_mask.flip(1).to(torch.long).argmax(dim=1)
+
+
+def _max_positions(config: Any) -> int | None:
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    value = getattr(text_config, "max_position_embeddings", None) or getattr(
+        text_config, "n_positions", None
+    )
+    return value if isinstance(value, int) else None
+
+
+def load_tokenizer(directory: Path) -> Any:
+    """Load the tokenizer saved in a model or QNet checkpoint directory."""
+    try:
+        return AutoTokenizer.from_pretrained(str(directory))
+    except (OSError, ValueError) as exc:
+        raise MissingDataError(f"no usable tokenizer in {directory}: {exc}") from exc
+
+
+class QNet(nn.Module):
+    """Backbone + value head. ``forward`` returns :class:`QNetOutput` (Trainer-compatible)."""
+
+    main_input_name = "input_ids"
+    # The loss is a per-batch mean; the Trainer scales it for gradient accumulation.
+    accepts_loss_kwargs = False
+
+    def __init__(self, backbone: PreTrainedModel, spec: QNetSpec) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.spec = spec
+        self.head = ValueHead(_hidden_size(backbone.config), spec.head_dim)
+
+    @property
+    def config(self) -> Any:
+        """The backbone's config (the Trainer reads a few fields from ``model.config``)."""
+        return self.backbone.config
+
+    @property
+    def max_length(self) -> int:
+        return self.spec.max_length
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> QNetOutput:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        outputs = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        hidden = outputs.last_hidden_state
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        last = hidden[rows, last_token_index(attention_mask).to(hidden.device)]
+        values = self.head(last.float()).float()
+        loss = None
+        if labels is not None:
+            loss = nn.functional.mse_loss(values, labels.to(values.device, torch.float32))
+        return QNetOutput(loss=loss, value=values)
+
+    def activation_checkpointing_enable(self, **kwargs: Any) -> None:
+        """Delegate to the backbone (called by the Trainer for ``activation_checkpointing``)."""
+        if hasattr(self.backbone, "activation_checkpointing_enable"):
+            self.backbone.activation_checkpointing_enable(**kwargs)
+        else:  # transformers 4.x
+            self.gradient_checkpointing_enable(kwargs.get("activation_checkpointing_kwargs"))
+
+    def gradient_checkpointing_enable(
+        self, gradient_checkpointing_kwargs: dict[str, Any] | None = None, **_: Any
+    ) -> None:
+        """Delegate to the backbone (the transformers 4.x name of the hook above)."""
+        self.backbone.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs=gradient_checkpointing_kwargs
+        )
+
+    # ---- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def from_backbone(
+        cls,
+        model_dir: str | Path,
+        *,
+        head_dim: int = 1024,
+        max_length: int = 4096,
+        dtype: torch.dtype = torch.float32,
+        seed: int = 0,
+    ) -> QNet:
+        """A new QNet: the backbone of a local checkpoint (e.g. the BC policy) + a fresh head.
+
+        ``max_length`` is capped at the backbone's position limit where it has one.
+        """
+        backbone = _load_backbone(Path(model_dir), dtype)
+        limit = _max_positions(backbone.config)
+        if limit is not None and max_length > limit:
+            log.warning("max_length capped at the backbone's limit", asked=max_length, limit=limit)
+            max_length = limit
+        torch.manual_seed(seed)
+        return cls(backbone, QNetSpec(head_dim, max_length, base_model=str(model_dir)))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, dtype: torch.dtype = torch.float32) -> QNet:
+        """Load a checkpoint written by :meth:`save_pretrained`.
+
+        Raises:
+            MissingDataError: the directory is not a QNet checkpoint or a file is missing.
+        """
+        directory = Path(directory)
+        config_path = directory / CONFIG_FILE
+        try:
+            raw = json.loads(config_path.read_text())
+        except OSError as exc:
+            raise MissingDataError(
+                f"{directory} is not a QNet checkpoint (cannot read {CONFIG_FILE})"
+            ) from exc
+        except json.JSONDecodeError as exc:
+            raise MissingDataError(f"{config_path} is not valid JSON: {exc}") from exc
+        fields = set(QNetSpec.__dataclass_fields__)
+        spec = QNetSpec(**{k: v for k, v in raw.items() if k in fields})
+        if spec.format > CHECKPOINT_FORMAT:
+            raise MissingDataError(
+                f"{directory} has QNet checkpoint format {spec.format}; this qlass reads "
+                f"format {CHECKPOINT_FORMAT} (upgrade qlass)"
+            )
+        backbone = _load_backbone(directory / BACKBONE_DIR, dtype)
+        qnet = cls(backbone, spec)
+        try:
+            state = load_file(str(directory / HEAD_FILE))
+        except (OSError, FileNotFoundError) as exc:
+            raise MissingDataError(f"{directory} lacks {HEAD_FILE}") from exc
+        qnet.head.load_state_dict(state)
+        return qnet
+
+    def save_pretrained(
+        self,
+        directory: str | Path,
+        *,
+        tokenizer: Any = None,
+        state_dict: dict[str, torch.Tensor] | None = None,
+    ) -> Path:
+        """Write the checkpoint directory (see the module docstring) and return its path.
+
+        ``state_dict`` lets a distributed trainer pass the full gathered weights (FSDP).
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = state_dict if state_dict is not None else self.state_dict()
+        backbone_state = {
+            k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")
+        }
+        head_state = {
+            k[len("head.") :]: v.detach().to("cpu", torch.float32).contiguous()
+            for k, v in state.items()
+            if k.startswith("head.")
+        }
+        self.backbone.save_pretrained(str(directory / BACKBONE_DIR), state_dict=backbone_state)
+        save_file(head_state, str(directory / HEAD_FILE))
+        spec = replace(self.spec, qlass_version=code_version())
+        (directory / CONFIG_FILE).write_text(json.dumps(asdict(spec), indent=2) + "\n")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(directory))
+        return directory
+
+
+def _load_backbone(directory: Path, dtype: torch.dtype) -> PreTrainedModel:
+    if not (directory / "config.json").is_file():
+        raise MissingDataError(f"no model at {directory} (config.json missing)")
+    try:
+        model = AutoModel.from_pretrained(str(directory), dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise MissingDataError(f"cannot load a backbone from {directory}: {exc}") from exc
+    assert isinstance(model, PreTrainedModel)
+    return model

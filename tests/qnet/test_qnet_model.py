@@ -1,0 +1,86 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from qnet_helpers import varied_queries
+
+from qlass.errors import MissingDataError
+from qlass.qnet.encoding import encode_texts, pad_right, render
+from qlass.qnet.model import QNet, load_tokenizer
+
+
+def _encode(directory: Path, count: int = 6) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+    tok = load_tokenizer(directory)
+    texts = [render(tok, q.history, q.candidate_text) for q in varied_queries(count)]
+    ids = encode_texts(tok, texts, 1024)
+    input_ids, mask = pad_right(ids, tok.pad_token_id)
+    return input_ids, mask, ids
+
+
+def test_head_shape_and_checkpoint_layout(qnet_dir: Path) -> None:
+    qnet = QNet.from_pretrained(qnet_dir)
+    layers = [m for m in qnet.head.net if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in layers] == [(64, 64), (64, 64), (64, 1)]
+    assert {p.name for p in qnet_dir.iterdir()} >= {
+        "backbone",
+        "value_head.safetensors",
+        "qnet_config.json",
+        "tokenizer.json",
+    }
+    assert (qnet_dir / "backbone" / "model.safetensors").is_file()
+    config = json.loads((qnet_dir / "qnet_config.json").read_text())
+    assert config["head_dim"] == 64
+    assert config["max_length"] == 1024
+    assert config["qlass_version"].startswith("0.")
+
+
+def test_save_then_load_gives_identical_scores(qnet_dir: Path, tmp_path: Path) -> None:
+    input_ids, mask, _ = _encode(qnet_dir)
+    original = QNet.from_pretrained(qnet_dir).eval()
+    with torch.inference_mode():
+        before = original(input_ids, mask).value
+    moved = original.save_pretrained(tmp_path / "copy", tokenizer=load_tokenizer(qnet_dir))
+    reloaded = QNet.from_pretrained(moved).eval()
+    with torch.inference_mode():
+        after = reloaded(input_ids, mask).value
+    assert before is not None and after is not None
+    assert torch.equal(before, after)
+    assert before.std() > 0  # the scores are not all the same constant
+
+
+def test_right_padded_batch_equals_rows_alone(qnet_dir: Path) -> None:
+    input_ids, mask, ids = _encode(qnet_dir)
+    assert len({len(x) for x in ids}) > 1  # real padding happens
+    qnet = QNet.from_pretrained(qnet_dir).eval()
+    with torch.inference_mode():
+        batched = qnet(input_ids, mask).value
+        alone = torch.cat([qnet(torch.tensor([row])).value for row in ids])
+        # Reading the last column instead of the last real token gives other values: the
+        # index of the last real token is what makes right padding correct.
+        hidden = qnet.backbone(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        naive = qnet.head(hidden[:, -1].float())
+    assert torch.allclose(batched, alone, atol=1e-5)
+    padded_rows = mask.sum(1) < mask.shape[1]
+    assert not torch.allclose(naive[padded_rows], alone[padded_rows], atol=1e-3)
+
+
+def test_forward_returns_mse_loss(qnet_dir: Path) -> None:
+    input_ids, mask, _ = _encode(qnet_dir, 4)
+    qnet = QNet.from_pretrained(qnet_dir)
+    labels = torch.tensor([0.0, 1.0, 0.5, 0.25])
+    out = qnet(input_ids, mask, labels=labels)
+    assert out.loss is not None and out.value is not None
+    assert out.loss.item() == pytest.approx(((out.value - labels) ** 2).mean().item(), rel=1e-6)
+
+
+def test_from_backbone_caps_max_length_at_position_limit(tiny_model_dir: Path) -> None:
+    qnet = QNet.from_backbone(tiny_model_dir, head_dim=8, max_length=4096)
+    assert qnet.max_length == 1024  # the tiny backbone has 1024 positions
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path: Path, tiny_model_dir: Path) -> None:
+    with pytest.raises(MissingDataError, match="not a QNet checkpoint"):
+        QNet.from_pretrained(tmp_path)
+    with pytest.raises(MissingDataError, match="config.json missing"):
+        QNet.from_backbone(tmp_path)
