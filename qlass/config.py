@@ -72,7 +72,12 @@ class PolicyConfig(_Section):
 
     backend: str = Field("hf", description="'hf' (local transformers), 'litellm' or 'scripted'")
     model: str = Field("runs/bc-policy", description="model dir (hf) or LiteLLM model string")
-    api_base: str | None = Field(None, description="OpenAI-compatible base URL (litellm)")
+    api_base: str | None = Field(
+        None, description="OpenAI-compatible base URL (litellm); several, comma-separated"
+    )
+    api_key_env: str | None = Field(
+        None, description="environment variable holding the API key (never the key itself)"
+    )
     temperature: float = Field(0.7, ge=0, description="sampling temperature for exploration")
     max_tokens: int = Field(64, ge=1, description="completion tokens per turn at most")
     max_turns_in_prompt: int | None = Field(
