@@ -1,0 +1,273 @@
+"""Behaviour cloning: fine-tune the policy on expert conversations, loss on agent turns only.
+
+CPU default: a small Llama-architecture model with a BPE tokenizer trained on the expert
+data, both made from scratch (qlass.backends.tiny). GPU path: ``base_model`` points to a
+local checkpoint (a Llama, say) that is fine-tuned with the same code. Training uses the
+transformers ``Trainer``, so ``accelerate launch``/``torchrun`` spread it over GPUs.
+
+Each training sequence is rendered exactly as the policy will see it at inference:
+``qlass.prompts``' layout through the tokenizer's chat template, with the run's system
+prompt and, when ``max_turns`` is set, one example per agent turn with only the most
+recent ``max_turns`` turns of history (the target turn is the only one with loss).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import structlog
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DataCollatorForSeq2Seq,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+from qlass.backends.tiny import new_tiny_model, save_model, train_tokenizer
+from qlass.config import BCConfig
+from qlass.errors import ConfigError, MissingDataError
+from qlass.types import ChatMessage
+
+__all__ = [
+    "BCResult",
+    "build_examples",
+    "load_conversations",
+    "train_policy",
+]
+
+log = structlog.get_logger(__name__)
+
+ProgressFn = Callable[[int, int, float | None], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BCResult:
+    """What behaviour cloning produced and what it cost."""
+
+    model_dir: Path
+    conversations: int
+    examples: int
+    train_tokens: int
+    steps: int
+    final_loss: float
+    wall_time_s: float
+
+
+def load_conversations(path: Path, limit: int | None = None) -> list[list[ChatMessage]]:
+    """Read ``messages`` lists from an expert-trajectory JSONL file (``qlass envs gold``)."""
+    if not path.exists():
+        raise MissingDataError(f"expert trajectories not found at {path}: run `qlass envs gold`")
+    conversations: list[list[ChatMessage]] = []
+    with path.open() as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                messages = record["messages"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise ConfigError(f"{path}:{number}: not an expert-trajectory record") from exc
+            conversations.append(messages)
+            if limit is not None and len(conversations) >= limit:
+                break
+    return conversations
+
+
+def _with_system(messages: Sequence[ChatMessage], system_prompt: str | None) -> list[ChatMessage]:
+    head: list[ChatMessage] = (
+        [{"role": "system", "content": system_prompt}] if system_prompt else []
+    )
+    return head + [m for m in messages if m["role"] != "system"]
+
+
+def _windows(
+    messages: list[ChatMessage], max_turns: int | None
+) -> Iterable[tuple[list[ChatMessage], list[int]]]:
+    """Yield (messages, indices of assistant messages that carry loss)."""
+    assistant = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if max_turns is None:
+        yield messages, assistant
+        return
+    head = [i for i, m in enumerate(messages) if i < (assistant[0] if assistant else 0)]
+    for target in assistant:
+        # Keep the system/task head and the last `max_turns` (assistant, observation) pairs.
+        start = max(head[-1] + 1 if head else 0, target - 2 * max_turns)
+        window = [messages[i] for i in head] + messages[start : target + 1]
+        yield window, [len(window) - 1]
+
+
+def _render(tokenizer: PreTrainedTokenizerBase, messages: list[ChatMessage], **kw: Any) -> str:
+    rendered = tokenizer.apply_chat_template(
+        cast(list[dict[str, str]], messages), tokenize=False, **kw
+    )
+    return cast(str, rendered)
+
+
+def build_examples(
+    conversations: Iterable[Sequence[ChatMessage]],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    system_prompt: str | None,
+    max_length: int,
+    max_turns: int | None = None,
+) -> list[dict[str, list[int]]]:
+    """Tokenise conversations with labels on the agent turns only (-100 elsewhere).
+
+    Assistant spans are found by rendering the conversation up to each assistant turn with
+    and without it, which works for any chat template. Sequences longer than
+    ``max_length`` are cut from the left (the oldest history goes first).
+    """
+    examples: list[dict[str, list[int]]] = []
+    for conversation in conversations:
+        messages = _with_system(conversation, system_prompt)
+        for window, targets in _windows(messages, max_turns):
+            text = _render(tokenizer, window)
+            spans = []
+            for i in targets:
+                before = _render(tokenizer, window[:i], add_generation_prompt=True)
+                upto = _render(tokenizer, window[: i + 1])
+                if not upto.startswith(before) or not text.startswith(upto):
+                    raise ConfigError("the tokenizer's chat template is not prefix-stable")
+                spans.append((len(before), len(upto)))
+            encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            ids: list[int] = encoded["input_ids"]
+            labels = [
+                tok if any(lo <= start < hi for lo, hi in spans) else -100
+                for tok, (start, _end) in zip(ids, encoded["offset_mapping"], strict=True)
+            ]
+            ids, labels = ids[-max_length:], labels[-max_length:]
+            if any(label != -100 for label in labels):
+                examples.append(
+                    {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+                )
+    return examples
+
+
+class _Progress(TrainerCallback):
+    def __init__(self, report: ProgressFn) -> None:
+        self._report = report
+        self.last_loss: float | None = None
+
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any
+    ) -> None:
+        if logs and "loss" in logs:
+            self.last_loss = float(logs["loss"])
+        self._report(state.global_step, state.max_steps, self.last_loss)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self._report(state.global_step, state.max_steps, self.last_loss)
+
+
+def _base(config: BCConfig, conversations: list[list[ChatMessage]], seed: int) -> tuple[Any, Any]:
+    model: Any
+    if config.base_model is not None:
+        tokenizer = AutoTokenizer.from_pretrained(config.base_model)
+        model = AutoModelForCausalLM.from_pretrained(config.base_model)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return model, tokenizer
+    texts = [m["content"] for conversation in conversations for m in conversation]
+    tokenizer = train_tokenizer(texts, vocab_size=config.vocab_size)
+    model = new_tiny_model(
+        tokenizer,
+        layers=config.layers,
+        width=config.width,
+        heads=config.heads,
+        max_positions=max(config.max_length, 2048),
+        seed=seed,
+    )
+    return model, tokenizer
+
+
+def train_policy(
+    conversations: list[list[ChatMessage]],
+    config: BCConfig,
+    *,
+    system_prompt: str | None,
+    max_turns: int | None,
+    seed: int = 0,
+    output_dir: Path | None = None,
+    progress: ProgressFn | None = None,
+) -> BCResult:
+    """Train the policy on ``conversations`` and save it as a model directory."""
+    if not conversations:
+        raise MissingDataError("no expert conversations to train on")
+    started = time.perf_counter()
+    output_dir = output_dir or config.output_dir
+    torch.manual_seed(seed)
+    model, tokenizer = _base(config, conversations, seed)
+    examples = build_examples(
+        conversations,
+        tokenizer,
+        system_prompt=system_prompt,
+        max_length=config.max_length,
+        max_turns=max_turns,
+    )
+    train_tokens = sum(len(e["input_ids"]) for e in examples)
+    steps_per_epoch = math.ceil(len(examples) / config.batch_size)
+    log.info(
+        "bc.start",
+        conversations=len(conversations),
+        examples=len(examples),
+        tokens=train_tokens,
+        steps=math.ceil(steps_per_epoch * config.epochs),
+        base=config.base_model or "from scratch",
+    )
+    tokenizer.padding_side = "right"
+    args = TrainingArguments(
+        output_dir=str(output_dir / "trainer"),
+        per_device_train_batch_size=config.batch_size,
+        num_train_epochs=config.epochs,
+        learning_rate=config.lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.03,
+        weight_decay=0.01,
+        logging_steps=max(1, steps_per_epoch // 4),
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+    )
+    callback = _Progress(progress or (lambda *_: None))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=examples,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+        callbacks=[callback],
+    )
+    output = trainer.train()
+    tokenizer.padding_side = "left"
+    save_model(trainer.model, tokenizer, output_dir)  # type: ignore[arg-type]
+    result = BCResult(
+        model_dir=output_dir,
+        conversations=len(conversations),
+        examples=len(examples),
+        train_tokens=train_tokens,
+        steps=output.global_step,
+        final_loss=callback.last_loss if callback.last_loss is not None else output.training_loss,
+        wall_time_s=time.perf_counter() - started,
+    )
+    log.info(
+        "bc.done",
+        model_dir=str(output_dir),
+        loss=result.final_loss,
+        seconds=round(result.wall_time_s, 1),
+    )
+    return result

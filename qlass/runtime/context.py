@@ -1,0 +1,203 @@
+"""What a search strategy works with: a policy, a value model, environments and a tally.
+
+:class:`SearchContext` renders a history into the policy's prompt, samples candidates,
+scores them with the value model, and counts every token, call and env step, so that every
+strategy is run by the same code and compared on the same budget accounting.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from qlass.backends.base import Policy
+from qlass.envs.base import Env
+from qlass.errors import ReplayMismatchError
+from qlass.prompts import policy_messages
+from qlass.qnet.base import ValueModel, ValueQuery
+from qlass.types import Candidate, History, Observation, StepResult, TaskSpec, Usage
+
+__all__ = [
+    "EnvProvider",
+    "EnvSession",
+    "SearchContext",
+    "SingleEnvProvider",
+    "Tally",
+]
+
+
+class EnvSession(Protocol):
+    """An environment standing somewhere in an episode of one task."""
+
+    @property
+    def initial(self) -> Observation:
+        """The observation the episode started from (after reset)."""
+        ...
+
+    async def step(self, action: str) -> StepResult: ...
+
+
+class EnvProvider(Protocol):
+    """Hands out environments positioned after a prefix of actions (an ``EnvPool`` does)."""
+
+    def session(
+        self, task: TaskSpec, actions: Sequence[str] = (), expected: Sequence[str] | None = None
+    ) -> AbstractAsyncContextManager[EnvSession]: ...
+
+
+class _TrackedSession:
+    """A session over the provider's one env that keeps the provider's path up to date."""
+
+    def __init__(self, provider: SingleEnvProvider, initial: Observation) -> None:
+        self._provider = provider
+        self.initial = initial
+
+    async def step(self, action: str) -> StepResult:
+        result = await self._provider.env.step(action)
+        self._provider.env_steps += 1
+        self._provider.path.append(action)
+        return result
+
+
+class SingleEnvProvider:
+    """Positions one user-supplied :class:`Env`: continue if it already stands on the way,
+    else reset and replay.
+
+    Any object implementing the ``Env`` protocol works, which is what an embedding app with
+    its own environment needs. One session at a time (the env is not shared).
+    """
+
+    def __init__(self, env: Env) -> None:
+        self.env = env
+        self.env_steps = 0
+        self.path: list[str] = []
+        self._task: TaskSpec | None = None
+        self._initial: Observation | None = None
+
+    @asynccontextmanager
+    async def _session(
+        self, task: TaskSpec, actions: Sequence[str], expected: Sequence[str] | None
+    ) -> AsyncIterator[EnvSession]:
+        actions = list(actions)
+        on_the_way = task == self._task and actions[: len(self.path)] == self.path
+        if not on_the_way or self._initial is None:
+            self._initial = await self.env.reset(task)
+            self._task, self.path = task, []
+        for i in range(len(self.path), len(actions)):
+            result = await self.env.step(actions[i])
+            self.env_steps += 1
+            self.path.append(actions[i])
+            if expected is not None and result.observation != expected[i]:
+                self._task = None
+                raise ReplayMismatchError(
+                    f"{task.key}: replaying step {i + 1} ({actions[i]!r}) gave a different "
+                    "observation than recorded"
+                )
+        yield _TrackedSession(self, self._initial)
+
+    def session(
+        self, task: TaskSpec, actions: Sequence[str] = (), expected: Sequence[str] | None = None
+    ) -> AbstractAsyncContextManager[EnvSession]:
+        return self._session(task, actions, expected)
+
+
+@dataclass
+class Tally:
+    """Running totals of what a stage spent. Mutable; one per stage or per episode."""
+
+    usage: Usage = Usage()
+    cached_usage: Usage = Usage()
+    policy_calls: int = 0
+    samples: int = 0
+    invalid_samples: int = 0
+    value_queries: int = 0
+    env_steps: int = 0
+    policy_time_s: float = 0.0
+    value_time_s: float = 0.0
+    env_time_s: float = 0.0
+
+    def add_candidates(self, candidates: Sequence[Candidate], elapsed_s: float) -> None:
+        self.policy_calls += 1
+        self.policy_time_s += elapsed_s
+        for candidate in candidates:
+            self.samples += 1
+            self.invalid_samples += not candidate.is_valid
+            if candidate.cached:
+                self.cached_usage += candidate.usage
+            else:
+                self.usage += candidate.usage
+
+    def merge(self, other: Tally) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "prompt_tokens": self.usage.prompt_tokens,
+            "completion_tokens": self.usage.completion_tokens,
+            "cost_usd": self.usage.cost_usd,
+            "cached_completion_tokens": self.cached_usage.completion_tokens,
+            "policy_calls": self.policy_calls,
+            "samples": self.samples,
+            "invalid_samples": self.invalid_samples,
+            "value_queries": self.value_queries,
+            "env_steps": self.env_steps,
+            "policy_time_s": round(self.policy_time_s, 3),
+            "value_time_s": round(self.value_time_s, 3),
+            "env_time_s": round(self.env_time_s, 3),
+        }
+
+
+@dataclass
+class SearchContext:
+    """Everything a strategy needs for one task; counts into ``tally``.
+
+    ``oracle_terminal_reward`` reproduces the authors' released code (finished candidates
+    scored by the true env reward). It leaks test reward and exists only as a labelled
+    ablation; it is off by default.
+    """
+
+    policy: Policy
+    envs: EnvProvider
+    value_model: ValueModel | None = None
+    system_prompt: str | None = None
+    max_steps: int = 30
+    max_tokens: int = 64
+    max_turns_in_prompt: int | None = None
+    temperature: float = 0.7
+    seed: int = 0
+    oracle_terminal_reward: bool = False
+    tally: Tally = field(default_factory=Tally)
+
+    async def propose(
+        self, history: History, *, n: int, temperature: float, seed: int | None
+    ) -> list[Candidate]:
+        """Sample ``n`` candidate next turns for ``history``."""
+        messages = policy_messages(history, self.system_prompt, max_turns=self.max_turns_in_prompt)
+        started = time.perf_counter()
+        candidates = await self.policy.sample(
+            messages, n=n, temperature=temperature, max_tokens=self.max_tokens, seed=seed
+        )
+        self.tally.add_candidates(candidates, time.perf_counter() - started)
+        return candidates
+
+    async def score(self, history: History, candidates: Sequence[Candidate]) -> list[float]:
+        """Value-model scores of ``candidates`` (all of them, finished or not)."""
+        if self.value_model is None:
+            raise ValueError("this strategy needs a value model; none is configured")
+        queries = [ValueQuery(history, c.text) for c in candidates]
+        started = time.perf_counter()
+        scores = await self.value_model.score(queries)
+        self.tally.value_time_s += time.perf_counter() - started
+        self.tally.value_queries += len(queries)
+        return scores
+
+    async def timed_step(self, session: EnvSession, action: str) -> StepResult:
+        started = time.perf_counter()
+        result = await session.step(action)
+        self.tally.env_time_s += time.perf_counter() - started
+        self.tally.env_steps += 1
+        return result

@@ -1,0 +1,101 @@
+"""Evaluation: play a split's tasks with a strategy, many episodes at once, and summarise.
+
+The paper's metric is the average final reward (score in [0, 1], shown x100); the success
+rate is reported beside it, never instead of it. Tokens are the policy's prompt and
+completion tokens, cached ones included (a cached answer cost tokens when it was made).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+
+from qlass._seeding import derive_seed
+from qlass.runtime.context import SearchContext, Tally
+from qlass.runtime.strategies import SearchStrategy
+from qlass.types import TaskSpec, Trajectory
+
+__all__ = ["StrategyReport", "evaluate_strategy", "summarise"]
+
+EpisodeHook = Callable[[Trajectory, Tally], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class StrategyReport:
+    """One strategy's results on one split."""
+
+    strategy: str
+    split: str
+    episodes: int
+    avg_reward: float
+    success_rate: float
+    avg_steps: float
+    prompt_tokens: int
+    completion_tokens: int
+    completion_tokens_per_episode: float
+    env_steps: int
+    wall_time_s: float
+    oracle_best_reward: float | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def summarise(
+    strategy: str, split: str, trajectories: Sequence[Trajectory], wall_time_s: float
+) -> StrategyReport:
+    """Aggregate finished episodes into a :class:`StrategyReport`."""
+    n = len(trajectories)
+    oracle = [t.info["oracle_best_score"] for t in trajectories if "oracle_best_score" in t.info]
+    completion = sum(t.usage.completion_tokens for t in trajectories)
+    return StrategyReport(
+        strategy=strategy,
+        split=split,
+        episodes=n,
+        avg_reward=statistics.fmean(t.final_score for t in trajectories) if n else 0.0,
+        success_rate=statistics.fmean(float(t.success) for t in trajectories) if n else 0.0,
+        avg_steps=statistics.fmean(len(t.steps) for t in trajectories) if n else 0.0,
+        prompt_tokens=sum(t.usage.prompt_tokens for t in trajectories),
+        completion_tokens=completion,
+        completion_tokens_per_episode=completion / n if n else 0.0,
+        env_steps=sum(t.env_steps for t in trajectories),
+        wall_time_s=wall_time_s,
+        oracle_best_reward=statistics.fmean(oracle) if oracle and len(oracle) == n else None,
+    )
+
+
+async def evaluate_strategy(
+    strategy: SearchStrategy,
+    tasks: Sequence[TaskSpec],
+    ctx: SearchContext,
+    *,
+    concurrency: int,
+    seed: int,
+    on_episode: EpisodeHook | None = None,
+) -> tuple[StrategyReport, list[Trajectory]]:
+    """Play every task once with ``strategy`` (``concurrency`` episodes at a time).
+
+    Each episode gets its own tally and a seed derived from (seed, strategy, task), so the
+    result of a task does not depend on which other episodes ran beside it.
+    """
+    started = time.perf_counter()
+    limit = asyncio.Semaphore(concurrency)
+
+    async def play(task: TaskSpec) -> Trajectory:
+        async with limit:
+            episode_ctx = replace(ctx, tally=Tally())
+            trajectory = await strategy.run(
+                episode_ctx, task, derive_seed(seed, "eval", strategy.name, task.key)
+            )
+            ctx.tally.merge(episode_ctx.tally)
+            if on_episode is not None:
+                await on_episode(trajectory, episode_ctx.tally)
+            return trajectory
+
+    trajectories = list(await asyncio.gather(*(play(t) for t in tasks)))
+    split = tasks[0].split if tasks else "dev"
+    report = summarise(strategy.name, split, trajectories, time.perf_counter() - started)
+    return report, trajectories

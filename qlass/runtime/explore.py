@@ -1,0 +1,262 @@
+"""Exploration trees (paper stage 2), grown concurrently and committed node by node.
+
+For a task, the tree starts at the state after reset. A node at depth ``d`` is expanded
+with ``width`` samples of the policy (temperature ``temperature``), each executed in the
+environment and committed as a child as soon as its env step returns:
+
+- ``d < min_prune_depth``: every child is expanded further;
+- ``min_prune_depth <= d < max_depth``: the first child is expanded further, the others are
+  rolled out (one sample per step) to a leaf;
+- ``d >= max_depth``: the node is rolled out to a leaf.
+
+A leaf is a node whose episode ended (done) or hit the step limit; its final reward is the
+episode score, and the store relabels its ancestors' Q values in the same transaction.
+
+Resume: the tree is re-read from the store and walked by the same deterministic rules.
+Children already committed are reused (no env step, no policy call); a missing sibling is
+sampled again with the same seed, which the policy-call cache answers from the DB.
+Environments are positioned through the :class:`EnvProvider` (live continuation where an
+idle env stands at the node, replay from reset otherwise).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field, replace
+
+import structlog
+
+from qlass._seeding import derive_seed
+from qlass.errors import EnvCrashedError, EnvTimeoutError
+from qlass.runtime.context import SearchContext, Tally
+from qlass.runtime.episode import Decision, EpisodeState, advance, start_episode
+from qlass.runtime.scheduler import StopSignal
+from qlass.storage import NewNode, NodeRecord, TaskRecord, Tree, TreeStore
+from qlass.types import Candidate, History, TaskSpec, Turn
+
+__all__ = ["ExploreSettings", "TreeExplorer", "TreeStats"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ExploreSettings:
+    """The paper's exploration knobs (W, D, prune depth, temperature) plus the step limit."""
+
+    width: int = 2
+    max_depth: int = 8
+    min_prune_depth: int = 3
+    temperature: float = 0.7
+    max_steps: int = 30
+    env_retries: int = 1
+
+
+@dataclass
+class TreeStats:
+    """What growing one tree cost and produced."""
+
+    new_nodes: int = 0
+    reused_nodes: int = 0
+    leaves: int = 0
+    best_score: float = 0.0
+    failed_steps: int = 0
+    stopped: bool = False
+    tally: Tally = field(default_factory=Tally)
+    wall_time_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Node:
+    record: NodeRecord
+    state: EpisodeState
+    path: tuple[int, ...]
+
+
+class TreeExplorer:
+    """Grows the exploration tree of one task at a time; many may run concurrently."""
+
+    def __init__(
+        self,
+        store: TreeStore,
+        ctx: SearchContext,
+        settings: ExploreSettings,
+        *,
+        seed: int,
+        stop: StopSignal | None = None,
+    ) -> None:
+        self._store = store
+        self._ctx = ctx
+        self._settings = settings
+        self._seed = seed
+        self._stop = stop or StopSignal()
+
+    async def explore(self, task: TaskRecord) -> TreeStats:
+        """Grow (or finish growing) the tree of ``task`` and return what it cost.
+
+        After a graceful stop request no new step starts; steps under way are committed
+        and the returned stats say ``stopped`` (the tree is then not complete).
+        """
+        started = time.perf_counter()
+        stats = TreeStats()
+        ctx = replace(self._ctx, tally=stats.tally, max_steps=self._settings.max_steps)
+        tree = await self._store.trees.load(task.id)
+        spec = task.spec
+        root_record = tree.root
+        if root_record is None:
+            state = await start_episode(ctx, spec)
+            root_record = await self._store.trees.add_root(
+                task.id, state.history.initial_observation, instruction=state.history.instruction
+            )
+            stats.new_nodes += 1
+        else:
+            state = EpisodeState(
+                task=spec,
+                history=History(tree.task.instruction, root_record.observation),
+                started=time.perf_counter(),
+            )
+        grower = _Grower(
+            self._store, ctx, self._settings, self._seed, spec, tree, stats, self._stop
+        )
+        await grower.grow(_Node(root_record, state, ()))
+        stats.stopped = self._stop.requested
+        stats.wall_time_s = time.perf_counter() - started
+        return stats
+
+
+class _Grower:
+    """The recursive part of :class:`TreeExplorer` for one tree."""
+
+    def __init__(
+        self,
+        store: TreeStore,
+        ctx: SearchContext,
+        settings: ExploreSettings,
+        seed: int,
+        task: TaskSpec,
+        tree: Tree,
+        stats: TreeStats,
+        stop: StopSignal,
+    ) -> None:
+        self._store = store
+        self._stop = stop
+        self._ctx = ctx
+        self._s = settings
+        self._seed = seed
+        self._task = task
+        self._tree = tree
+        self._stats = stats
+
+    async def grow(self, node: _Node) -> None:
+        if node.record.is_leaf:
+            return
+        depth = node.record.depth
+        if depth >= self._s.max_depth:
+            await self._rollout(node)
+            return
+        children = await self._children(node, self._s.width)
+        if depth < self._s.min_prune_depth:
+            await asyncio.gather(*(self.grow(child) for child in children))
+        elif children:
+            await asyncio.gather(
+                self.grow(children[0]), *(self._rollout(child) for child in children[1:])
+            )
+
+    async def _rollout(self, node: _Node) -> None:
+        while not node.record.is_leaf:
+            children = await self._children(node, 1)
+            if not children:
+                return
+            node = children[0]
+
+    async def _children(self, node: _Node, count: int) -> list[_Node]:
+        """The first ``count`` children of ``node``: stored ones reused, missing ones made."""
+        stored = {c.sample_index: c for c in self._tree.children(node.record.id)}
+        missing = [i for i in range(count) if i not in stored]
+        made: dict[int, NodeRecord] = {}
+        if missing and self._stop.requested:
+            return []
+        if missing:
+            seed = derive_seed(self._seed, "explore", self._task.key, node.path, count)
+            candidates = await self._ctx.propose(
+                node.state.history, n=count, temperature=self._s.temperature, seed=seed
+            )
+            records = await asyncio.gather(
+                *(self._execute(node, candidates[i], i) for i in missing)
+            )
+            made = {i: r for i, r in zip(missing, records, strict=True) if r is not None}
+        self._stats.reused_nodes += len(stored)
+        children = []
+        for i in range(count):
+            record = stored.get(i) or made.get(i)
+            if record is not None:
+                children.append(_Node(record, self._state_after(node, record), (*node.path, i)))
+        return children
+
+    @staticmethod
+    def _state_after(node: _Node, record: NodeRecord) -> EpisodeState:
+        state = node.state
+        executed = record.action is not None and record.status == "ok"
+        return replace(
+            state,
+            history=state.history.extend(Turn(record.text, record.action, record.observation)),
+            actions=(*state.actions, record.action) if executed else state.actions,  # type: ignore[arg-type]
+            observations=(*state.observations, record.observation)
+            if executed
+            else state.observations,
+            score=record.score,
+            done=record.done,
+            success=record.success,
+        )
+
+    async def _execute(self, node: _Node, candidate: Candidate, index: int) -> NodeRecord | None:
+        """Run one candidate from ``node`` and commit the child (None if the env failed)."""
+        error: Exception | None = None
+        for _attempt in range(self._s.env_retries + 1):
+            started = time.perf_counter()
+            try:
+                after = await advance(self._ctx, node.state, Decision(candidate))
+            except (EnvCrashedError, EnvTimeoutError) as exc:
+                error = exc
+                log.warning("explore.env_failed", task=self._task.key, error=str(exc))
+                continue
+            result = after.steps[-1].result
+            leaf = after.done or after.depth >= self._s.max_steps
+            record = await self._store.trees.add_child(
+                node.record.id,
+                NewNode(
+                    observation=result.observation,
+                    action=candidate.action,
+                    text=candidate.text,
+                    reward=result.reward,
+                    score=result.score,
+                    done=result.done,
+                    success=result.success,
+                    final_reward=after.score if leaf else None,
+                    sample_index=index,
+                    prompt_tokens=candidate.usage.prompt_tokens,
+                    completion_tokens=candidate.usage.completion_tokens,
+                    cost_usd=candidate.usage.cost_usd,
+                    env_time_s=time.perf_counter() - started,
+                    status="ok" if candidate.is_valid else "invalid",
+                    error=candidate.parse_error,
+                ),
+            )
+            self._stats.new_nodes += 1
+            self._stats.leaves += leaf
+            self._stats.best_score = max(self._stats.best_score, after.score if leaf else 0.0)
+            return record
+        self._stats.failed_steps += 1
+        await self._store.trees.add_child(
+            node.record.id,
+            NewNode(
+                observation="",
+                action=candidate.action,
+                text=candidate.text,
+                is_leaf=True,
+                sample_index=index,
+                status="failed",
+                error=str(error),
+            ),
+        )
+        return None

@@ -1,0 +1,276 @@
+"""Search strategies, all run by the same episode loop and the same budget accounting.
+
+    greedy          the policy alone, temperature 0, one sample per step
+    sampled         the policy alone, sampled at the search temperature
+    best_of_n:N     N sampled episodes; the value model picks one (no oracle)
+    qlass:M         Q-guided stepwise search: M candidates per step, execute the arg-max
+    beam:B          beam search over Q: keep the B best partial episodes per step
+
+Candidates that would end the episode are scored by the value model like every other
+candidate. ``SearchContext.oracle_terminal_reward`` reproduces the authors' released code
+(finished candidates scored by the true env reward) for comparison only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from qlass._seeding import derive_seed
+from qlass.errors import UnknownNameError
+from qlass.runtime.context import SearchContext, Tally
+from qlass.runtime.episode import (
+    Decision,
+    EpisodeState,
+    advance,
+    execute,
+    run_stepwise,
+    run_until_done,
+    start_episode,
+    to_trajectory,
+)
+from qlass.types import Candidate, ScoredCandidate, TaskSpec, Trajectory
+
+__all__ = [
+    "BeamSearch",
+    "BestOfN",
+    "Greedy",
+    "QGuided",
+    "Sampled",
+    "SearchStrategy",
+    "make_strategy",
+    "strategy_names",
+]
+
+
+class SearchStrategy(Protocol):
+    """Plays one task to the end and returns the trajectory it chose."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def run(self, ctx: SearchContext, task: TaskSpec, seed: int) -> Trajectory: ...
+
+
+def _best(values: Sequence[float]) -> int:
+    """Index of the largest value; the first one on ties (candidates come in sample order)."""
+    return max(range(len(values)), key=lambda i: (values[i], -i))
+
+
+@dataclass(frozen=True)
+class Greedy:
+    """The policy's most likely turn at every step."""
+
+    name: str = "greedy"
+
+    async def decide(self, ctx: SearchContext, state: EpisodeState, seed: int) -> Decision:
+        (candidate,) = await ctx.propose(state.history, n=1, temperature=0.0, seed=seed)
+        return Decision(candidate)
+
+    async def run(self, ctx: SearchContext, task: TaskSpec, seed: int) -> Trajectory:
+        return await run_stepwise(ctx, task, self, seed)
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """One sampled turn per step at ``temperature`` (the rollout policy of Best-of-N)."""
+
+    temperature: float = 0.7
+    name: str = "sampled"
+
+    async def decide(self, ctx: SearchContext, state: EpisodeState, seed: int) -> Decision:
+        (candidate,) = await ctx.propose(
+            state.history, n=1, temperature=self.temperature, seed=seed
+        )
+        return Decision(candidate)
+
+    async def run(self, ctx: SearchContext, task: TaskSpec, seed: int) -> Trajectory:
+        return await run_stepwise(ctx, task, self, seed)
+
+
+async def _oracle_values(
+    ctx: SearchContext, state: EpisodeState, candidates: Sequence[Candidate], values: list[float]
+) -> list[float]:
+    """ABLATION: replace the value of candidates that end the episode by the true reward."""
+    out = list(values)
+    for i, candidate in enumerate(candidates):
+        assert candidate.action is not None
+        result = await execute(ctx, state, candidate.action)
+        if result.done:
+            out[i] = result.score
+    return out
+
+
+@dataclass(frozen=True)
+class QGuided:
+    """QLASS: sample ``candidates`` turns, score each with the value model, take the best."""
+
+    candidates: int = 2
+    temperature: float = 0.7
+
+    @property
+    def name(self) -> str:
+        return f"qlass:{self.candidates}"
+
+    async def decide(self, ctx: SearchContext, state: EpisodeState, seed: int) -> Decision:
+        proposed = await ctx.propose(
+            state.history, n=self.candidates, temperature=self.temperature, seed=seed
+        )
+        valid = list({c.text: c for c in proposed if c.is_valid}.values())
+        if not valid:
+            return Decision(proposed[0], tuple(ScoredCandidate(c) for c in proposed))
+        values = await ctx.score(state.history, valid)
+        if ctx.oracle_terminal_reward:
+            values = await _oracle_values(ctx, state, valid, values)
+        by_text = dict(zip((c.text for c in valid), values, strict=True))
+        considered = tuple(ScoredCandidate(c, by_text.get(c.text)) for c in proposed)
+        best = _best(values)
+        return Decision(valid[best], considered, values[best])
+
+    async def run(self, ctx: SearchContext, task: TaskSpec, seed: int) -> Trajectory:
+        return await run_stepwise(ctx, task, self, seed)
+
+
+@dataclass(frozen=True)
+class BestOfN:
+    """Sample ``n`` whole episodes and keep the one the value model rates highest.
+
+    An episode's value is the value model's score of its last step (the predicted outcome).
+    The best true score among the ``n`` is recorded as ``oracle_best_score`` (an upper
+    bound, never used for the choice).
+    """
+
+    n: int = 4
+    temperature: float = 0.7
+
+    @property
+    def name(self) -> str:
+        return f"best_of_n:{self.n}"
+
+    async def run(self, ctx: SearchContext, task: TaskSpec, seed: int) -> Trajectory:
+        start = await start_episode(ctx, task)
+        rollout = Sampled(self.temperature)
+        contexts = [replace(ctx, tally=Tally()) for _ in range(self.n)]
+        finals = await asyncio.gather(
+            *(
+                run_until_done(sub, start, rollout, derive_seed(seed, i))
+                for i, sub in enumerate(contexts)
+            )
+        )
+        for sub in contexts:
+            ctx.tally.merge(sub.tally)
+        values = await self._values(ctx, finals)
+        chosen = _best(values)
+        info = {
+            "strategy": self.name,
+            "values": values,
+            "scores": [s.score for s in finals],
+            "chosen": chosen,
+            "oracle_best_score": max(s.score for s in finals),
+        }
+        return to_trajectory(ctx, replace(finals[chosen], started=start.started), info)
+
+    @staticmethod
+    async def _values(ctx: SearchContext, finals: Sequence[EpisodeState]) -> list[float]:
+        values = [-math.inf] * len(finals)
+        scored = [i for i, s in enumerate(finals) if s.steps and s.steps[-1].candidate.is_valid]
+        for i in scored:
+            last = finals[i].steps[-1]
+            before = finals[i].history.turns[:-1]
+            history = replace(finals[i].history, turns=before)
+            (values[i],) = await ctx.score(history, [last.candidate])
+        return values
+
+
+@dataclass(frozen=True)
+class _Option:
+    """A beam (``decision`` is None) or a scored continuation of one, not yet executed."""
+
+    state: EpisodeState
+    value: float
+    decision: Decision | None = None
+
+
+@dataclass(frozen=True)
+class BeamSearch:
+    """Beam search over Q: expand every live beam with ``candidates`` turns, keep the
+    ``width`` highest-valued continuations (finished beams compete with their last value)."""
+
+    width: int = 2
+    candidates: int = 2
+    temperature: float = 0.7
+
+    @property
+    def name(self) -> str:
+        return f"beam:{self.width}"
+
+    async def run(self, ctx: SearchContext, task: TaskSpec, seed: int) -> Trajectory:
+        start = await start_episode(ctx, task)
+        beams = [_Option(start, -math.inf)]
+        for depth in range(ctx.max_steps):
+            live = [b for b in beams if not b.state.done]
+            if not live:
+                break
+            expansions = await asyncio.gather(
+                *(
+                    self._expand(ctx, b.state, derive_seed(seed, depth, i))
+                    for i, b in enumerate(live)
+                )
+            )
+            options = [b for b in beams if b.state.done]
+            options += [option for group in expansions for option in group]
+            kept = sorted(options, key=lambda o: o.value, reverse=True)[: self.width]
+            beams = list(await asyncio.gather(*(self._realise(ctx, o) for o in kept)))
+        best = max(beams, key=lambda b: b.value)
+        info = {"strategy": self.name, "values": [b.value for b in beams]}
+        return to_trajectory(ctx, replace(best.state, started=start.started), info)
+
+    async def _expand(self, ctx: SearchContext, state: EpisodeState, seed: int) -> list[_Option]:
+        proposed = await ctx.propose(
+            state.history, n=self.candidates, temperature=self.temperature, seed=seed
+        )
+        valid = list({c.text: c for c in proposed if c.is_valid}.values())
+        if not valid:
+            return [_Option(state, -math.inf, Decision(proposed[0]))]
+        values = await ctx.score(state.history, valid)
+        considered = tuple(ScoredCandidate(c, v) for c, v in zip(valid, values, strict=True))
+        return [
+            _Option(state, v, Decision(c, considered, v))
+            for c, v in zip(valid, values, strict=True)
+        ]
+
+    @staticmethod
+    async def _realise(ctx: SearchContext, option: _Option) -> _Option:
+        if option.decision is None:
+            return option
+        return _Option(await advance(ctx, option.state, option.decision), option.value)
+
+
+_FACTORIES: dict[str, Callable[[int | None, float], SearchStrategy]] = {
+    "greedy": lambda _k, _t: Greedy(),
+    "sampled": lambda _k, t: Sampled(t),
+    "best_of_n": lambda k, t: BestOfN(k or 4, t),
+    "qlass": lambda k, t: QGuided(k or 2, t),
+    "beam": lambda k, t: BeamSearch(width=k or 2, temperature=t),
+}
+
+
+def strategy_names() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+def make_strategy(spec: str, *, temperature: float = 0.7) -> SearchStrategy:
+    """Build a strategy from ``name`` or ``name:K`` (``best_of_n:8``, ``qlass:4``)."""
+    name, _, k = spec.partition(":")
+    if name not in _FACTORIES:
+        raise UnknownNameError(f"unknown strategy {name!r}; choose from {strategy_names()}")
+    try:
+        count = int(k) if k else None
+    except ValueError:
+        raise UnknownNameError(f"strategy {spec!r}: the part after ':' must be a number") from None
+    if count is not None and count < 1:
+        raise UnknownNameError(f"strategy {spec!r}: the count must be at least 1")
+    return _FACTORIES[name](count, temperature)

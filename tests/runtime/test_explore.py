@@ -1,0 +1,131 @@
+"""The explorer against the real SQLite tree store, a corridor env and a scripted policy."""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from qlass.backends.cache import CachedPolicy
+from qlass.backends.scripted import ScriptedPolicy
+from qlass.runtime.context import SearchContext, SingleEnvProvider
+from qlass.runtime.explore import ExploreSettings, TreeExplorer
+from qlass.runtime.scheduler import StopSignal
+from qlass.storage import Tree, TreeStore
+from qlass.types import ChatMessage
+
+from .toys import TASK, Corridor
+
+SETTINGS = ExploreSettings(width=2, max_depth=3, min_prune_depth=1, temperature=0.7, max_steps=6)
+
+
+def _right_then_left(messages: Sequence[ChatMessage], index: int) -> str:
+    return "Action: move right" if index % 2 == 0 else "Action: move left"
+
+
+def _shape(tree: Tree) -> set[tuple[tuple[int, ...], str | None, str]]:
+    """Each node as (sample-index path, action, observation): comparable across stores."""
+    out = set()
+    for node in tree.nodes:
+        path = tuple(n.sample_index for n in tree.path(node.id)[1:])
+        out.add((path, node.action, node.observation))
+    return out
+
+
+async def _explore(
+    store: TreeStore, policy: ScriptedPolicy, stop: StopSignal | None = None
+) -> tuple[Tree, Corridor, object]:
+    run = await store.runs.get("r") if await store.runs.find("r") else None
+    if run is None:
+        run = await store.runs.create("r", config={}, seed=0)
+        await store.labels.create_set(run.id, gamma=0.9, normalize=False)
+    (task,) = await store.tasks.add_many(run.id, [TASK])
+    env = Corridor(3)
+    ctx = SearchContext(policy=CachedPolicy(policy, store.call_cache), envs=SingleEnvProvider(env))
+    stats = await TreeExplorer(store, ctx, SETTINGS, seed=0, stop=stop).explore(task)
+    return await store.trees.load(task.id), env, stats
+
+
+def _check_paper_shape(tree: Tree) -> None:
+    root = tree.root
+    assert root is not None
+    for node in tree.nodes:
+        children = tree.children(node.id)
+        if node.is_leaf:
+            assert not children
+            assert node.done or node.depth == SETTINGS.max_steps
+            assert node.final_reward == node.score
+            continue
+        if node.depth < SETTINGS.min_prune_depth:
+            assert len(children) == SETTINGS.width
+        elif node.depth < SETTINGS.max_depth:
+            # An expanded node has W children; a rolled-out one has exactly one.
+            assert len(children) in (1, SETTINGS.width)
+        else:
+            assert len(children) == 1
+
+
+async def test_tree_has_the_papers_shape_and_labels(tmp_path: Path) -> None:
+    store = await TreeStore.open(tmp_path / "t.db")
+    tree, env, stats = await _explore(store, ScriptedPolicy(rule=_right_then_left))
+    _check_paper_shape(tree)
+    assert stats.new_nodes == len(tree.nodes)
+    # Every new non-root node cost exactly one env step that produced it.
+    assert env.steps >= len(tree.nodes) - 1
+    # The all-right path reaches the goal: its leaf has reward 1 and the root's first child
+    # carries the discounted value 0.9**2 (two more steps to the goal).
+    run = await store.runs.get("r")
+    (label_set,) = await store.labels.sets(run.id)
+    q = await store.labels.values(label_set.id, tree.task.id)
+    first = next(c for c in tree.children(tree.root.id) if c.sample_index == 0)
+    assert q[first.id] == pytest.approx(0.9**2)
+    goal = [n for n in tree.nodes if n.success]
+    assert goal
+    assert all(q[n.id] == 1.0 for n in goal)
+    await store.aclose()
+
+
+async def test_rerun_reuses_every_committed_node(tmp_path: Path) -> None:
+    store = await TreeStore.open(tmp_path / "t.db")
+    first, _, _ = await _explore(store, ScriptedPolicy(rule=_right_then_left))
+    policy = ScriptedPolicy(rule=_right_then_left)
+    again, env, stats = await _explore(store, policy)
+    assert _shape(again) == _shape(first)
+    assert stats.new_nodes == 0
+    assert env.steps == 0
+    assert policy.calls == []
+    await store.aclose()
+
+
+class _StopAfter(ScriptedPolicy):
+    def __init__(self, calls: int, stop: StopSignal) -> None:
+        super().__init__(rule=_right_then_left)
+        self._left, self._stop = calls, stop
+
+    async def sample(self, messages, **kw):  # type: ignore[no-untyped-def,override]
+        self._left -= 1
+        if self._left <= 0:
+            self._stop.request()
+        return await super().sample(messages, **kw)
+
+
+async def test_interrupted_exploration_resumes_to_the_same_tree(tmp_path: Path) -> None:
+    reference_store = await TreeStore.open(tmp_path / "ref.db")
+    reference, _, _ = await _explore(reference_store, ScriptedPolicy(rule=_right_then_left))
+
+    store = await TreeStore.open(tmp_path / "t.db")
+    stop = StopSignal()
+    partial, _, stats = await _explore(store, _StopAfter(4, stop), stop)
+    assert stats.stopped
+    assert 1 < len(partial.nodes) < len(reference.nodes)
+    committed = {n.id: n for n in partial.nodes}
+
+    resumed, env, resumed_stats = await _explore(store, ScriptedPolicy(rule=_right_then_left))
+    assert _shape(resumed) == _shape(reference)
+    # Committed nodes are untouched and were not made again.
+    for node_id, node in committed.items():
+        assert resumed.by_id[node_id] == node
+    assert resumed_stats.new_nodes == len(reference.nodes) - len(partial.nodes)
+    # The resume paid env steps for the new nodes (plus replays to reach the frontier).
+    assert env.steps >= resumed_stats.new_nodes
+    await store.aclose()
+    await reference_store.aclose()
