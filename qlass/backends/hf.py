@@ -1,0 +1,378 @@
+"""Local transformers backend: a causal LM on disk, with concurrent calls batched together.
+
+Many episodes each ask for one turn at a time; :class:`HFPolicy` gathers the requests that
+arrive together (a :class:`~qlass._batching.MicroBatcher`: a short wait, a maximum batch)
+and decodes them as one left-padded batch in a worker thread, on CPU or GPU.
+
+Generation is an own decoding loop over the model's KV cache rather than ``generate()``, so
+that requests in one batch may differ in temperature, ``max_tokens``, stop strings and seed,
+and so that a seeded request produces the same text whatever else is in its batch: every
+row has its own ``torch.Generator`` seeded from the request's per-sample seed
+(:func:`~qlass.backends.cache.sample_seed`), its own stopping rule, and explicit position
+ids that ignore the left padding. Temperature 0 is greedy.
+
+Prompts that do not fit the context: the oldest turns are dropped (an assistant turn with
+the observation after it) while the system message, the first user message (task and first
+observation) and the last message are kept; if even that does not fit beside
+``max_tokens``, the call fails with :class:`~qlass.errors.PolicyCallError`.
+
+This module needs torch and transformers only (GPU boxes may have nothing else).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+import torch
+import transformers
+from packaging.version import Version
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from qlass._batching import BatchStats, MicroBatcher
+from qlass.backends.cache import sample_seed
+from qlass.errors import ConfigError, MissingDataError, PolicyCallError
+from qlass.parsing import candidate_from_text
+from qlass.types import Candidate, ChatMessage, Usage
+
+__all__ = ["Generation", "HFPolicy", "PromptTooLongError", "resolve_device"]
+
+log = structlog.get_logger(__name__)
+
+# transformers 4.56 renamed from_pretrained's torch_dtype argument to dtype.
+_DTYPE_ARG = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+
+
+class PromptTooLongError(PolicyCallError):
+    """The prompt cannot fit the model's context beside ``max_tokens`` (even truncated)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """One generated completion with its real token counts.
+
+    ``finish_reason`` is ``"stop"`` (end-of-turn token or a stop string) or ``"length"``.
+    """
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    messages: tuple[ChatMessage, ...]
+    temperature: float
+    max_tokens: int
+    stop: tuple[str, ...]
+    seed: int
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` is CUDA when available, else CPU; anything else is passed to torch."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"policy.device: {device!r} is not a torch device") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("policy.device: CUDA was asked for but is not available")
+    return resolved
+
+
+class HFPolicy:
+    """A transformers causal LM with a chat template, sampled in micro-batches.
+
+    Loading reads the model from disk: construct it outside the event loop (or in
+    ``asyncio.to_thread``). ``max_batch`` bounds the rows of one batch (a call with ``n``
+    samples is ``n`` rows), ``max_wait_s`` is how long the first request waits for others.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        device: str = "auto",
+        dtype: torch.dtype | None = None,
+        max_batch: int = 32,
+        max_wait_s: float = 0.005,
+        model_name: str | None = None,
+        max_context: int | None = None,
+    ) -> None:
+        path = Path(model_dir)
+        if not (path / "config.json").is_file():
+            raise MissingDataError(f"no model at {path} (config.json not found)")
+        self.device = resolve_device(device)
+        if dtype is None:
+            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ConfigError(f"the tokenizer in {path} has no chat template")
+        model: Any = AutoModelForCausalLM.from_pretrained(path, **{_DTYPE_ARG: dtype})
+        self.model: Any = model.to(self.device).eval()
+        config = self.model.config
+        positions = getattr(config, "max_position_embeddings", None) or 2048
+        self.max_context = min(max_context or positions, positions)
+        self._pad_id = self._token_id("pad") or self._token_id("eos") or 0
+        self._eos_ids = self._end_ids()
+        params = inspect.signature(type(self.model).forward).parameters
+        # transformers 5 renamed the KV-cache argument from past_key_values to cache.
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._keep_arg = "logits_to_keep" if "logits_to_keep" in params else None
+        self._model_name = model_name or path.name
+        self._rng = random.SystemRandom()
+        self._batcher: MicroBatcher[_Request, Generation | Exception] = MicroBatcher(
+            self._run_batch, max_batch=max_batch, max_wait_s=max_wait_s, name="hf-policy"
+        )
+        log.info(
+            "policy.loaded",
+            model=self._model_name,
+            device=str(self.device),
+            dtype=str(dtype),
+            max_context=self.max_context,
+            max_batch=max_batch,
+        )
+
+    def _token_id(self, kind: str) -> int | None:
+        value = getattr(self.tokenizer, f"{kind}_token_id", None)
+        return int(value) if value is not None else None
+
+    def _end_ids(self) -> frozenset[int]:
+        ids: set[int] = set()
+        eos = self._token_id("eos")
+        if eos is not None:
+            ids.add(eos)
+        configured = getattr(self.model.generation_config, "eos_token_id", None)
+        if isinstance(configured, int):
+            ids.add(configured)
+        elif configured:
+            ids.update(int(x) for x in configured)
+        return frozenset(ids)
+
+    @property
+    def model_name(self) -> str:
+        return self._model_name
+
+    @property
+    def stats(self) -> BatchStats:
+        """Batch counters (batches, rows, sizes) of the micro-batcher."""
+        return self._batcher.stats
+
+    def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        """Tokens of the prompt the model sees for ``messages`` (before any truncation)."""
+        return len(self._encode(messages))
+
+    async def generate(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        n: int = 1,
+        temperature: float = 0.7,
+        max_tokens: int = 256,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+    ) -> list[Generation]:
+        """Return ``n`` raw completions (what the OpenAI-compatible server sends back)."""
+        if n < 1:
+            raise ValueError("n must be at least 1")
+        if max_tokens < 1:
+            raise ValueError("max_tokens must be at least 1")
+        if temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        seeds = [
+            sample_seed(seed, i) if seed is not None else self._rng.getrandbits(31)
+            for i in range(n)
+        ]
+        frozen = tuple(ChatMessage(role=m["role"], content=m["content"]) for m in messages)
+        stops = tuple(s for s in stop or () if s)
+        requests = [_Request(frozen, float(temperature), int(max_tokens), stops, s) for s in seeds]
+        results = await self._batcher.submit_many(requests)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return [r for r in results if isinstance(r, Generation)]
+
+    async def sample(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        n: int = 1,
+        temperature: float = 0.7,
+        max_tokens: int = 256,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+    ) -> list[Candidate]:
+        """Return ``n`` candidates; the prompt's tokens are counted once, on the first."""
+        generations = await self.generate(
+            messages, n=n, temperature=temperature, max_tokens=max_tokens, stop=stop, seed=seed
+        )
+        candidates = []
+        for i, gen in enumerate(generations):
+            usage = Usage(gen.prompt_tokens if i == 0 else 0, gen.completion_tokens)
+            candidates.append(candidate_from_text(gen.text, usage))
+        log.info(
+            "policy.call",
+            model=self._model_name,
+            n=n,
+            prompt_tokens=generations[0].prompt_tokens,
+            completion_tokens=sum(g.completion_tokens for g in generations),
+            cached=False,
+        )
+        return candidates
+
+    async def aclose(self) -> None:
+        await self._batcher.aclose()
+
+    # -- worker thread ------------------------------------------------------------------
+
+    def _encode(self, messages: Sequence[ChatMessage]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(
+            [{"role": m["role"], "content": m["content"]} for m in messages],
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _prompt_ids(self, request: _Request) -> list[int]:
+        budget = self.max_context - request.max_tokens
+        if budget < 1:
+            raise PromptTooLongError(
+                f"max_tokens={request.max_tokens} leaves no room for a prompt in the "
+                f"model's context of {self.max_context} positions"
+            )
+        messages = list(request.messages)
+        ids = self._encode(messages)
+        if len(ids) <= budget:
+            return ids
+        head = next((i + 1 for i, m in enumerate(messages) if m["role"] == "user"), 1)
+        original = len(ids)
+        while len(ids) > budget and len(messages) - head >= 3:
+            messages = messages[:head] + messages[head + 2 :]
+            ids = self._encode(messages)
+        if len(ids) > budget:
+            raise PromptTooLongError(
+                f"prompt of {original} tokens does not fit the model's context of "
+                f"{self.max_context} positions with max_tokens={request.max_tokens}, even "
+                "with only the system message, the task and the last message kept"
+            )
+        log.debug("policy.truncated", model=self._model_name, tokens=original, kept=len(ids))
+        return ids
+
+    def _run_batch(self, requests: list[_Request]) -> list[Generation | Exception]:
+        outcomes: list[Generation | Exception | None] = [None] * len(requests)
+        encoded: dict[str, list[int] | Exception] = {}
+        rows: list[int] = []
+        prompts: list[list[int]] = []
+        for i, request in enumerate(requests):
+            memo = json.dumps([request.messages, request.max_tokens])
+            if memo not in encoded:
+                try:
+                    encoded[memo] = self._prompt_ids(request)
+                except PolicyCallError as exc:
+                    encoded[memo] = exc
+            prompt = encoded[memo]
+            if isinstance(prompt, Exception):
+                outcomes[i] = prompt
+            else:
+                rows.append(i)
+                prompts.append(prompt)
+        if rows:
+            try:
+                generated = self._decode([requests[i] for i in rows], prompts)
+            except (RuntimeError, ValueError, IndexError) as exc:
+                error = PolicyCallError(f"local generation failed: {exc}")
+                error.__cause__ = exc
+                generated = [error] * len(rows)
+            for i, gen in zip(rows, generated, strict=True):
+                outcomes[i] = gen
+        return [o if o is not None else PolicyCallError("internal: no outcome") for o in outcomes]
+
+    @torch.inference_mode()
+    def _decode(
+        self, requests: list[_Request], prompts: list[list[int]]
+    ) -> list[Generation | Exception]:
+        device, batch = self.device, len(requests)
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((batch, width), self._pad_id, dtype=torch.long)
+        attention = torch.zeros((batch, width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            input_ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            attention[row, width - len(prompt) :] = 1
+        input_ids, attention = input_ids.to(device), attention.to(device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        extra: dict[str, Any] = {self._keep_arg: 1} if self._keep_arg else {}
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention,
+            position_ids=positions,
+            use_cache=True,
+            **extra,
+        )
+        generators = [
+            torch.Generator(device=device).manual_seed(r.seed) if r.temperature > 0 else None
+            for r in requests
+        ]
+        tokens: list[list[int]] = [[] for _ in requests]
+        finish: list[str | None] = [None] * batch
+        texts: list[str | None] = [None] * batch
+        position = positions[:, -1:]
+        for _ in range(max(r.max_tokens for r in requests)):
+            logits = out.logits[:, -1, :].float()
+            greedy = logits.argmax(dim=-1).tolist()
+            chosen = [self._pad_id] * batch
+            for row, request in enumerate(requests):
+                if finish[row] is not None:
+                    continue
+                generator = generators[row]
+                if generator is None:
+                    token = int(greedy[row])
+                else:
+                    probs = torch.softmax(logits[row] / request.temperature, dim=-1)
+                    token = int(torch.multinomial(probs, 1, generator=generator).item())
+                tokens[row].append(token)
+                chosen[row] = token
+                finish[row], texts[row] = self._check_stop(request, tokens[row])
+            if all(f is not None for f in finish):
+                break
+            attention = torch.cat([attention, attention.new_ones((batch, 1))], dim=-1)
+            position = position + 1
+            out = self.model(
+                input_ids=torch.tensor(chosen, dtype=torch.long, device=device)[:, None],
+                attention_mask=attention,
+                position_ids=position,
+                use_cache=True,
+                **{self._cache_arg: getattr(out, self._cache_arg)},
+                **extra,
+            )
+        results: list[Generation | Exception] = []
+        for row, prompt in enumerate(prompts):
+            text = texts[row]
+            if text is None:
+                text = self._text(tokens[row])
+            results.append(Generation(text, len(prompt), len(tokens[row]), finish[row] or "length"))
+        return results
+
+    def _text(self, tokens: list[int]) -> str:
+        kept = [t for t in tokens if t not in self._eos_ids]
+        return str(self.tokenizer.decode(kept, skip_special_tokens=True))
+
+    def _check_stop(self, request: _Request, tokens: list[int]) -> tuple[str | None, str | None]:
+        """(finish reason, final text) once the row is finished, else (None, None)."""
+        if tokens[-1] in self._eos_ids:
+            return "stop", self._text(tokens)
+        if request.stop:
+            text = self._text(tokens)
+            cuts = [text.index(s) for s in request.stop if s in text]
+            if cuts:
+                return "stop", text[: min(cuts)]
+        if len(tokens) >= request.max_tokens:
+            return "length", None
+        return None, None
