@@ -11,7 +11,7 @@ from typing import Protocol, runtime_checkable
 
 from qlass.types import Observation, StepResult, TaskSpec
 
-__all__ = ["Env", "EnvPrompt"]
+__all__ = ["Env", "EnvPrompt", "GoldPathEnv", "InvalidActionError", "require_action"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,3 +46,27 @@ class Env(Protocol):
     async def close(self) -> None:
         """Release the simulator (its JVM, process or connection). Idempotent."""
         ...
+
+
+@runtime_checkable
+class GoldPathEnv(Env, Protocol):
+    """An env whose simulator can produce an expert (gold) action sequence for a task."""
+
+    async def gold_actions(self, task: TaskSpec) -> list[str]:
+        """Reset to ``task`` and return its gold action sequence (the env stands at reset)."""
+        ...
+
+
+class InvalidActionError(ValueError):
+    """An empty or whitespace-only action was passed to ``Env.step``.
+
+    A programming error: model output with no parsable action is an invalid *step* of the
+    episode (see :mod:`qlass.parsing`) and must never reach a simulator.
+    """
+
+
+def require_action(action: str) -> str:
+    """Return ``action`` stripped, or raise :class:`InvalidActionError` if nothing is left."""
+    if not isinstance(action, str) or not action.strip():
+        raise InvalidActionError(f"env actions must be non-empty text, got {action!r}")
+    return action.strip()

@@ -1,0 +1,1 @@
+"""Text environments behind one async ``Env`` protocol, a pool and a registry."""
