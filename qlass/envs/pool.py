@@ -1,0 +1,446 @@
+"""A bounded pool of live simulators that hands out envs standing at a given tree node.
+
+:meth:`EnvPool.at` yields an :class:`EnvHandle` whose env stands after executing
+``actions`` from the reset of ``task``. The pool keeps every idle env together with the
+(task, action path) it stands at, and positions an env for a request in the cheapest way:
+
+1. an idle env standing exactly at ``actions`` is handed out as is (0 steps);
+2. an idle env standing at a prefix of ``actions`` is advanced by the missing actions
+   (live continuation: 1 step for a child of the node it stands at);
+3. otherwise a new env is started while the pool is below ``size``, or the least recently
+   used idle env is reset, and ``actions`` are replayed from the reset (depth steps).
+
+Replayed observations are checked against ``expected`` when given; a difference raises
+:class:`~qlass.errors.ReplayMismatchError` (the simulator is not deterministic for that
+task, so tree nodes cannot be revisited by replay). Every env step is counted in
+:class:`PoolStats`, so "env steps per new node" is visible.
+
+Failures: an env that crashed, timed out or raised during a step is closed (its JVM
+killed) and replaced by a fresh instance on next use; the error reaches the caller. A crash
+while positioning is retried once on a fresh instance, since no caller-visible step was
+lost. ``aclose()`` (or leaving ``async with``) closes every env.
+
+Do not hold a handle while waiting for another one from the same pool: with all envs
+lent, that waits forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import structlog
+
+from qlass.envs.base import Env, require_action
+from qlass.errors import EnvCrashedError, EnvTimeoutError, ReplayMismatchError
+from qlass.types import Observation, StepResult, TaskSpec
+
+__all__ = ["EnvHandle", "EnvPool", "PoolStats"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class PoolStats:
+    """Counters of the work a pool did; ``snapshot()`` gives a copy to diff against."""
+
+    created: int = 0
+    replaced: int = 0
+    crashes: int = 0
+    timeouts: int = 0
+    resets: int = 0
+    steps: int = 0
+    caller_steps: int = 0
+    advanced_steps: int = 0
+    replayed_steps: int = 0
+    exact_reuses: int = 0
+    continuations: int = 0
+    replays: int = 0
+
+    @property
+    def positioning_steps(self) -> int:
+        """Steps spent reaching requested nodes (advancing plus replaying)."""
+        return self.advanced_steps + self.replayed_steps
+
+    @property
+    def steps_per_caller_step(self) -> float:
+        """All env steps divided by the steps callers asked for (1.0 = no overhead)."""
+        return self.steps / self.caller_steps if self.caller_steps else 0.0
+
+    def snapshot(self) -> PoolStats:
+        return replace(self)
+
+    def since(self, before: PoolStats) -> PoolStats:
+        """The counts accumulated after ``before`` (a snapshot)."""
+        return PoolStats(
+            **{
+                name: getattr(self, name) - getattr(before, name)
+                for name in self.__dataclass_fields__
+            }
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Position:
+    """Where an env stands: a task, the actions executed since reset, and what it showed."""
+
+    task: TaskSpec
+    actions: tuple[str, ...]
+    initial: Observation
+    last: StepResult | None = None
+
+    def advance(self, action: str, result: StepResult) -> _Position:
+        return _Position(self.task, (*self.actions, action), self.initial, result)
+
+    @property
+    def observation(self) -> str:
+        return self.last.observation if self.last is not None else self.initial.text
+
+
+@dataclass(eq=False)
+class _Slot:
+    env: Env | None = None
+    position: _Position | None = None
+    busy: bool = False
+    broken: bool = False
+    last_used: int = 0
+
+
+class EnvHandle:
+    """An env lent by :meth:`EnvPool.at`. Step it through this handle so that the pool
+    knows the path it stands at when it is given back."""
+
+    def __init__(self, pool: EnvPool, slot: _Slot) -> None:
+        self._pool = pool
+        self._slot = slot
+
+    @property
+    def _position(self) -> _Position:
+        assert self._slot.position is not None
+        return self._slot.position
+
+    @property
+    def task(self) -> TaskSpec:
+        return self._position.task
+
+    @property
+    def initial(self) -> Observation:
+        """The observation after reset (instruction, first view)."""
+        return self._position.initial
+
+    @property
+    def actions(self) -> tuple[str, ...]:
+        """Actions executed since reset: the path of the node the env stands at."""
+        return self._position.actions
+
+    @property
+    def last(self) -> StepResult | None:
+        """The result of the latest step (None at the reset state)."""
+        return self._position.last
+
+    @property
+    def observation(self) -> str:
+        """The current observation text."""
+        return self._position.observation
+
+    @property
+    def done(self) -> bool:
+        last = self._position.last
+        return last is not None and last.done
+
+    @property
+    def env(self) -> Env:
+        """The underlying env, for inspection only: stepping it directly bypasses the pool's
+        bookkeeping."""
+        assert self._slot.env is not None
+        return self._slot.env
+
+    async def step(self, action: str) -> StepResult:
+        """Execute ``action`` (a new node); errors leave the env to be replaced."""
+        return await self._pool._step(self._slot, require_action(action), caller=True)
+
+
+class EnvPool:
+    """At most ``size`` live envs made by ``factory``, positioned on request (see module doc).
+
+    ``step_timeout_s`` bounds every step the pool issues, in addition to the env's own
+    timeout; an env that exceeds it is closed and replaced.
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[], Env],
+        *,
+        size: int = 4,
+        step_timeout_s: float | None = None,
+        name: str = "env",
+    ) -> None:
+        if size < 1:
+            raise ValueError("pool size must be at least 1")
+        self._factory = factory
+        self.size = size
+        self.step_timeout_s = step_timeout_s
+        self.name = name
+        self.stats = PoolStats()
+        self._slots: list[_Slot] = []
+        self._cond = asyncio.Condition()
+        self._clock = itertools.count(1)
+        self._closed = False
+
+    @classmethod
+    def for_env(
+        cls, name: str, *, size: int = 4, step_timeout_s: float | None = 30.0, **options: Any
+    ) -> EnvPool:
+        """A pool of registry env ``name`` (see :func:`qlass.envs.registry.create_env`)."""
+        from qlass.envs.registry import create_env, get_family
+
+        family = get_family(name)  # fail now, not on first use, for an unknown name
+
+        def factory() -> Env:
+            return create_env(family.name, step_timeout_s=step_timeout_s, **options)
+
+        # The env enforces step_timeout_s itself (killing its simulator); the pool's own
+        # limit, a little later, is a backstop for envs that cannot.
+        backstop = None if step_timeout_s is None else step_timeout_s + 5.0
+        return cls(factory, size=size, step_timeout_s=backstop, name=family.name)
+
+    @property
+    def live(self) -> int:
+        """Env instances currently held (busy or idle)."""
+        return sum(1 for s in self._slots if s.env is not None)
+
+    @property
+    def envs(self) -> list[Env]:
+        """The live env instances (for inspection, e.g. their simulator pids)."""
+        return [s.env for s in self._slots if s.env is not None]
+
+    async def __aenter__(self) -> EnvPool:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close every env, busy or idle. Idempotent."""
+        self._closed = True
+        envs = [s.env for s in self._slots if s.env is not None]
+        for slot in self._slots:
+            slot.env, slot.position = None, None
+        results = await asyncio.gather(*(env.close() for env in envs), return_exceptions=True)
+        for error in results:
+            if isinstance(error, BaseException):
+                log.warning("env_close_failed", pool=self.name, error=repr(error))
+        async with self._cond:
+            self._cond.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def at(
+        self,
+        task: TaskSpec,
+        actions: Sequence[str] = (),
+        expected: Sequence[str] | None = None,
+    ) -> AsyncIterator[EnvHandle]:
+        """Lend an env standing after ``actions`` from the reset of ``task``.
+
+        ``expected[i]`` is the observation recorded after ``actions[i]``; replayed steps are
+        checked against it. The env goes back to the pool at the end of the block, standing
+        wherever the caller's steps took it.
+        """
+        path = tuple(actions)
+        if expected is not None and len(expected) != len(path):
+            raise ValueError(f"expected has {len(expected)} observations for {len(path)} actions")
+        slot = await self._acquire(task, path)
+        try:
+            await self._position(slot, task, path, expected)
+            yield EnvHandle(self, slot)
+        finally:
+            await self._release(slot)
+
+    def session(
+        self,
+        task: TaskSpec,
+        actions: Sequence[str] = (),
+        expected: Sequence[str] | None = None,
+    ) -> contextlib.AbstractAsyncContextManager[EnvHandle]:
+        """:meth:`at` under the name of the runtime's ``EnvProvider`` protocol."""
+        return self.at(task, actions, expected)
+
+    # -- lending ---------------------------------------------------------------------------
+
+    def _choose(self, task: TaskSpec, path: tuple[str, ...]) -> _Slot | None:
+        idle = [s for s in self._slots if not s.busy]
+        usable: list[tuple[int, _Slot]] = []
+        for slot in idle:
+            pos = slot.position
+            if slot.env is None or pos is None or pos.task != task:
+                continue
+            if pos.actions == path:
+                return slot
+            n = len(pos.actions)
+            if n < len(path) and path[:n] == pos.actions and not (pos.last and pos.last.done):
+                usable.append((n, slot))
+        if usable:
+            return max(usable, key=lambda item: item[0])[1]
+        blank = [s for s in idle if s.env is not None and s.position is None]
+        if blank:
+            return blank[0]
+        if len(self._slots) < self.size:
+            slot = _Slot()
+            self._slots.append(slot)
+            return slot
+        if idle:
+            return min(idle, key=lambda s: (s.env is not None, s.last_used))
+        return None
+
+    async def _acquire(self, task: TaskSpec, path: tuple[str, ...]) -> _Slot:
+        async with self._cond:
+            while True:
+                if self._closed:
+                    raise RuntimeError(f"{self.name} pool is closed")
+                slot = self._choose(task, path)
+                if slot is not None:
+                    slot.busy = True
+                    return slot
+                await self._cond.wait()
+
+    async def _release(self, slot: _Slot) -> None:
+        if slot.broken:
+            env, slot.env, slot.position, slot.broken = slot.env, None, None, False
+            if env is not None:
+                self.stats.replaced += 1
+                try:
+                    await env.close()
+                except Exception as exc:
+                    log.warning("env_close_failed", pool=self.name, error=repr(exc))
+        async with self._cond:
+            slot.busy = False
+            slot.last_used = next(self._clock)
+            self._cond.notify_all()
+
+    # -- positioning -----------------------------------------------------------------------
+
+    async def _position(
+        self,
+        slot: _Slot,
+        task: TaskSpec,
+        path: tuple[str, ...],
+        expected: Sequence[str] | None,
+    ) -> None:
+        for attempt in (1, 2):
+            try:
+                await self._position_once(slot, task, path, expected)
+                return
+            except (EnvCrashedError, EnvTimeoutError) as exc:
+                if attempt == 2:
+                    raise
+                log.warning(
+                    "env_replaced_while_positioning", pool=self.name, task=task.key, error=str(exc)
+                )
+                await self._discard(slot)
+
+    async def _discard(self, slot: _Slot) -> None:
+        env, slot.env, slot.position, slot.broken = slot.env, None, None, False
+        if env is not None:
+            self.stats.replaced += 1
+            with contextlib.suppress(Exception):
+                await env.close()
+
+    async def _position_once(
+        self,
+        slot: _Slot,
+        task: TaskSpec,
+        path: tuple[str, ...],
+        expected: Sequence[str] | None,
+    ) -> None:
+        if slot.env is None:
+            slot.env = self._factory()
+            self.stats.created += 1
+        pos = slot.position
+        if pos is not None and pos.task == task and pos.actions == path:
+            self.stats.exact_reuses += 1
+            if expected and pos.observation != expected[-1]:
+                raise self._mismatch(task, path, len(path) - 1, expected[-1], pos.observation)
+            return
+        if (
+            pos is not None
+            and pos.task == task
+            and path[: len(pos.actions)] == pos.actions
+            and not (pos.last is not None and pos.last.done)
+        ):
+            self.stats.continuations += 1
+            start = len(pos.actions)
+        else:
+            self.stats.replays += 1
+            slot.position = None
+            try:
+                initial = await slot.env.reset(task)
+            except BaseException:
+                slot.broken = True
+                raise
+            self.stats.resets += 1
+            slot.position = _Position(task, (), initial)
+            start = 0
+        replaying = start == 0
+        for i in range(start, len(path)):
+            result = await self._step(slot, path[i], caller=False, replay=replaying)
+            if expected is not None and result.observation != expected[i]:
+                raise self._mismatch(task, path, i, expected[i], result.observation)
+
+    def _mismatch(
+        self, task: TaskSpec, path: tuple[str, ...], index: int, want: str, got: str
+    ) -> ReplayMismatchError:
+        return ReplayMismatchError(
+            f"replaying {task.key}: after step {index + 1} ({path[index]!r}) the simulator "
+            f"showed a different observation than recorded, so it is not deterministic for "
+            f"this task and its tree nodes cannot be revisited by replay.\n"
+            f"  recorded: {want[:200]!r}\n  replayed: {got[:200]!r}"
+        )
+
+    async def _step(
+        self, slot: _Slot, action: str, *, caller: bool, replay: bool = False
+    ) -> StepResult:
+        env, pos = slot.env, slot.position
+        if env is None or pos is None or slot.broken:
+            raise EnvCrashedError(
+                f"{self.name} env was lost by an earlier failure; start again with pool.at()"
+            )
+        try:
+            async with asyncio.timeout(self.step_timeout_s) as scope:
+                result = await env.step(action)
+        except TimeoutError:
+            slot.broken = True
+            if not scope.expired():
+                raise
+            self.stats.timeouts += 1
+            raise EnvTimeoutError(
+                f"{self.name} step {len(pos.actions) + 1} ({action!r}) of {pos.task.key} took "
+                f"longer than {self.step_timeout_s:g} s; the env is replaced"
+            ) from None
+        except EnvTimeoutError:
+            slot.broken = True
+            self.stats.timeouts += 1
+            raise
+        except EnvCrashedError:
+            slot.broken = True
+            self.stats.crashes += 1
+            raise
+        except asyncio.CancelledError:
+            # The step may or may not have happened: keep the env but forget where it is.
+            slot.position = None
+            raise
+        except BaseException:
+            slot.broken = True
+            raise
+        slot.position = pos.advance(action, result)
+        self.stats.steps += 1
+        if caller:
+            self.stats.caller_steps += 1
+        elif replay:
+            self.stats.replayed_steps += 1
+        else:
+            self.stats.advanced_steps += 1
+        return result
