@@ -1,0 +1,183 @@
+"""Expert trajectories from the simulators' gold paths, as JSONL for behaviour cloning.
+
+Each line is one episode::
+
+    {"task": {"env", "name", "variation", "split", "params", "key"},
+     "messages": [system, user (task + first observation), assistant ("Action: ..."),
+                  user ("Observation: ..."), ..., assistant (last action)],
+     "final_score": 1.0, "success": true, "steps": 14}
+
+``messages`` come from :func:`qlass.prompts.policy_messages` with the env family's prompt
+as system message and the turns formatted by :func:`qlass.parsing.format_turn`, so BC
+trains on exactly what the policy sees at inference. The observation after the last
+action is not included (nothing is learnt from it). Gold paths carry no thoughts, so the
+agent turns are ``Action: ...`` only, which the parser accepts.
+
+Only episodes whose replay reaches full score are written; the others are counted (and
+named) in the returned :class:`GoldExportReport`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from qlass.envs.base import Env
+from qlass.envs.registry import create_env, env_prompt, gold_actions
+from qlass.errors import EnvError
+from qlass.parsing import format_turn
+from qlass.prompts import policy_messages
+from qlass.types import ChatMessage, History, TaskSpec, Turn
+
+__all__ = ["GoldExportReport", "GoldTrajectory", "export_gold", "replay_gold", "trajectory_record"]
+
+log = structlog.get_logger(__name__)
+_FULL_SCORE = 1.0 - 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class GoldTrajectory:
+    """A gold path replayed in the simulator, cut at the first ``done``."""
+
+    task: TaskSpec
+    instruction: str
+    initial_observation: str
+    actions: tuple[str, ...]
+    observations: tuple[str, ...]
+    final_score: float
+    success: bool
+
+    @property
+    def history(self) -> History:
+        turns = tuple(
+            Turn(format_turn(a), a, o) for a, o in zip(self.actions, self.observations, strict=True)
+        )
+        return History(self.instruction, self.initial_observation, turns)
+
+
+@dataclass(frozen=True, slots=True)
+class GoldExportReport:
+    """What :func:`export_gold` did."""
+
+    path: Path
+    written: int
+    skipped: tuple[tuple[str, str], ...]  # (task key, reason)
+    steps: int
+    env_steps: int
+
+    @property
+    def total(self) -> int:
+        return self.written + len(self.skipped)
+
+
+async def replay_gold(env: Env, task: TaskSpec, *, max_steps: int | None = None) -> GoldTrajectory:
+    """Get ``task``'s gold path from ``env`` and replay it to the first ``done``."""
+    actions = await gold_actions(env, task)
+    if max_steps is not None:
+        actions = actions[:max_steps]
+    first = await env.reset(task)
+    taken: list[str] = []
+    observations: list[str] = []
+    score, success = 0.0, False
+    for action in actions:
+        result = await env.step(action)
+        taken.append(action)
+        observations.append(result.observation)
+        score, success = result.score, result.success
+        if result.done:
+            break
+    return GoldTrajectory(
+        task, first.instruction, first.text, tuple(taken), tuple(observations), score, success
+    )
+
+
+def trajectory_record(trajectory: GoldTrajectory, system_prompt: str | None) -> dict[str, Any]:
+    """The JSONL record of a trajectory (see the module docstring)."""
+    messages: list[ChatMessage] = policy_messages(trajectory.history, system_prompt)
+    if trajectory.actions:
+        messages = messages[:-1]  # drop the observation after the last action
+    task = trajectory.task
+    return {
+        "task": {
+            "env": task.env,
+            "name": task.name,
+            "variation": task.variation,
+            "split": task.split,
+            "params": task.params,
+            "key": task.key,
+        },
+        "messages": messages,
+        "final_score": trajectory.final_score,
+        "success": trajectory.success,
+        "steps": len(trajectory.actions),
+    }
+
+
+async def export_gold(
+    env_name: str,
+    tasks: Sequence[TaskSpec],
+    out: Path,
+    *,
+    workers: int = 1,
+    max_steps: int | None = None,
+    with_example: bool = False,
+    env_options: dict[str, Any] | None = None,
+    on_task: Callable[[TaskSpec, bool], None] | None = None,
+) -> GoldExportReport:
+    """Replay the gold path of every task and write the full-score ones to ``out`` (JSONL).
+
+    ``workers`` simulators run at once; lines keep the order of ``tasks``. ``on_task(task,
+    written)`` is called after each task (for progress bars). ``with_example`` puts the
+    in-context example in the system prompt (off: BC data usually goes without it).
+    """
+    system = env_prompt(env_name).render(with_example=with_example)
+    queue: asyncio.Queue[tuple[int, TaskSpec]] = asyncio.Queue()
+    for item in enumerate(tasks):
+        queue.put_nowait(item)
+    results: dict[int, dict[str, Any] | str] = {}
+    env_steps = 0
+
+    async def worker() -> None:
+        nonlocal env_steps
+        env = create_env(env_name, **(env_options or {}))
+        try:
+            while not queue.empty():
+                index, task = queue.get_nowait()
+                try:
+                    trajectory = await replay_gold(env, task, max_steps=max_steps)
+                except EnvError as exc:
+                    log.warning("gold_failed", task=task.key, error=str(exc))
+                    results[index] = f"{type(exc).__name__}: {exc}"
+                    await env.close()
+                    env = create_env(env_name, **(env_options or {}))
+                else:
+                    env_steps += len(trajectory.actions)
+                    if trajectory.final_score >= _FULL_SCORE:
+                        results[index] = trajectory_record(trajectory, system)
+                    else:
+                        results[index] = f"gold path ends at score {trajectory.final_score:.2f}"
+                if on_task is not None:
+                    on_task(task, isinstance(results[index], dict))
+        finally:
+            await env.close()
+
+    await asyncio.gather(*(worker() for _ in range(max(1, min(workers, len(tasks))))))
+    records = [results[i] for i in range(len(tasks))]
+    lines = [json.dumps(r, ensure_ascii=False) for r in records if isinstance(r, dict)]
+    await asyncio.to_thread(_write_lines, out, lines)
+    skipped = tuple(
+        (task.key, r) for task, r in zip(tasks, records, strict=True) if isinstance(r, str)
+    )
+    steps = sum(r["steps"] for r in records if isinstance(r, dict))
+    return GoldExportReport(out, len(lines), skipped, steps, env_steps)
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
