@@ -42,9 +42,10 @@ class _Section(BaseModel):
 class StoreConfig(_Section):
     """Where exploration trees, labels, runs and the policy-call cache live."""
 
-    url: str = Field(
-        "sqlite+aiosqlite:///qlass.db",
-        description="SQLAlchemy async URL: sqlite+aiosqlite:///FILE or postgresql+asyncpg://...",
+    url: str | None = Field(
+        None,
+        description="SQLAlchemy async URL (sqlite+aiosqlite:///FILE, postgresql+asyncpg://...) "
+        "or a file path; None: qlass.db in the run folder",
     )
 
 
@@ -71,7 +72,14 @@ class PolicyConfig(_Section):
     """The policy LLM: a backend name and its model."""
 
     backend: str = Field("hf", description="'hf' (local transformers), 'litellm' or 'scripted'")
-    model: str = Field("runs/bc-policy", description="model dir (hf) or LiteLLM model string")
+    model: str | None = Field(
+        None, description="model dir (hf) or LiteLLM model string; None: the run's BC policy"
+    )
+    prompt: Literal["full", "instructions", "none"] = Field(
+        "full",
+        description="system prompt: instructions + in-context example, instructions only, "
+        "or none (a policy fine-tuned on this format needs none)",
+    )
     api_base: str | None = Field(
         None, description="OpenAI-compatible base URL (litellm); several, comma-separated"
     )
@@ -99,7 +107,10 @@ class BCConfig(_Section):
     base_model: str | None = Field(
         None, description="local checkpoint to fine-tune; None trains a small model from scratch"
     )
-    output_dir: Path = Field(Path("runs/bc-policy"), description="where the policy is saved")
+    output_dir: Path | None = Field(None, description="where the policy goes; None: run folder")
+    expert_file: Path | None = Field(
+        None, description="expert trajectories JSONL; None: exported from the simulator"
+    )
     examples: int | None = Field(None, ge=0, description="cap on expert trajectories used")
     epochs: float = Field(20.0, gt=0)
     lr: float = Field(1e-3, gt=0)
@@ -138,7 +149,7 @@ class QNetConfig(_Section):
     """QNet training (paper: batch 64, 3 epochs, lr 1e-5 cosine, warmup 0.03, len 4096)."""
 
     base_model: str | None = Field(None, description="backbone dir; None: the BC policy")
-    output_dir: Path = Field(Path("runs/qnet"))
+    output_dir: Path | None = Field(None, description="where the QNet goes; None: run folder")
     head_dim: int = Field(1024, ge=1)
     batch_size: int = Field(64, ge=1)
     epochs: float = Field(3.0, gt=0)
@@ -176,8 +187,9 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field("qlass", description="run name")
+    name: str = Field("qlass", description="run name (unique within a store)")
     seed: int = Field(0, description="seed for every random choice of the run")
+    run_dir: Path | None = Field(None, description="the run's folder; None: runs/<name>")
     store: StoreConfig = StoreConfig()
     env: EnvConfig = EnvConfig()
     policy: PolicyConfig = PolicyConfig()
@@ -194,6 +206,32 @@ class RunConfig(BaseModel):
         if not value or any(ch in value for ch in "/\\\n"):
             raise ValueError("must be non-empty and hold no slash or newline")
         return value
+
+    @property
+    def directory(self) -> Path:
+        """The run's folder: models, exported data, reports (and the SQLite DB by default)."""
+        return self.run_dir if self.run_dir is not None else Path("runs") / self.name
+
+    @property
+    def store_url(self) -> str:
+        """The store URL, defaulting to ``qlass.db`` in the run folder."""
+        url = self.store.url or str(self.directory / "qlass.db")
+        return url if "://" in url else f"sqlite+aiosqlite:///{url}"
+
+    @property
+    def policy_dir(self) -> Path:
+        return self.bc.output_dir or self.directory / "policy"
+
+    @property
+    def qnet_dir(self) -> Path:
+        return self.qnet.output_dir or self.directory / "qnet"
+
+    def section_fingerprint(self, *sections: str) -> str:
+        """A hash of some sections (and the seed): what one stage depends on."""
+        data = self.model_dump(mode="json")
+        chosen = {name: data[name] for name in sections} | {"seed": self.seed}
+        text = json.dumps(chosen, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def fingerprint(self) -> str:
         """A short hash of the config; stages are skipped when it matches a stored one."""

@@ -194,17 +194,16 @@ def train_policy(
     conversations: list[list[ChatMessage]],
     config: BCConfig,
     *,
+    output_dir: Path,
     system_prompt: str | None,
     max_turns: int | None,
     seed: int = 0,
-    output_dir: Path | None = None,
     progress: ProgressFn | None = None,
 ) -> BCResult:
     """Train the policy on ``conversations`` and save it as a model directory."""
     if not conversations:
         raise MissingDataError("no expert conversations to train on")
     started = time.perf_counter()
-    output_dir = output_dir or config.output_dir
     torch.manual_seed(seed)
     model, tokenizer = _base(config, conversations, seed)
     examples = build_examples(
