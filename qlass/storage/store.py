@@ -11,6 +11,7 @@ from typing import Any, Self
 import structlog
 from sqlalchemy import exc
 
+from qlass.errors import DatabaseUnavailableError
 from qlass.storage._db import Database
 from qlass.storage.calls import PolicyCallCache
 from qlass.storage.checkpoints import CheckpointRepository
@@ -81,7 +82,12 @@ class TreeStore:
         parsed = normalize_url(url)
         path = sqlite_file(parsed)
         if path is not None and upgrade:
-            await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+            try:
+                await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+            except OSError as error:
+                raise DatabaseUnavailableError(
+                    f"cannot create the directory of {path}: {error.strerror or error}"
+                ) from error
         engine = make_engine(parsed, busy_timeout_s=busy_timeout_s, **engine_kwargs)
         try:
             schema = await ensure_schema(engine, upgrade=upgrade)

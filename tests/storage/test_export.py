@@ -1,0 +1,117 @@
+"""Export of (history, candidate, Q) triples: real paths, the per-tree cap, determinism."""
+
+from __future__ import annotations
+
+import pytest
+
+from qlass.storage import NewNode, TreeStore
+from qlass.types import TaskSpec
+
+from .conftest import new_run
+
+
+def _node(label: str, **kw: object) -> NewNode:
+    return NewNode(
+        observation=f"obs after {label}",
+        action=f"do {label}",
+        text=f"Thought: try {label}\nAction: do {label}",
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def _grow(store: TreeStore, task_id: int, width: int, depth: int, tag: str) -> None:
+    """A full ``width``-ary tree of ``depth`` levels; leaves score by their index."""
+    root = await store.trees.add_root(task_id, f"start {tag}", instruction=f"goal {tag}")
+    frontier = [(root.id, "")]
+    for level in range(1, depth + 1):
+        nxt = []
+        for parent, name in frontier:
+            kids = [
+                _node(
+                    f"{tag}{name}.{i}",
+                    final_reward=(i + 1) / width if level == depth else None,
+                )
+                for i in range(width)
+            ]
+            made = await store.trees.add_children(parent, kids)
+            nxt.extend((m.id, f"{name}.{i}") for i, m in enumerate(made))
+        frontier = nxt
+
+
+async def test_histories_are_the_real_paths(store: TreeStore) -> None:
+    run, (task,) = await new_run(store, "paths")
+    label_set = await store.labels.create_set(run.id, gamma=0.9, normalize=False)
+    root = await store.trees.add_root(task.id, "you are in a hall", instruction="find the coin")
+    a, b = await store.trees.add_children(root.id, [_node("a"), _node("b")])
+    a1, a2 = await store.trees.add_path(a.id, [_node("a1"), _node("a2", final_reward=1.0)])
+    invalid = await store.trees.add_child(
+        b.id,
+        NewNode("invalid action", text="no action here", status="invalid", final_reward=0.0),
+    )
+    failed = await store.trees.add_child(
+        b.id, NewNode("", action="do crash", text="Action: crash", status="failed", is_leaf=True)
+    )
+    b1 = await store.trees.add_child(b.id, _node("b1", final_reward=0.0))
+
+    triples = await store.export_triples(label_set.id)
+    by_text = {t.candidate_text: t for t in triples}
+    # the invalid node (no action) and the failed one give no triple; the root neither
+    assert set(by_text) == {_node(x).text for x in ("a", "b", "a1", "a2", "b1")}
+    assert invalid.id and failed.id
+    t_a2 = by_text[_node("a2").text]
+    assert t_a2.q == 1.0 and t_a2.tree_id == task.id and t_a2.task_key == task.key
+    assert t_a2.history.instruction == "find the coin"
+    assert t_a2.history.initial_observation == "you are in a hall"
+    assert [turn.action for turn in t_a2.history.turns] == ["do a", "do a1"]
+    assert [turn.observation for turn in t_a2.history.turns] == ["obs after a", "obs after a1"]
+    assert t_a2.history.turns[0].text == _node("a").text
+    assert by_text[_node("a").text].history.turns == ()
+    assert by_text[_node("a").text].q == pytest.approx(0.81)
+    assert [t.action for t in by_text[_node("b1").text].history.turns] == ["do b"]
+    assert a1.id < a2.id and b1.id
+
+
+async def test_cap_per_tree_is_deterministic_and_normalised(store: TreeStore) -> None:
+    run, tasks = await new_run(store, "cap", tasks=3)
+    label_set = await store.labels.create_set(run.id, gamma=0.9, normalize=True)
+    for task in tasks:
+        await _grow(store, task.id, width=3, depth=3, tag=task.key[-1])  # 39 non-root nodes
+    everything = await store.export_triples(label_set.id, max_per_tree=1000)
+    assert len(everything) == 3 * 39
+    for task in tasks:
+        qs = [t.q for t in everything if t.tree_id == task.id]
+        assert min(qs) == 0.0 and max(qs) == 1.0  # per-tree min-max
+
+    capped = await store.export_triples(label_set.id, max_per_tree=10, seed=7)
+    assert [sum(t.tree_id == task.id for t in capped) for task in tasks] == [10, 10, 10]
+    again = await store.export_triples(label_set.id, max_per_tree=10, seed=7)
+    assert capped == again  # same seed, same sample (histories included)
+    other_seed = await store.export_triples(label_set.id, max_per_tree=10, seed=8)
+    assert {t.candidate_text for t in other_seed} != {t.candidate_text for t in capped}
+    # a capped triple carries the same (normalised) value as in the full export
+    full = {(t.tree_id, t.candidate_text): t.q for t in everything}
+    assert all(full[(t.tree_id, t.candidate_text)] == t.q for t in capped)
+    # one tree's sample does not depend on which other trees are exported
+    only_first = await store.export_triples(
+        label_set.id, max_per_tree=10, seed=7, tasks=[tasks[0].key]
+    )
+    assert only_first == [t for t in capped if t.tree_id == tasks[0].id]
+
+
+async def test_export_filters_by_split_and_skips_unlabelled(store: TreeStore) -> None:
+    run = await store.runs.create("splits", config={}, seed=0)
+    train, dev = await store.tasks.add_many(
+        run.id,
+        [
+            TaskSpec("textworld_express", "coin", 0, "train"),
+            TaskSpec("textworld_express", "coin", 1, "dev"),
+        ],
+    )
+    label_set = await store.labels.create_set(run.id, gamma=0.9)
+    for task in (train, dev):
+        root = await store.trees.add_root(task.id, "start")
+        await store.trees.add_children(root.id, [_node("w", final_reward=1.0), _node("open")])
+    train_only = await store.export_triples(label_set.id, split="train")
+    assert {t.task_key for t in train_only} == {train.key}
+    assert [t.candidate_text for t in train_only] == [_node("w").text]  # "open" has no label
+    assert await store.export_triples(label_set.id, tasks=["no/such/task"]) == []
