@@ -27,7 +27,13 @@ from qlass.errors import SchemaVersionError
 from qlass.storage.engine import WRITE_OPTION, safe_url
 from qlass.storage.models import Base
 
-__all__ = ["SchemaState", "ensure_schema", "head_revision", "load_migrations"]
+__all__ = [
+    "SchemaState",
+    "ensure_schema",
+    "head_revision",
+    "load_migrations",
+    "read_revision",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -83,6 +89,15 @@ async def ensure_schema(engine: AsyncEngine, *, upgrade: bool = True) -> SchemaS
             after=state.after,
         )
     return state
+
+
+async def read_revision(engine: AsyncEngine) -> str | None:
+    """The database's schema revision (``None``: no qlass schema), changing nothing."""
+    async with engine.connect() as connection:
+        heads = await connection.run_sync(
+            lambda sync: MigrationContext.configure(sync).get_current_heads()
+        )
+    return ", ".join(heads) if heads else None
 
 
 def _check_and_upgrade(
