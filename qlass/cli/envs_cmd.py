@@ -165,6 +165,15 @@ def register(app: typer.Typer) -> None:
         workers: Annotated[
             int, typer.Option("--workers", "-w", min=1, help="Simulators run at once.")
         ] = 2,
+        tries: Annotated[
+            int,
+            typer.Option(
+                "--tries",
+                min=1,
+                help="Ask for the gold path this many times and keep the shortest winning one "
+                "(TextWorldExpress's gold agent explores at random; ScienceWorld's is fixed).",
+            ),
+        ] = 1,
         source: SourceOpt = None,
         data_dir: DataDirOpt = None,
         with_example: Annotated[
@@ -206,6 +215,7 @@ def register(app: typer.Typer) -> None:
                     tasks,
                     out,
                     workers=workers,
+                    tries=tries,
                     with_example=with_example,
                     env_options=_env_options(None, data_dir),
                     on_task=tick,

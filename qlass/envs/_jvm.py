@@ -69,18 +69,35 @@ def java_child_pids(parent: int | None = None) -> list[int]:
 
 
 def _reap(proc: subprocess.Popen[bytes]) -> int | None:
-    """Kill ``proc`` if it still runs, wait for it and close our end of its stdin."""
+    """Kill ``proc`` if it still runs, close our end of its stdin and wait for it.
+
+    ``wait()`` without a timeout: with a timeout it polls with ``time.sleep``, and this
+    also runs as a finalizer, possibly in the event loop's thread; a SIGKILLed process is
+    reaped at once.
+    """
     if proc.poll() is None:
         with contextlib.suppress(OSError):
             proc.kill()
-    try:
-        code = proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:  # pragma: no cover - a kernel that ignores SIGKILL
-        code = None
     if proc.stdin is not None:
         with contextlib.suppress(OSError, ValueError):
             proc.stdin.close()
-    return code
+    return proc.wait()
+
+
+def _disconnect(sim: Any) -> None:
+    """Stop py4j from talking to the JVM: with the client marked disconnected, proxies that
+    are garbage-collected later no longer try to reach a dead JVM (which logs errors and
+    could block whatever thread the collector runs in)."""
+    with contextlib.suppress(Exception):
+        sim._gateway._gateway_client.is_connected = False
+
+
+def _dispose(sim: Any, proc: subprocess.Popen[bytes], release: Callable[[Any], None]) -> None:
+    """Finalizer of an env dropped without ``close()``: no socket work, just kill and free."""
+    _disconnect(sim)
+    _reap(proc)
+    with contextlib.suppress(Exception):
+        release(sim)
 
 
 def _is_py4j_error(exc: BaseException) -> bool:
@@ -129,7 +146,8 @@ class JvmEnv(ABC):
     def _step_blocking(self, action: str) -> StepResult:
         """Execute ``action`` in the loaded task."""
 
-    def _release(self, sim: Any) -> None:  # noqa: B027 - optional hook
+    @staticmethod  # noqa: B027 - an optional hook with nothing to do by default
+    def _release(sim: Any) -> None:
         """Free what the wrapper holds besides the JVM (temp files); after the JVM is gone."""
 
     # -- public API ------------------------------------------------------------------------
@@ -192,6 +210,8 @@ class JvmEnv(ABC):
 
     def kill(self) -> None:
         """Kill the JVM now (blocking, a few ms). Used by tests and emergency shutdown."""
+        if self._sim is not None:
+            _disconnect(self._sim)
         if self._proc is not None:
             _reap(self._proc)
 
@@ -240,6 +260,7 @@ class JvmEnv(ABC):
                     f"{self.family} simulator raised an error during {what}: {exc}"
                 ) from exc
             pid = self._proc.pid if self._proc is not None else None
+            _disconnect(self._sim)
             code = _reap(self._proc) if self._proc is not None else None
             self._dead = f"JVM exited with code {code}" if code is not None else "connection lost"
             log.warning("env_crashed", env=self.family, pid=pid, what=what, error=str(exc))
@@ -259,19 +280,25 @@ class JvmEnv(ABC):
             # terminated prints a BrokenPipeError; we close explicitly instead.
             self._sim = sim
             self._proc = sim._gateway.java_process
-            self._finalizer = weakref.finalize(self, _reap, self._proc)
+            self._finalizer = weakref.finalize(self, _dispose, sim, self._proc, type(self)._release)
             log.debug("env_started", env=self.family, pid=self._proc.pid if self._proc else None)
 
     def _shutdown_blocking(self) -> None:
         with self._lock:
             sim, proc = self._sim, self._proc
-            if sim is None:
+            if sim is None or proc is None:
                 return
-            if proc is not None and proc.poll() is None:
+            if self._finalizer is not None:
+                self._finalizer.detach()
+            if proc.poll() is None:
                 with contextlib.suppress(Exception):
                     sim._gateway.shutdown()
-            if self._finalizer is not None:
-                self._finalizer()  # runs _reap(proc) once
+            else:
+                _disconnect(sim)
+                with contextlib.suppress(Exception):
+                    sim._gateway.shutdown_callback_server()
+            _disconnect(sim)
+            _reap(proc)
             with contextlib.suppress(Exception):
                 self._release(sim)
             self._proc = None

@@ -76,11 +76,26 @@ class GoldExportReport:
         return self.written + len(self.skipped)
 
 
-async def replay_gold(env: Env, task: TaskSpec, *, max_steps: int | None = None) -> GoldTrajectory:
-    """Get ``task``'s gold path from ``env`` and replay it to the first ``done``."""
-    actions = await gold_actions(env, task)
-    if max_steps is not None:
-        actions = actions[:max_steps]
+async def replay_gold(
+    env: Env, task: TaskSpec, *, max_steps: int | None = None, tries: int = 1
+) -> GoldTrajectory:
+    """Get ``task``'s gold path from ``env`` and replay it to the first ``done``.
+
+    Some simulators' gold agents explore at random (TextWorldExpress coin, mapreader), so
+    with ``tries`` > 1 the gold path is asked for that many times and the shortest one that
+    reaches full score is kept.
+    """
+    candidates = {tuple(await gold_actions(env, task)) for _ in range(max(1, tries))}
+    trajectory: GoldTrajectory | None = None
+    for actions in sorted(candidates, key=lambda a: (len(a), a)):
+        trajectory = await _replay(env, task, actions[:max_steps])
+        if trajectory.final_score >= _FULL_SCORE:
+            break
+    assert trajectory is not None
+    return trajectory
+
+
+async def _replay(env: Env, task: TaskSpec, actions: Sequence[str]) -> GoldTrajectory:
     first = await env.reset(task)
     taken: list[str] = []
     observations: list[str] = []
@@ -126,13 +141,15 @@ async def export_gold(
     *,
     workers: int = 1,
     max_steps: int | None = None,
+    tries: int = 1,
     with_example: bool = False,
     env_options: dict[str, Any] | None = None,
     on_task: Callable[[TaskSpec, bool], None] | None = None,
 ) -> GoldExportReport:
     """Replay the gold path of every task and write the full-score ones to ``out`` (JSONL).
 
-    ``workers`` simulators run at once; lines keep the order of ``tasks``. ``on_task(task,
+    ``workers`` simulators run at once; lines keep the order of ``tasks``. ``tries``: see
+    :func:`replay_gold`. ``on_task(task,
     written)`` is called after each task (for progress bars). ``with_example`` puts the
     in-context example in the system prompt (off: BC data usually goes without it).
     """
@@ -150,7 +167,7 @@ async def export_gold(
             while not queue.empty():
                 index, task = queue.get_nowait()
                 try:
-                    trajectory = await replay_gold(env, task, max_steps=max_steps)
+                    trajectory = await replay_gold(env, task, max_steps=max_steps, tries=tries)
                 except EnvError as exc:
                     log.warning("gold_failed", task=task.key, error=str(exc))
                     results[index] = f"{type(exc).__name__}: {exc}"

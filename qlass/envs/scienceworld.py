@@ -163,7 +163,8 @@ class ScienceWorldEnv(JvmEnv):
     def _launch(self) -> Any:
         return _simulator_class()("", envStepLimit=_NO_STEP_LIMIT)
 
-    def _release(self, sim: Any) -> None:
+    @staticmethod
+    def _release(sim: Any) -> None:
         sim._obj_tree_tempdir.cleanup()
 
     def _valid(self) -> tuple[str, ...] | None:

@@ -87,7 +87,8 @@ class TextWorldExpressEnv(JvmEnv):
     def _launch(self) -> Any:
         return _simulator_class()(envStepLimit=_NO_STEP_LIMIT)
 
-    def _release(self, sim: Any) -> None:
+    @staticmethod
+    def _release(sim: Any) -> None:
         sim._obj_tree_tempfile.close()
 
     def _reset_blocking(self, task: TaskSpec, gold: bool) -> tuple[Observation, list[str]]:

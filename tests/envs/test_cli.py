@@ -1,0 +1,81 @@
+"""``qlass envs`` commands, run through the real CLI app."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from qlass.cli import app
+
+runner = CliRunner()
+
+
+def test_list_shows_every_env_with_split_counts() -> None:
+    result = runner.invoke(app, ["envs", "list"], env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    for name in ["textworld_express", "scienceworld", "webshop", "alfworld"]:
+        assert name in result.output
+    assert "1483" in result.output and "194" in result.output and "211" in result.output
+    assert "ALFWORLD_DATA" in result.output
+
+
+def test_tasks_prints_keys_in_run_order() -> None:
+    result = runner.invoke(app, ["envs", "tasks", "sciworld", "--split", "seen", "-n", "2"])
+    assert result.exit_code == 0, result.output
+    assert result.output.split() == [
+        "scienceworld/test-conductivity-of-unknown-substances[easy]/dev/418",
+        "scienceworld/find-living-thing[easy]/dev/186",
+    ]
+
+
+def test_play_reads_actions_until_the_task_is_won() -> None:
+    args = [
+        "envs",
+        "play",
+        "twx",
+        "coin",
+        "--variation",
+        "1",
+        "--params",
+        "numLocations=3,includeDoors=0",
+    ]
+    result = runner.invoke(app, args, input="look around\n\ntake coin\n")
+    assert result.exit_code == 0, result.output
+    assert "Your task is to search the environment and find the coin" in result.output
+    assert "You take the coin." in result.output
+    assert "success: final score 1.00" in result.output
+
+
+def test_play_stops_at_quit_and_rejects_unknown_tasks() -> None:
+    result = runner.invoke(app, ["envs", "play", "twx", "sorting"], input="quit\n")
+    assert result.exit_code == 0 and "step 1" not in result.output
+    bad = runner.invoke(app, ["envs", "play", "twx", "chess"])
+    assert bad.exit_code != 0 and "unknown TextWorldExpress game 'chess'" in str(bad.exception)
+
+
+def test_gold_writes_trajectories_with_a_summary(tmp_path: Path) -> None:
+    out = tmp_path / "gold.jsonl"
+    args = [
+        "envs",
+        "gold",
+        "twx",
+        "--split",
+        "dev",
+        "-g",
+        "arithmetic",
+        "-n",
+        "3",
+        "--out",
+        str(out),
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "wrote 3 of 3 trajectories" in result.output and "skipped 0" in result.output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["task"]["key"] for r in records] == [
+        "textworld_express/arithmetic/dev/10000",
+        "textworld_express/arithmetic/dev/10001",
+        "textworld_express/arithmetic/dev/10002",
+    ]

@@ -1,0 +1,64 @@
+"""The env registry: names, aliases, lazy imports, errors that list the choices."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from qlass.envs.base import Env, InvalidActionError, require_action
+from qlass.envs.registry import create_env, env_names, get_family, list_tasks, task_max_steps
+from qlass.errors import ConfigError, UnknownNameError, UserError
+from qlass.types import TaskSpec
+
+
+def test_names_aliases_and_unknown_names() -> None:
+    assert env_names() == ("textworld_express", "scienceworld", "webshop", "alfworld")
+    assert get_family("TWX").name == "textworld_express"
+    assert get_family("sciworld").name == "scienceworld"
+    with pytest.raises(
+        UnknownNameError, match="textworld_express, scienceworld, webshop, alfworld"
+    ):
+        get_family("nethack")
+    with pytest.raises(UnknownNameError, match="coin"):
+        list_tasks("twx", "train", games=["chess"])
+    with pytest.raises(UnknownNameError, match="train, dev or test"):
+        list_tasks("twx", "validation")
+    with pytest.raises(ConfigError, match="takes no options"):
+        list_tasks("twx", "train", source="paper")
+    with pytest.raises(UserError, match="limit"):
+        list_tasks("twx", "train", limit=-1)
+
+
+def test_created_envs_follow_the_protocol_without_starting_a_simulator() -> None:
+    env = create_env("textworld_express", step_timeout_s=5)
+    assert isinstance(env, Env)
+    assert env.pid is None  # type: ignore[attr-defined] - the JVM starts on first reset
+
+
+def test_listing_needs_no_simulator_import() -> None:
+    code = (
+        "import sys; from qlass.envs.registry import list_tasks\n"
+        "list_tasks('scienceworld', 'dev'); list_tasks('twx', 'test', limit=3)\n"
+        "assert 'scienceworld' not in sys.modules and 'textworld_express' not in sys.modules\n"
+        "assert 'py4j' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_max_steps_are_the_papers_where_it_set_them() -> None:
+    assert task_max_steps(TaskSpec("scienceworld", "task-1-boil", 0, "train", "easy")) == 100
+    assert (
+        task_max_steps(TaskSpec("scienceworld", "inclined-plane-determine-angle", 0, "train"))
+        is None
+    )
+    assert task_max_steps(TaskSpec("textworld_express", "coin", 0, "train")) is None
+
+
+@pytest.mark.parametrize("bad", ["", " ", "\t\n"])
+def test_require_action_rejects_empty_text(bad: str) -> None:
+    with pytest.raises(InvalidActionError):
+        require_action(bad)
+    assert issubclass(InvalidActionError, ValueError)
+    assert require_action("  open door ") == "open door"

@@ -1,0 +1,165 @@
+"""ScienceWorld adapter against the real simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from importlib import resources
+
+import pytest
+
+from qlass.envs.gold import replay_gold
+from qlass.envs.registry import list_tasks
+from qlass.envs.scienceworld import (
+    TASKS,
+    ScienceWorldEnv,
+    canonical_task_name,
+    paper_task_name,
+)
+from qlass.errors import UnknownNameError
+from qlass.types import TaskSpec
+
+QUICK_TASKS = [
+    "task-3-find-animal",
+    "lifespan-longest-lived",
+    "chemistry-mix-paint-secondary-color",
+]
+
+
+def _first(split: str, name: str) -> TaskSpec:
+    return list_tasks("scienceworld", split, games=[name], limit=1)[0]
+
+
+async def test_gold_paths_reach_full_score_on_a_sample_of_tasks() -> None:
+    # list_tasks reads the split files on first use: not on the event loop.
+    tasks = [await asyncio.to_thread(_first, "train", name) for name in QUICK_TASKS]
+    tasks.append(await asyncio.to_thread(_first, "unseen", "find-plant"))
+    env = ScienceWorldEnv()
+    try:
+        for task in tasks:
+            trajectory = await replay_gold(env, task)
+            assert trajectory.final_score == 1.0, task.key
+            assert trajectory.success, task.key
+            assert "focus" in " ".join(trajectory.actions), task.key
+    finally:
+        await env.close()
+
+
+@pytest.mark.slow
+async def test_gold_paths_reach_full_score_on_every_paper_task() -> None:
+    env = ScienceWorldEnv()
+    dev = await asyncio.to_thread(list_tasks, "scienceworld", "dev")
+    try:
+        for name in sorted({t.name for t in dev}):
+            task = next(t for t in dev if t.name == name)
+            trajectory = await replay_gold(env, task)
+            assert trajectory.final_score == 1.0, task.key
+    finally:
+        await env.close()
+
+
+async def test_scores_are_the_best_so_far_and_failure_scores_zero() -> None:
+    env = ScienceWorldEnv()
+    task = TaskSpec("scienceworld", "task-3-find-animal", 0, "train", "easy")
+    try:
+        first = await env.reset(task)
+        assert first.instruction.startswith("Your task is to find a(n) animal")
+        assert first.valid_actions is None  # not enumerated unless asked (85 ms a step)
+        gold = await env.gold_actions(task)
+        await env.reset(task)
+        scores = [(await env.step(a)).score for a in gold[:4]]
+        assert scores == sorted(scores) and 0 < scores[-1] < 1
+        wrong = await env.step("focus on air")
+        assert (wrong.done, wrong.score, wrong.success) == (True, 0.0, False)
+        assert wrong.info["task_failure"]
+    finally:
+        await env.close()
+
+
+async def test_event_loop_keeps_running_while_the_simulator_steps() -> None:
+    """With valid actions enumerated a step takes ~90 ms; the loop must keep ticking."""
+    env = ScienceWorldEnv(valid_actions=True)
+    try:
+        first = await env.reset(TaskSpec("scienceworld", "boil", 0, "train", "easy"))
+        assert first.valid_actions is not None and "look around" in first.valid_actions
+        lags: list[float] = []
+        durations: list[float] = []
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            while not stop.is_set():
+                before = time.perf_counter()
+                await asyncio.sleep(0.005)
+                lags.append(time.perf_counter() - before - 0.005)
+
+        tick = asyncio.create_task(ticker())
+        for action in ["open door to kitchen", "go to kitchen", "look around", "go to hallway"]:
+            before = time.perf_counter()
+            result = await env.step(action)
+            durations.append(time.perf_counter() - before)
+            assert result.valid_actions is not None and len(result.valid_actions) > 10
+        stop.set()
+        await tick
+        assert len(lags) > 10
+        # A step run on the loop would stall it for a whole step.
+        assert max(lags) < 0.5 * min(durations), (max(lags), durations)
+    finally:
+        await env.close()
+
+
+def test_paper_and_old_task_names_map_to_current_ones() -> None:
+    assert canonical_task_name("task-1-boil") == "boil"
+    assert (
+        canonical_task_name("task-9-mendellian-genetics-(known-plant)")
+        == "mendelian-genetics-known-plant"
+    )
+    assert canonical_task_name("task-2a-test-conductivity") == "test-conductivity"
+    assert paper_task_name("boil") == "task-1-boil"
+    with pytest.raises(UnknownNameError, match="boil"):
+        canonical_task_name("task-99-fly")
+    assert len(TASKS) == 30
+
+
+def test_paper_splits_match_the_shipped_files_and_the_simulator_folds() -> None:
+    def read(name: str) -> list[list[object]]:
+        return json.loads((resources.files("qlass.envs") / "data" / "sciworld" / name).read_text())
+
+    train, seen, unseen = (list_tasks("scienceworld", s) for s in ("train", "seen", "unseen"))
+    assert (len(train), len(seen), len(unseen)) == (1483, 194, 211)
+    assert [t.variation for t in seen] == [v for _, v in read("dev_indices.json")]
+    assert {t.params for t in train} == {"easy"}
+    folds = json.loads(
+        (
+            resources.files("qlass.envs") / "data" / "sciworld" / "simulator_variations.json"
+        ).read_text()
+    )
+    assert all(t.variation in folds[t.name]["dev"] for t in seen)
+    assert all(t.variation in folds[t.name]["test"] for t in unseen)
+    boil = list_tasks("scienceworld", "dev", games=["task-1-boil"])
+    assert {t.name for t in boil} == {"boil"} and boil == list_tasks(
+        "scienceworld", "dev", games=["boil"]
+    )
+
+
+def test_simulator_splits_interleave_tasks_and_match_the_live_simulator() -> None:
+    tasks = list_tasks("scienceworld", "test", source="simulator", games=["boil", "melt"], limit=4)
+    assert [(t.name, t.variation) for t in tasks] == [
+        ("boil", 21),
+        ("melt", 21),
+        ("boil", 22),
+        ("melt", 22),
+    ]
+    from scienceworld import ScienceWorldEnv as Simulator
+
+    simulator = Simulator("", envStepLimit=10)
+    try:
+        for name in ["boil", "use-thermometer", "inclined-plane-friction-named-surfaces"]:
+            simulator.load(name, 0, "easy")
+            listed = list_tasks("scienceworld", "dev", source="simulator", games=[name])
+            assert [t.variation for t in listed] == simulator.get_variations_dev(), name
+    finally:
+        simulator.close()
+        simulator._gateway.java_process.wait(timeout=10)
+        simulator._gateway.java_process.stdin.close()
+        simulator._obj_tree_tempdir.cleanup()
