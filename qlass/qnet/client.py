@@ -50,14 +50,16 @@ class QNetClient(BaseValueModel):
         self.backoff_s = backoff_s
         self.max_queries_per_request = max_queries_per_request
         self._client: httpx.AsyncClient | None = None
+        self._client_lock = asyncio.Lock()
 
     async def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            # Building a client loads CA certificates from disk: do it off the event loop.
-            self._client = await asyncio.to_thread(
-                httpx.AsyncClient, base_url=self.url, timeout=self.timeout_s
-            )
-        return self._client
+        async with self._client_lock:  # concurrent first calls must share one client
+            if self._client is None:
+                # Building a client loads CA certificates from disk: do it off the loop.
+                self._client = await asyncio.to_thread(
+                    httpx.AsyncClient, base_url=self.url, timeout=self.timeout_s
+                )
+            return self._client
 
     async def score(self, queries: Sequence[ValueQuery]) -> list[float]:
         """Scores for ``queries`` in order.

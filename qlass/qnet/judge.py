@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from qlass.errors import ValueModelError
+from qlass.errors import MissingDependencyError, ValueModelError
 from qlass.prompts import OBSERVATION_PREFIX
 from qlass.qnet.base import BaseValueModel, ValueQuery
 from qlass.types import History, Usage
@@ -65,6 +65,23 @@ def parse_rating(text: str) -> float | None:
     return value if 0.0 <= value <= 10.0 else None
 
 
+def _import_litellm() -> Any:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    try:
+        litellm = importlib.import_module("litellm")
+    except ImportError as exc:  # pragma: no cover - litellm is a core dependency
+        raise MissingDependencyError("litellm", "litellm", "the LLM judge") from exc
+    try:
+        # Load the CA bundle into LiteLLM's SSL context cache here, off the event loop, so
+        # the first request does not read it from disk on the loop.
+        from litellm.llms.custom_httpx.http_handler import get_ssl_configuration
+
+        get_ssl_configuration()
+    except Exception:  # a LiteLLM internal: if it moved, the first call just reads it
+        log.debug("judge ssl warm-up skipped")
+    return litellm
+
+
 class LLMJudgeValueModel(BaseValueModel):
     """Scores queries by asking an LLM judge, up to ``max_concurrency`` calls at once.
 
@@ -104,11 +121,7 @@ class LLMJudgeValueModel(BaseValueModel):
 
     async def _module(self) -> Any:
         if self._litellm is None:
-            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-            try:
-                self._litellm = await asyncio.to_thread(importlib.import_module, "litellm")
-            except ImportError as exc:  # pragma: no cover - litellm is a core dependency
-                raise ValueModelError("the LLM judge needs the 'litellm' package") from exc
+            self._litellm = await asyncio.to_thread(_import_litellm)
         return self._litellm
 
     async def score(self, queries: Sequence[ValueQuery]) -> list[float]:

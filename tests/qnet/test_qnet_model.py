@@ -82,5 +82,5 @@ def test_from_backbone_caps_max_length_at_position_limit(tiny_model_dir: Path) -
 def test_missing_checkpoint_is_a_clear_error(tmp_path: Path, tiny_model_dir: Path) -> None:
     with pytest.raises(MissingDataError, match="not a QNet checkpoint"):
         QNet.from_pretrained(tmp_path)
-    with pytest.raises(MissingDataError, match="config.json missing"):
+    with pytest.raises(MissingDataError, match=r"config\.json missing"):
         QNet.from_backbone(tmp_path)

@@ -1,0 +1,114 @@
+import json
+from pathlib import Path
+
+import pytest
+from qnet_helpers import BAD, GOOD, make_history, synthetic_steps
+
+from qlass.errors import UserError
+from qlass.qnet._wire import read_triples_jsonl, write_triples_jsonl
+from qlass.qnet.base import ValueQuery
+from qlass.qnet.scorer import QNetScorer
+from qlass.qnet.train import (
+    TrainSettings,
+    regression_metrics,
+    spearman,
+    split_by_task,
+    train_qnet,
+)
+from qlass.types import LabelledStep
+
+
+def test_split_is_by_task_without_leakage() -> None:
+    steps = synthetic_steps(20)
+    split = split_by_task(steps, dev_fraction=0.25, seed=3)
+    train_tasks = {s.task_key for s in split.train}
+    dev_tasks = {s.task_key for s in split.dev}
+    assert not train_tasks & dev_tasks
+    assert len(dev_tasks) == 5 and len(train_tasks) == 15
+    assert len(split.train) + len(split.dev) == len(steps)
+    # Seeded and independent of input order; another seed gives another split.
+    assert split_by_task(list(reversed(steps)), 0.25, 3).dev_tasks == split.dev_tasks
+    assert split_by_task(steps, 0.25, 4).dev_tasks != split.dev_tasks
+
+
+def test_split_edge_cases() -> None:
+    one_task = [s for s in synthetic_steps(3) if s.tree_id == 0]
+    assert split_by_task(one_task, 0.5, 0).dev == ()  # a single task stays in training
+    two = synthetic_steps(2)
+    assert len(split_by_task(two, 0.01, 0).dev_tasks) == 1  # at least one dev task
+    assert split_by_task(two, 0.0, 0).dev == ()
+
+
+def test_spearman_and_mse() -> None:
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # Ties get average ranks: ranks x = [0, 1.5, 1.5, 3] against y = [0, 1, 2, 3].
+    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833, abs=1e-6)
+    assert spearman([1, 1, 1], [1, 2, 3]) != spearman([1, 1, 1], [1, 2, 3])  # NaN
+    metrics = regression_metrics([0.0, 1.0], [1.0, 1.0])
+    assert metrics["mse"] == pytest.approx(0.5)
+
+
+def test_triples_jsonl_round_trip(tmp_path: Path) -> None:
+    steps = synthetic_steps(2)
+    path = tmp_path / "triples.jsonl"
+    assert write_triples_jsonl(steps, path) == len(steps)
+    assert read_triples_jsonl(path) == steps
+    path.write_text(path.read_text() + '{"tree_id": 1, "task_key": "x"}\n')
+    with pytest.raises(UserError, match=r"triples\.jsonl:13: not a valid triple"):
+        read_triples_jsonl(path)
+
+
+async def test_training_lowers_the_loss_and_learns_the_ranking(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import asyncio
+
+    steps = synthetic_steps(12)
+    settings = TrainSettings(
+        output_dir=tmp_path / "qnet",
+        head_dim=64,
+        batch_size=8,
+        micro_batch_size=8,
+        max_steps=60,
+        lr=1e-3,
+        warmup_ratio=0.03,
+        max_length=512,
+        dev_fraction=0.25,
+        logging_steps=1,
+        use_cpu=True,
+    )
+    progress: list[tuple[int, int]] = []
+    result = await asyncio.to_thread(
+        train_qnet,
+        steps,
+        tiny_model_dir,
+        settings,
+        on_progress=lambda step, total, logs: progress.append((step, total)),
+    )
+    assert result.steps == 60
+    assert progress[-1] == (60, 60)
+    assert result.train_tasks == 9 and result.dev_tasks == 3
+    assert result.dev_mse_before is not None and result.dev_mse is not None
+    assert result.dev_mse < 0.5 * result.dev_mse_before
+    first, last = result.train_losses[0], sum(result.train_losses[-4:]) / 4
+    assert last < first
+    assert result.dev_spearman is not None and result.dev_spearman > 0.5
+    saved = json.loads((settings.output_dir / "train_metrics.json").read_text())
+    assert saved["dev_mse"] == pytest.approx(result.dev_mse)
+    # The saved checkpoint scores an unseen task: the good move above the bad one.
+    async with await QNetScorer.aload(settings.output_dir, device="cpu") as scorer:
+        history = make_history(99, 1)
+        good, bad = await scorer.score(
+            [
+                ValueQuery(history, f"Thought: I will try this.\nAction: {GOOD}"),
+                ValueQuery(history, f"Thought: I will try this.\nAction: {BAD}"),
+            ]
+        )
+    assert good > bad
+
+
+def test_no_training_examples_is_a_user_error(tiny_model_dir: Path, tmp_path: Path) -> None:
+    steps: list[LabelledStep] = []
+    with pytest.raises(UserError, match="no training examples"):
+        train_qnet(steps, tiny_model_dir, TrainSettings(output_dir=tmp_path))
