@@ -49,8 +49,9 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-ProgressFn = Callable[[int, int, Mapping[str, float]], None]
-"""Called as ``fn(step, total_steps, latest_logs)`` after each optimizer step (rank 0 only)."""
+ProgressFn = Callable[[int, int, float | None], None]
+"""Called as ``fn(step, total_steps, loss)`` after each optimizer step, on rank 0 only;
+``loss`` is the latest logged training loss (``None`` before the first log)."""
 
 METRICS_FILE = "train_metrics.json"
 
@@ -205,15 +206,18 @@ class QNetCollator:
 class _ProgressCallback(TrainerCallback):
     def __init__(self, fn: ProgressFn) -> None:
         self.fn = fn
-        self.latest: dict[str, float] = {}
+        self.loss: float | None = None
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
-        if logs:
-            self.latest.update({k: v for k, v in logs.items() if isinstance(v, int | float)})
+        loss = (logs or {}).get("loss")
+        if isinstance(loss, int | float):
+            self.loss = float(loss)
+            if state.is_world_process_zero:  # the log comes after the step it measures
+                self.fn(state.global_step, state.max_steps, self.loss)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.is_world_process_zero:
-            self.fn(state.global_step, state.max_steps, dict(self.latest))
+            self.fn(state.global_step, state.max_steps, self.loss)
 
 
 def _finite_or_none(value: Any) -> float | None:

@@ -78,16 +78,17 @@ async def test_training_lowers_the_loss_and_learns_the_ranking(
         logging_steps=1,
         use_cpu=True,
     )
-    progress: list[tuple[int, int]] = []
+    progress: list[tuple[int, int, float | None]] = []
     result = await asyncio.to_thread(
         train_qnet,
         steps,
         tiny_model_dir,
         settings,
-        on_progress=lambda step, total, logs: progress.append((step, total)),
+        on_progress=lambda step, total, loss: progress.append((step, total, loss)),
     )
     assert result.steps == 60
-    assert progress[-1] == (60, 60)
+    assert progress[-1][:2] == (60, 60)
+    assert progress[-1][2] == pytest.approx(result.train_losses[-1])
     assert result.train_tasks == 9 and result.dev_tasks == 3
     assert result.dev_mse_before is not None and result.dev_mse is not None
     assert result.dev_mse < 0.5 * result.dev_mse_before

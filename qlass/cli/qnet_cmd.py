@@ -1,0 +1,297 @@
+"""``qlass train-qnet`` and ``qlass serve-qnet``: train the value model, serve it over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from qlass.cli._common import ConfigOption, DbOption, SetOption, resolve_config
+from qlass.errors import MissingDataError, UserError
+
+if TYPE_CHECKING:
+    from qlass.config import RunConfig
+    from qlass.qnet.train import TrainResult
+    from qlass.types import LabelledStep
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+async def _export_from_store(
+    url: str, run: str, label_set: int | None, max_per_tree: int, seed: int
+) -> tuple[list[LabelledStep], int, int]:
+    """Triples of the train split, plus the run id and label set id they came from."""
+    from qlass.storage import TreeStore
+
+    async with await TreeStore.open(url) as store:
+        if label_set is not None:
+            record = await store.labels.get_set(label_set)
+        else:
+            run_record = await store.runs.get(run)
+            sets = await store.labels.sets(run_record.id)
+            if not sets:
+                raise MissingDataError(f"run {run_record.name!r} has no Q-label sets yet")
+            record = sets[-1]
+        triples = await store.export_triples(
+            record.id, max_per_tree=max_per_tree, seed=seed, split="train"
+        )
+        return triples, record.run_id, record.id
+
+
+async def _record_checkpoint(
+    url: str, run_id: int, label_set_id: int, path: Path, metrics: dict[str, Any]
+) -> int:
+    from qlass.storage import TreeStore
+
+    async with await TreeStore.open(url) as store:
+        record = await store.checkpoints.add(
+            run_id, path, label_set_id=label_set_id, metrics=metrics
+        )
+        return record.id
+
+
+def _settings(cfg: RunConfig, output: Path | None, **extra: Any) -> Any:
+    from qlass.qnet.train import TrainSettings
+
+    q = cfg.qnet
+    return TrainSettings(
+        output_dir=output or cfg.qnet_dir,
+        head_dim=q.head_dim,
+        batch_size=q.batch_size,
+        epochs=q.epochs,
+        lr=q.lr,
+        warmup_ratio=q.warmup_ratio,
+        max_length=q.max_length,
+        dev_fraction=q.dev_fraction,
+        seed=cfg.seed,
+        **extra,
+    )
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _summary(result: TrainResult, recorded: int | None) -> Table:
+    table = Table(title="QNet training", show_header=False)
+    table.add_row("checkpoint", str(result.checkpoint_dir))
+    table.add_row("examples (train / dev)", f"{result.train_examples} / {result.dev_examples}")
+    table.add_row("tasks (train / dev)", f"{result.train_tasks} / {result.dev_tasks}")
+    table.add_row("optimizer steps", str(result.steps))
+    if result.train_losses:
+        table.add_row(
+            "train loss (first -> last)",
+            f"{result.train_losses[0]:.4f} -> {result.train_losses[-1]:.4f}",
+        )
+    table.add_row(
+        "dev MSE (before -> after)", f"{_fmt(result.dev_mse_before)} -> {_fmt(result.dev_mse)}"
+    )
+    table.add_row("dev MSE of predicting the mean", _fmt(result.dev_mse_mean_baseline))
+    table.add_row("dev Spearman", _fmt(result.dev_spearman, 3))
+    table.add_row("train time", f"{result.train_seconds:.1f} s")
+    if recorded is not None:
+        table.add_row("recorded in the store", f"checkpoint id {recorded}")
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train-qnet")
+    def train_qnet_cmd(
+        config: ConfigOption = None,
+        set_: SetOption = None,
+        db: DbOption = None,
+        run: Annotated[
+            str | None,
+            typer.Option(
+                help="Run (name or id) whose newest Q-label set is used (default: the "
+                "config's run name)."
+            ),
+        ] = None,
+        label_set: Annotated[
+            int | None, typer.Option(help="Q-label set id to train on (instead of --run).")
+        ] = None,
+        triples: Annotated[
+            Path | None,
+            typer.Option(
+                help="Train on a JSONL file of labelled steps instead of the tree store "
+                "(see docs/qnet.md for the format).",
+                dir_okay=False,
+            ),
+        ] = None,
+        base_model: Annotated[
+            Path | None,
+            typer.Option(
+                help="Model dir to initialise from (a policy checkpoint, or a QNet "
+                "checkpoint to continue). Default: qnet.base_model, else the run's BC policy.",
+                file_okay=False,
+            ),
+        ] = None,
+        output: Annotated[
+            Path | None,
+            typer.Option(
+                "--output",
+                "-o",
+                help="Checkpoint dir (default: qnet.output_dir, else RUN_DIR/qnet).",
+            ),
+        ] = None,
+        micro_batch_size: Annotated[
+            int,
+            typer.Option(
+                min=1,
+                help="Sequences per device per forward pass; gradient accumulation keeps "
+                "the global batch at qnet.batch_size.",
+            ),
+        ] = 8,
+        max_steps: Annotated[
+            int | None,
+            typer.Option(min=1, help="Stop after this many optimizer steps (overrides epochs)."),
+        ] = None,
+        gradient_checkpointing: Annotated[
+            bool, typer.Option(help="Recompute activations to save memory (long sequences).")
+        ] = False,
+        save_steps: Annotated[
+            int | None,
+            typer.Option(min=1, help="Also write resumable Trainer checkpoints every N steps."),
+        ] = None,
+        cpu: Annotated[
+            bool, typer.Option(help="Train on the CPU even if a GPU is present.")
+        ] = False,
+    ) -> None:
+        """Train the QNet on Bellman Q labels (MSE at the last token), split by task.
+
+        Reads training triples of the train split from the tree store (--db with --run or
+        --label-set) or from a JSONL file (--triples), trains with the paper's settings
+        (qnet.* in the config: batch 64, 3 epochs, lr 1e-5 cosine, warmup 0.03, max length
+        4096), reports dev MSE and Spearman correlation, saves the checkpoint and records it
+        in the store. Runs unchanged under `accelerate launch` or `torchrun` on many GPUs.
+        """
+        from qlass.qnet._wire import read_triples_jsonl
+        from qlass.qnet.train import train_qnet
+
+        cfg = resolve_config(config, set_, db)
+        console = Console(stderr=True)
+        source: tuple[int, int] | None = None
+        if triples is not None:
+            if run is not None or label_set is not None:
+                raise UserError("--triples and --run/--label-set are alternatives; pass one")
+            steps = read_triples_jsonl(triples)
+        else:
+            steps, run_id, set_id = asyncio.run(
+                _export_from_store(
+                    cfg.store_url,
+                    run or cfg.name,
+                    label_set,
+                    cfg.labels.max_triples_per_tree,
+                    cfg.seed,
+                )
+            )
+            source = (run_id, set_id)
+        if not steps:
+            raise MissingDataError("no labelled triples to train on (explore and label first)")
+        init = base_model or Path(cfg.qnet.base_model or cfg.policy_dir)
+        settings = _settings(
+            cfg,
+            output,
+            micro_batch_size=micro_batch_size,
+            max_steps=max_steps,
+            gradient_checkpointing=gradient_checkpointing,
+            save_steps=save_steps,
+            use_cpu=cpu,
+        )
+        console.print(f"training on {len(steps)} triples from {init}")
+        with Progress(
+            TextColumn("[bold]QNet"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not _is_main_process(),
+        ) as bar:
+            task = bar.add_task("train", total=None, loss="-")
+
+            def on_progress(step: int, total: int, loss: float | None) -> None:
+                bar.update(task, completed=step, total=total, loss=_fmt(loss))
+
+            result = train_qnet(steps, init, settings, on_progress=on_progress)
+        if not _is_main_process():
+            return
+        recorded = None
+        if source is not None:
+            recorded = asyncio.run(
+                _record_checkpoint(
+                    cfg.store_url,
+                    source[0],
+                    source[1],
+                    settings.output_dir.resolve(),
+                    result.metrics(),
+                )
+            )
+        Console().print(_summary(result, recorded))
+
+    @app.command("serve-qnet")
+    def serve_qnet_cmd(
+        checkpoint: Annotated[
+            Path,
+            typer.Argument(help="A QNet checkpoint dir written by train-qnet.", file_okay=False),
+        ],
+        host: Annotated[
+            str, typer.Option(help="Interface to listen on (0.0.0.0 for every interface).")
+        ] = "127.0.0.1",
+        port: Annotated[int, typer.Option(help="TCP port.")] = 8765,
+        device: Annotated[
+            str, typer.Option(help="'cpu', 'cuda', 'cuda:1' or 'auto' (CUDA if available).")
+        ] = "auto",
+        max_batch: Annotated[
+            int, typer.Option(min=1, help="Most queries scored in one forward pass.")
+        ] = 32,
+        token_budget: Annotated[
+            int, typer.Option(min=1, help="Most padded tokens in one forward pass (memory).")
+        ] = 32768,
+        max_wait_ms: Annotated[
+            float,
+            typer.Option(min=0, help="How long a query waits for others to join its batch."),
+        ] = 5.0,
+        cache_size: Annotated[
+            int, typer.Option(min=0, help="Scored queries remembered (0: no cache).")
+        ] = 100_000,
+    ) -> None:
+        """Serve a QNet over HTTP: POST /v1/score, GET /health. Stop with Ctrl-C.
+
+        Concurrent requests are micro-batched into shared forward passes. Guide an agent
+        elsewhere with value model 'qnet-server' and the URL http://HOST:PORT.
+        """
+        from qlass.qnet.server import serve
+
+        if not (checkpoint / "qnet_config.json").is_file():
+            raise MissingDataError(f"{checkpoint} is not a QNet checkpoint (no qnet_config.json)")
+        typer.echo(
+            json.dumps({"url": f"http://{host}:{port}", "checkpoint": str(checkpoint)}), err=True
+        )
+        serve(
+            checkpoint,
+            host=host,
+            port=port,
+            device=device,
+            max_batch=max_batch,
+            token_budget=token_budget,
+            max_wait_s=max_wait_ms / 1000.0,
+            cache_size=cache_size,
+        )
