@@ -214,7 +214,8 @@ def register(app: typer.Typer) -> None:
             save_steps=save_steps,
             use_cpu=cpu,
         )
-        console.print(f"training on {len(steps)} triples from {init}")
+        if _is_main_process():
+            console.print(f"training on {len(steps)} triples from {init}")
         with Progress(
             TextColumn("[bold]QNet"),
             BarColumn(),

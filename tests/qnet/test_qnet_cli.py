@@ -131,6 +131,7 @@ def test_train_qnet_errors_are_clear(tmp_path: Path) -> None:
     assert "alternatives" in str(both.exception)
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch, transformers and fastapi: 10-30 s
 def test_serve_qnet_subprocess_agrees_with_in_process(qnet_dir: Path) -> None:
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

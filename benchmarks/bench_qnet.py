@@ -1,0 +1,203 @@
+"""QNet scoring throughput: the batched scorer against the reference style, in one run.
+
+    .venv/bin/python -m benchmarks.bench_qnet [--device auto|cpu|cuda] [--queries 64]
+
+Reference style (the authors' released code): one candidate per forward pass, padded to
+``max_length`` = 4096 tokens. qlass: 64 queries arriving concurrently (32 episodes x 2
+candidates) are micro-batched, bucketed by length and padded to the longest of each
+bucket, under ``torch.inference_mode``. The middle row (one candidate per pass, no padding)
+separates the gain of dynamic padding from the gain of batching. The cache is off, so
+every candidate is really computed.
+
+Model: a BC-sized Llama (4 layers, width 128, 4 heads; random weights: speed does not
+depend on them) with the paper's value head (1024). Histories are ReAct-style text-game
+episodes of 1 to 12 turns (about 100 to 800 tokens).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers.utils import logging as hf_logging
+
+from qlass._log import configure_logging
+from qlass.backends.tiny import new_tiny_model, save_model, train_tokenizer
+from qlass.qnet.base import ValueQuery
+from qlass.qnet.encoding import encode_texts, render
+from qlass.qnet.model import QNet
+from qlass.qnet.scorer import QNetScorer
+from qlass.types import History, Turn
+
+ROOMS = ["kitchen", "pantry", "hallway", "living room", "bedroom", "bathroom", "backyard"]
+THINGS = ["a fridge", "a stove", "a sofa", "a coin", "a key", "a table", "a drawer"]
+DIRECTIONS = ["north", "south", "east", "west"]
+
+
+def _observation(rng: random.Random) -> str:
+    room = rng.choice(ROOMS)
+    things = ", ".join(rng.sample(THINGS, 3))
+    exits = " and ".join(rng.sample(DIRECTIONS, 2))
+    return (
+        f"You are in the {room}. In one part of the room you see {things}. "
+        f"There is an open door to the {exits}."
+    )
+
+
+def _turn(rng: random.Random) -> Turn:
+    direction = rng.choice(DIRECTIONS)
+    text = (
+        f"Thought: the coin is not here, so I should keep exploring towards the {direction}.\n"
+        f"Action: move {direction}"
+    )
+    return Turn(text, f"move {direction}", _observation(rng))
+
+
+def make_queries(count: int, seed: int) -> list[ValueQuery]:
+    """``count`` queries with histories of 1 to 12 turns."""
+    rng = random.Random(seed)
+    queries = []
+    for _ in range(count):
+        history = History(
+            "Your task is to find a coin. Explore the house and take the coin when you see it.",
+            _observation(rng),
+            tuple(_turn(rng) for _ in range(rng.randint(1, 12))),
+        )
+        queries.append(ValueQuery(history, _turn(rng).text))
+    return queries
+
+
+def build_checkpoint(directory: Path, max_length: int, seed: int) -> Path:
+    corpus = [q.candidate_text for q in make_queries(200, seed + 1)] + [
+        _observation(random.Random(i)) for i in range(200)
+    ]
+    tokenizer = train_tokenizer(corpus, vocab_size=1024)
+    model = new_tiny_model(
+        tokenizer, layers=4, width=128, heads=4, max_positions=max_length, seed=seed
+    )
+    save_model(model, tokenizer, directory / "policy")
+    qnet = QNet.from_backbone(directory / "policy", head_dim=1024, max_length=max_length)
+    return qnet.save_pretrained(directory / "qnet", tokenizer=tokenizer)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reference_rate(scorer: QNetScorer, ids: list[list[int]], pad_to: int | None) -> float:
+    """Candidates/s scoring one per forward pass, padded to ``pad_to`` (None: no padding)."""
+    qnet, device = scorer.qnet, scorer.device
+
+    def one(seq: list[int]) -> float:
+        width = pad_to or len(seq)
+        input_ids = torch.full((1, width), scorer._pad_id, dtype=torch.long)
+        mask = torch.zeros((1, width), dtype=torch.long)
+        input_ids[0, : len(seq)] = torch.tensor(seq)
+        mask[0, : len(seq)] = 1
+        with torch.inference_mode():
+            out = qnet(input_ids.to(device), mask.to(device)).value
+        assert out is not None
+        return float(out[0])
+
+    one(ids[0])  # warm-up
+    _sync(device)
+    started = time.perf_counter()
+    for seq in ids:
+        one(seq)
+    _sync(device)
+    return len(ids) / (time.perf_counter() - started)
+
+
+async def batched_rate(scorer: QNetScorer, queries: list[ValueQuery], reps: int) -> float:
+    """Candidates/s with every query arriving as a concurrent 2-candidate ``score`` call."""
+    pairs = [queries[i : i + 2] for i in range(0, len(queries), 2)]
+
+    async def round_() -> None:
+        await asyncio.gather(*(scorer.score(pair) for pair in pairs))
+
+    await round_()  # warm-up
+    _sync(scorer.device)
+    started = time.perf_counter()
+    for _ in range(reps):
+        await round_()
+    _sync(scorer.device)
+    return reps * len(queries) / (time.perf_counter() - started)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.machine()}, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores)"
+
+
+def _timed(label: str, fn: Callable[[], float]) -> float:
+    print(f"  measuring {label} ...", flush=True)
+    return fn()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:n]")
+    parser.add_argument("--queries", type=int, default=64, help="concurrent candidates per round")
+    parser.add_argument("--reps", type=int, default=3, help="rounds of the batched scorer")
+    parser.add_argument(
+        "--ref-candidates", type=int, default=8, help="candidates scored the reference way"
+    )
+    parser.add_argument("--max-length", type=int, default=4096)
+    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    configure_logging(level="WARNING")
+    hf_logging.disable_progress_bar()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = build_checkpoint(Path(tmp), args.max_length, args.seed)
+        scorer = QNetScorer.from_pretrained(
+            checkpoint, device=args.device, max_batch=args.max_batch, cache_size=0, max_wait_s=0.01
+        )
+        queries = make_queries(args.queries, args.seed)
+        texts = [render(scorer.tokenizer, q.history, q.candidate_text) for q in queries]
+        ids = encode_texts(scorer.tokenizer, texts, args.max_length)
+        lengths = sorted(len(x) for x in ids)
+        dtype = next(scorer.qnet.backbone.parameters()).dtype
+        print(f"device: {device_name(scorer.device)}; backbone dtype {dtype}")
+        print(
+            f"queries: {len(ids)}, tokens min/median/max {lengths[0]}/"
+            f"{lengths[len(lengths) // 2]}/{lengths[-1]}; reference pads to {args.max_length}"
+        )
+        ref_ids = ids[: args.ref_candidates]
+        reference = _timed(
+            "reference", lambda: reference_rate(scorer, ref_ids, pad_to=args.max_length)
+        )
+        unpadded = _timed("one per pass, unpadded", lambda: reference_rate(scorer, ids, None))
+        batched = _timed("batched", lambda: asyncio.run(batched_rate(scorer, queries, args.reps)))
+        stats = scorer.stats
+        asyncio.run(scorer.aclose())
+
+    rows = [
+        ("reference: 1 per pass, padded to max_length", reference),
+        ("1 per pass, no padding", unpadded),
+        ("qlass batched scorer (bucketed, dynamic pad)", batched),
+    ]
+    print()
+    print(f"{'method':<48} {'candidates/s':>13} {'x reference':>12}")
+    for label, rate in rows:
+        print(f"{label:<48} {rate:>13.1f} {rate / reference:>11.1f}x")
+    waste = stats.padded_tokens / stats.tokens - 1 if stats.tokens else 0.0
+    print(
+        f"\nbatched: {stats.forward_passes} forward passes for {stats.sequences} candidates, "
+        f"padding overhead {waste:.1%}"
+    )
+
+
+if __name__ == "__main__":
+    main()
