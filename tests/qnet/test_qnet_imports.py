@@ -1,0 +1,24 @@
+import subprocess
+import sys
+
+# GPU boxes may have only torch + transformers: the model, scorer and trainer must import
+# without the web, database and LLM-client stacks.
+_CHECK = """
+import importlib.abc, sys
+BLOCKED = {"pydantic", "fastapi", "sqlalchemy", "litellm", "httpx", "uvicorn", "aiosqlite"}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"blocked: {name}")
+sys.meta_path.insert(0, Block())
+import qlass.qnet, qlass.qnet.model, qlass.qnet.scorer, qlass.qnet.train, qlass.qnet.constant
+print("ok")
+"""
+
+
+def test_model_scorer_train_import_without_web_db_or_llm_stacks() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _CHECK], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"
