@@ -20,10 +20,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from qlass.errors import QlassError
+from qlass.errors import QlassError, StoreError
 from qlass.storage.engine import WRITE_OPTION, sqlite_file, translate_error
 
-__all__ = ["Database", "record", "upsert"]
+__all__ = ["Database", "insert_ids", "record", "upsert"]
 
 R = TypeVar("R")
 
@@ -127,3 +127,23 @@ async def upsert(
                 await session.execute(insert(table).values(**row))
         except exc.IntegrityError:
             pass
+
+
+async def insert_ids(
+    session: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]]
+) -> list[int]:
+    """Insert ``rows`` in one statement (per 1000) and return their ids in ``rows`` order.
+
+    SQLAlchemy can order RETURNING rows by parameter on PostgreSQL but on SQLite only by
+    inserting row by row. On SQLite the store holds the write lock (``BEGIN IMMEDIATE``), so
+    one multi-row insert gets consecutive rowids in VALUES order: sorting them is the order.
+    """
+    if not rows:
+        return []
+    if session.get_bind().dialect.name != "sqlite":
+        stmt = insert(table).returning(table.c.id, sort_by_parameter_order=True)
+        return list((await session.execute(stmt, list(rows))).scalars())
+    ids = sorted((await session.execute(insert(table).returning(table.c.id), list(rows))).scalars())
+    if len(ids) != len(rows) or ids[-1] - ids[0] != len(ids) - 1:
+        raise StoreError(f"insert into {table.name} returned non-consecutive ids {ids[:5]}...")
+    return ids

@@ -6,7 +6,8 @@ of the path root→parent (the state the action was taken from), the node's raw 
 as the candidate, and its Q value (normalised per tree if the label set says so; min and
 max are taken over all the tree's labelled non-root nodes, before sampling). At most
 ``max_per_tree`` triples are kept per tree, chosen by an RNG seeded from ``seed`` and the
-task key, so a tree's sample does not depend on which other trees are exported.
+task key, so a tree's sample does not depend on which other trees are exported. Trees are
+read whole, up to 50 per query; histories are built by walking the loaded tree.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = ["export_triples"]
 _NODES = table(Node)
 _LABELS = table(QLabel)
 _TASKS = table(Task)
+_TREES_PER_QUERY = 50
 
 
 async def export_triples(
@@ -59,13 +61,17 @@ async def export_triples(
     if tasks is not None:
         wanted = set(tasks)
         task_records = [task for task in task_records if task.key in wanted]
+    # Trees are read whole, a group of them per query, and turned into triples in a worker
+    # thread (building histories is CPU work that would otherwise stall the event loop).
     triples: list[LabelledStep] = []
-    for task in task_records:
-        async with db.read() as session:  # one short read per tree
+    for start in range(0, len(task_records), _TREES_PER_QUERY):
+        chunk = task_records[start : start + _TREES_PER_QUERY]
+        async with db.read() as session:  # one short read per group of whole trees
             rows = (
                 await session.execute(
                     select(
                         _NODES.c.id,
+                        _NODES.c.task_id,
                         _NODES.c.parent_id,
                         _NODES.c.action,
                         _NODES.c.text,
@@ -80,14 +86,30 @@ async def export_triples(
                             _LABELS.c.label_set_id == label_set_id,
                         ),
                     )
-                    .where(_NODES.c.task_id == task.id)
-                    .order_by(_NODES.c.id)
+                    .where(_NODES.c.task_id.in_([task.id for task in chunk]))
+                    .order_by(_NODES.c.task_id, _NODES.c.id)
                 )
             ).all()
-        if rows:
-            triples.extend(
-                await asyncio.to_thread(_tree_triples, task, rows, label_set, max_per_tree, seed)
-            )
+        triples.extend(
+            await asyncio.to_thread(_chunk_triples, chunk, rows, label_set, max_per_tree, seed)
+        )
+    return triples
+
+
+def _chunk_triples(
+    tasks: Sequence[TaskRecord],
+    rows: Sequence[Any],
+    label_set: LabelSetRecord,
+    max_per_tree: int,
+    seed: int,
+) -> list[LabelledStep]:
+    by_task: dict[int, list[Any]] = {}
+    for row in rows:
+        by_task.setdefault(row.task_id, []).append(row)
+    triples: list[LabelledStep] = []
+    for task in tasks:
+        if task.id in by_task:
+            triples.extend(_tree_triples(task, by_task[task.id], label_set, max_per_tree, seed))
     return triples
 
 

@@ -15,7 +15,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, delete, select
+from sqlalchemy import and_, delete, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from qlass.errors import ConfigError, UnknownNameError
@@ -30,6 +30,8 @@ log = structlog.get_logger(__name__)
 
 _NODES = table(Node)
 _LABELS = table(QLabel)
+_SETS = table(LabelSet)
+_TASKS = table(Task)
 _LABEL_NODE_COLUMNS = (
     _NODES.c.id,
     _NODES.c.parent_id,
@@ -92,7 +94,7 @@ class LabelRepository:
             session.add(label_set)
             await session.flush()
             result = record(LabelSetRecord, label_set.__dict__)
-            written = await _recompute(session, result, task_ids=None)
+            written = await _recompute(session, result, task_id=None)
         log.info(
             "label set created", run_id=run_id, label_set=result.id, gamma=gamma, labels=written
         )
@@ -136,9 +138,14 @@ class LabelRepository:
         """
         async with self._db.write() as session:
             label_set = await load_label_set(session, label_set_id)
-            return await _recompute(
-                session, label_set, task_ids=None if task_id is None else [task_id]
-            )
+            if task_id is not None:
+                run_id = await session.scalar(select(_TASKS.c.run_id).where(_TASKS.c.id == task_id))
+                if run_id != label_set.run_id:
+                    raise UnknownNameError(
+                        f"task {task_id} is not a task of run {label_set.run_id} (label set "
+                        f"{label_set_id})"
+                    )
+            return await _recompute(session, label_set, task_id=task_id)
 
 
 async def load_label_set(session: AsyncSession, label_set_id: int) -> LabelSetRecord:
@@ -151,29 +158,25 @@ async def load_label_set(session: AsyncSession, label_set_id: int) -> LabelSetRe
 
 
 async def _recompute(
-    session: AsyncSession, label_set: LabelSetRecord, *, task_ids: Sequence[int] | None
+    session: AsyncSession, label_set: LabelSetRecord, *, task_id: int | None
 ) -> int:
-    nodes_query = (
-        select(*_LABEL_NODE_COLUMNS)
-        .join(table(Task), Task.id == _NODES.c.task_id)
-        .where(Task.run_id == label_set.run_id)
+    """Recompute the set over the run's trees (or one tree) and write the differences."""
+    query = select(*_LABEL_NODE_COLUMNS, _LABELS.c.q).outerjoin(
+        _LABELS, and_(_LABELS.c.node_id == _NODES.c.id, _LABELS.c.label_set_id == label_set.id)
     )
-    if task_ids is not None:
-        nodes_query = nodes_query.where(_NODES.c.task_id.in_(task_ids))
-    nodes = [_label_node(row) for row in await session.execute(nodes_query)]
-    node_ids = {node.id for node in nodes}
-    labels_query = (
-        select(_LABELS.c.node_id, _LABELS.c.q)
-        .join(_NODES, _NODES.c.id == _LABELS.c.node_id)
-        .join(table(Task), Task.id == _NODES.c.task_id)
-        .where(_LABELS.c.label_set_id == label_set.id, Task.run_id == label_set.run_id)
+    if task_id is None:
+        query = query.join(_TASKS, _TASKS.c.id == _NODES.c.task_id).where(
+            _TASKS.c.run_id == label_set.run_id
+        )
+    else:  # the caller checked that the task belongs to the set's run
+        query = query.where(_NODES.c.task_id == task_id)
+    rows = (await session.execute(query)).all()
+    old = {row.id: row.q for row in rows if row.q is not None}
+    new = tree_values(
+        (_label_node(row) for row in rows), label_set.gamma, label_set.intermediate_reward
     )
-    if task_ids is not None:
-        labels_query = labels_query.where(_NODES.c.task_id.in_(task_ids))
-    old = {row.node_id: row.q for row in await session.execute(labels_query)}
-    new = tree_values(nodes, label_set.gamma, label_set.intermediate_reward)
     changed = [(node, q) for node, q in new.items() if old.get(node) != q]
-    gone = [node for node in old if node not in new and node in node_ids]
+    gone = [node for node in old if node not in new]
     await _write(session, label_set.id, changed, gone)
     return len(changed) + len(gone)
 
@@ -212,44 +215,48 @@ async def relabel(
         # two transactions never relabel the same ancestors from stale reads.
         await session.execute(select(Run.id).where(Run.id == run_id).with_for_update(read=True))
         await session.execute(select(Task.id).where(Task.id == task_id).with_for_update())
-    sets = (
-        await session.execute(
-            select(LabelSet.id, LabelSet.gamma, LabelSet.intermediate_reward).where(
-                LabelSet.run_id == run_id
-            )
-        )
-    ).all()
-    if not sets:
-        return 0
-    chain = _ancestor_chain(dirty)
-    affected = {
-        row.id: _label_node(row)
-        for row in await session.execute(
-            select(*_LABEL_NODE_COLUMNS).where(_NODES.c.id.in_(select(chain.c.id)))
-        )
-    }
-    set_ids = [label_set.id for label_set in sets]
-    children: dict[int, dict[int, None]] = {}  # parent -> ordered set of child ids
-    labels: dict[tuple[int, int], float] = {}
+    # One query: the root and every child of a dirty node or of one of its ancestors (the
+    # affected nodes are among them, flagged), once per label set of the run, each with its
+    # label in that set. No label set: no rows, nothing to do.
+    chain_ids = select(_ancestor_chain(dirty).c.id)
+    near = union_all(  # two index lookups on (task_id, parent_id), not a scan of the tree
+        select(*_LABEL_NODE_COLUMNS).where(
+            _NODES.c.task_id == task_id, _NODES.c.parent_id.in_(chain_ids)
+        ),
+        select(*_LABEL_NODE_COLUMNS).where(
+            _NODES.c.task_id == task_id, _NODES.c.parent_id.is_(None)
+        ),
+    ).subquery("near")
     rows = await session.execute(
-        select(_NODES.c.id, _NODES.c.parent_id, _LABELS.c.label_set_id, _LABELS.c.q)
+        select(
+            near,
+            near.c.id.in_(chain_ids).label("affected"),
+            _SETS.c.id.label("set_id"),
+            _SETS.c.gamma,
+            _SETS.c.intermediate_reward,
+            _LABELS.c.q,
+        )
+        .select_from(near.join(_SETS, _SETS.c.run_id == run_id))
         .outerjoin(
             _LABELS,
-            and_(_LABELS.c.node_id == _NODES.c.id, _LABELS.c.label_set_id.in_(set_ids)),
-        )
-        .where(
-            _NODES.c.task_id == task_id,
-            _NODES.c.parent_id.in_(list(affected)) | _NODES.c.parent_id.is_(None),
+            and_(_LABELS.c.node_id == near.c.id, _LABELS.c.label_set_id == _SETS.c.id),
         )
     )
-    for row in rows:  # one row per (node, label) pair: the root and children of affected
+    sets: dict[int, tuple[float, str]] = {}
+    affected: dict[int, LabelNode] = {}
+    children: dict[int, dict[int, None]] = {}  # parent -> ordered set of child ids
+    labels: dict[tuple[int, int], float] = {}
+    for row in rows:  # one row per (node, label set)
+        sets[row.set_id] = (row.gamma, row.intermediate_reward)
+        if row.affected:
+            affected[row.id] = _label_node(row)
         if row.parent_id is not None:
             children.setdefault(row.parent_id, {})[row.id] = None
-        if row.label_set_id is not None:
-            labels[(row.label_set_id, row.id)] = row.q
+        if row.q is not None:
+            labels[(row.set_id, row.id)] = row.q
     order = sorted(affected.values(), key=lambda node: -node.depth)
     written = 0
-    for set_id, gamma, mode in sets:
+    for set_id, (gamma, mode) in sets.items():
         changed, gone = _walk(order, children, labels, set(dirty), set_id, gamma, mode)
         await _write(session, set_id, changed, gone)
         written += len(changed) + len(gone)

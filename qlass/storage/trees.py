@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from qlass.errors import StoreError, UnknownNameError
-from qlass.storage._db import Database, record
+from qlass.storage._db import Database, insert_ids, record
 from qlass.storage.labels import relabel
 from qlass.storage.models import Node, Task, table, utcnow
 from qlass.storage.records import NewNode, NodeRecord, TaskRecord, Tree
@@ -87,10 +87,7 @@ class TreeRepository:
             rows = [
                 _row(node, task_id=task_id, parent_id=parent_id, depth=depth + 1) for node in nodes
             ]
-            result = await session.execute(
-                insert(_NODES).returning(_NODES.c.id, sort_by_parameter_order=True), rows
-            )
-            ids = list(result.scalars())
+            ids = await insert_ids(session, _NODES, rows)
             await self._relabel(session, run_id, task_id, rows, ids)
         return [record(NodeRecord, {**row, "id": i}) for row, i in zip(rows, ids, strict=True)]
 
@@ -99,19 +96,32 @@ class TreeRepository:
         previous one (a rollout to a leaf). Returns the records in path order."""
         if not nodes:
             return []
+        for offset, node in enumerate(nodes[:-1]):
+            if node.is_leaf or node.final_reward is not None:
+                raise StoreError(f"node {offset} of the path is a leaf but is not the last")
         async with self._db.write() as session:
             task_id, run_id, depth = await self._parent(session, parent_id)
-            rows: list[dict[str, Any]] = []
-            ids: list[int] = []
-            parent = parent_id
-            for offset, node in enumerate(nodes):
-                if offset < len(nodes) - 1 and (node.is_leaf or node.final_reward is not None):
-                    raise StoreError(f"node {offset} of the path is a leaf but is not the last")
-                row = _row(node, task_id=task_id, parent_id=parent, depth=depth + 1 + offset)
-                result = await session.execute(insert(_NODES).values(**row).returning(_NODES.c.id))
-                parent = result.scalar_one()
-                rows.append(row)
-                ids.append(parent)
+            # Two statements whatever the length: insert all (ids come back in order), then
+            # link each node to its predecessor, whose id was unknown before the insert.
+            rows = [
+                _row(
+                    node,
+                    task_id=task_id,
+                    parent_id=parent_id if offset == 0 else None,
+                    depth=depth + 1 + offset,
+                )
+                for offset, node in enumerate(nodes)
+            ]
+            ids = await insert_ids(session, _NODES, rows)
+            for row, parent in zip(rows[1:], ids, strict=False):
+                row["parent_id"] = parent
+            if len(ids) > 1:
+                await session.execute(
+                    update(_NODES)
+                    .where(_NODES.c.id == bindparam("node"))
+                    .values(parent_id=bindparam("parent")),
+                    [{"node": i, "parent": p} for i, p in zip(ids[1:], ids, strict=False)],
+                )
             await self._relabel(session, run_id, task_id, rows, ids)
         return [record(NodeRecord, {**row, "id": i}) for row, i in zip(rows, ids, strict=True)]
 

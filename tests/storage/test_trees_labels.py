@@ -174,3 +174,5 @@ async def test_labels_of_one_run_do_not_touch_another(store: TreeStore) -> None:
     await store.trees.add_child(root_b.id, _step("win", final_reward=1.0))
     assert await store.labels.values(set_a.id, task_b.id) == {}
     assert await store.labels.sets(run_b.id) == []
+    with pytest.raises(UnknownNameError, match="not a task of run"):
+        await store.labels.recompute(set_a.id, task_id=task_b.id)
