@@ -71,20 +71,29 @@ def _load_scripted() -> Callable[..., Policy]:
     return ScriptedPolicy
 
 
+def _model(config: PolicyConfig) -> str:
+    if not config.model:
+        raise ConfigError(
+            f"policy.model must be set for backend {config.backend!r} (a model directory for "
+            "'hf', a LiteLLM model string for 'litellm', '|'-separated actions for 'scripted')"
+        )
+    return config.model
+
+
 def _litellm_args(config: PolicyConfig) -> Arguments:
     bases = [b.strip() for b in (config.api_base or "").split(",") if b.strip()]
     api_base: str | list[str] | None = bases[0] if len(bases) == 1 else bases or None
     options = {"api_base": api_base, "api_key_env": config.api_key_env}
-    return (config.model,), {**options, "timeout_s": config.timeout_s}
+    return (_model(config),), {**options, "timeout_s": config.timeout_s}
 
 
 def _hf_args(config: PolicyConfig) -> Arguments:
-    return (config.model,), {"device": config.device, "max_batch": config.max_batch}
+    return (_model(config),), {"device": config.device, "max_batch": config.max_batch}
 
 
 def _scripted_args(config: PolicyConfig) -> Arguments:
     # policy.model lists the actions, '|'-separated: "look around|move north".
-    return (), {"actions": [a.strip() for a in config.model.split("|") if a.strip()]}
+    return (), {"actions": [a.strip() for a in _model(config).split("|") if a.strip()]}
 
 
 BACKENDS: Mapping[str, BackendSpec] = {

@@ -59,22 +59,25 @@ def register(app: typer.Typer) -> None:
         from qlass.backends.hf import HFPolicy
         from qlass.backends.server import bind, create_app
         from qlass.backends.server import serve as run_server
+        from qlass.errors import ConfigError
 
-        policy = HFPolicy(
-            model_dir,
-            device=device,
-            max_batch=max_batch,
-            max_wait_s=max_wait_ms / 1000,
-            model_name=model_name,
-            max_context=max_context,
-        )
-        app_ = create_app(policy, default_max_tokens=default_max_tokens)
-        try:
+        try:  # before loading the model: a busy port should fail fast
             sock = bind(host, port)
         except OSError as exc:
-            from qlass.errors import ConfigError
-
             raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+        try:
+            policy = HFPolicy(
+                model_dir,
+                device=device,
+                max_batch=max_batch,
+                max_wait_s=max_wait_ms / 1000,
+                model_name=model_name,
+                max_context=max_context,
+            )
+        except BaseException:
+            sock.close()
+            raise
+        app_ = create_app(policy, default_max_tokens=default_max_tokens)
         bound_port = sock.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
         typer.echo(

@@ -1,0 +1,241 @@
+"""LiteLLM backend against a scripted OpenAI-compatible server over real HTTP.
+
+Covers the fault cases of the issue: 429/500 then success is retried, a slow server times
+out, is retried and raised clearly, malformed and empty contents become candidates with a
+parse error (and nothing reaches an environment), a refused connection raises
+PolicyCallError after retries, and the API key never reaches a log line or the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import litellm  # noqa: F401  (imported here, not on the event loop: it reads files)
+import pytest
+import structlog
+
+from qlass.backends.cache import CachedPolicy, InMemoryCallCache
+from qlass.backends.litellm_backend import LiteLLMPolicy
+from qlass.backends.wrappers import RetryingPolicy
+from qlass.errors import ConfigError, PolicyCallError, PolicyTimeoutError
+from qlass.types import Candidate, ChatMessage, StepResult
+from tests.backends.helpers import DEFAULT_TEXT, FakeServer, Reply
+
+MESSAGES: list[ChatMessage] = [
+    {"role": "system", "content": "You play a text game."},
+    {"role": "user", "content": "Find the coin.\nObservation: You are in the kitchen."},
+]
+PLANTED_KEY = "sk-planted-secret-0123456789abcdef"
+
+
+def policy_for(server: FakeServer, **options: object) -> LiteLLMPolicy:
+    return LiteLLMPolicy("hosted_vllm/fake", api_base=server.base_url, **options)  # type: ignore[arg-type]
+
+
+def retrying(policy: LiteLLMPolicy, retries: int = 3) -> RetryingPolicy:
+    return RetryingPolicy(policy, retries=retries, initial_wait_s=0.01, max_wait_s=0.5, jitter_s=0)
+
+
+async def test_native_n_is_one_request_with_n_choices(fake_server: FakeServer) -> None:
+    fake_server.script.append(
+        Reply(texts=["Action: go north", "Action: go south", "Action: look"], completion_tokens=10)
+    )
+    policy = policy_for(fake_server)
+    candidates = await policy.sample(MESSAGES, n=3, temperature=0.7, max_tokens=32, seed=5)
+    assert [c.action for c in candidates] == ["go north", "go south", "look"]
+    assert len(fake_server.requests) == 1
+    body = fake_server.requests[0]
+    assert body["n"] == 3
+    assert body["seed"] == 5
+    assert body["max_tokens"] == 32
+    assert body["messages"] == MESSAGES
+    assert sum(c.usage.prompt_tokens for c in candidates) == 11
+    assert candidates[0].usage.prompt_tokens == 11
+    assert sum(c.usage.completion_tokens for c in candidates) == 10
+    assert not any(c.cached for c in candidates)
+
+
+async def test_without_native_n_each_sample_is_its_own_seeded_request(
+    fake_server: FakeServer,
+) -> None:
+    from qlass.backends.cache import sample_seed
+
+    policy = policy_for(fake_server, native_n=False)
+    candidates = await policy.sample(MESSAGES, n=3, seed=100)
+    assert len(candidates) == 3
+    assert len(fake_server.requests) == 3
+    assert all("n" not in body or body["n"] == 1 for body in fake_server.requests)
+    seeds = sorted(body["seed"] for body in fake_server.requests)
+    assert seeds == sorted(sample_seed(100, i) for i in range(3))
+    assert sum(c.usage.prompt_tokens for c in candidates) == 3 * 11
+
+
+async def test_fewer_choices_than_n_are_topped_up(fake_server: FakeServer) -> None:
+    fake_server.script.append(Reply(texts=["Action: a"]))
+    policy = policy_for(fake_server)
+    candidates = await policy.sample(MESSAGES, n=3, seed=1)
+    assert len(candidates) == 3
+    assert len(fake_server.requests) == 3
+    assert candidates[0].action == "a"
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+async def test_transient_status_then_success_is_retried(
+    fake_server: FakeServer, status: int
+) -> None:
+    fake_server.script.append(Reply(status=status))
+    policy = retrying(policy_for(fake_server))
+    candidates = await policy.sample(MESSAGES, n=1, seed=0)
+    assert candidates[0].action == "look around"
+    assert len(fake_server.requests) == 2  # no hidden retries inside LiteLLM or the SDK
+
+
+async def test_retry_after_header_is_honoured(fake_server: FakeServer) -> None:
+    fake_server.script.append(Reply(status=429, headers={"retry-after": "0.3"}))
+    sleeps: list[float] = []
+
+    async def record_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    policy = RetryingPolicy(
+        policy_for(fake_server), retries=2, initial_wait_s=0.01, jitter_s=0, sleep=record_sleep
+    )
+    await policy.sample(MESSAGES)
+    assert sleeps == [pytest.approx(0.3)]
+
+
+async def test_client_error_is_not_retried(fake_server: FakeServer) -> None:
+    fake_server.script.append(Reply(status=400))
+    policy = retrying(policy_for(fake_server))
+    with pytest.raises(PolicyCallError, match="scripted 400"):
+        await policy.sample(MESSAGES)
+    assert len(fake_server.requests) == 1
+
+
+async def test_persistent_429_raises_after_retries(fake_server: FakeServer) -> None:
+    fake_server.script.extend(Reply(status=429) for _ in range(5))
+    policy = retrying(policy_for(fake_server), retries=2)
+    with pytest.raises(PolicyCallError, match="gave up after 3 attempts") as info:
+        await policy.sample(MESSAGES)
+    assert len(fake_server.requests) == 3
+    assert isinstance(info.value.__cause__, PolicyCallError)
+
+
+async def test_timeout_is_retried_then_raised(fake_server: FakeServer) -> None:
+    fake_server.script.extend(Reply(delay_s=2.0) for _ in range(3))
+    policy = retrying(policy_for(fake_server, timeout_s=0.3), retries=1)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(PolicyTimeoutError, match=r"no answer within 0.3 s.*gave up after 2"):
+        await policy.sample(MESSAGES)
+    assert len(fake_server.requests) == 2
+    assert asyncio.get_running_loop().time() - started < 1.9
+
+
+async def test_timeout_then_success(fake_server: FakeServer) -> None:
+    fake_server.script.append(Reply(delay_s=2.0))
+    policy = retrying(policy_for(fake_server, timeout_s=0.3))
+    candidates = await policy.sample(MESSAGES)
+    assert candidates[0].action == "look around"
+
+
+async def test_connection_refused_raises_call_error_after_retries() -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    inner = LiteLLMPolicy("hosted_vllm/fake", api_base=f"http://127.0.0.1:{port}/v1")
+    with pytest.raises(PolicyCallError, match="gave up after 3 attempts"):
+        await retrying(inner, retries=2).sample(MESSAGES)
+    assert inner.should_retry(PolicyTimeoutError("x"))
+
+
+async def _run_step(policy: object, env_steps: list[str]) -> Candidate:
+    """What the runtime does with a turn: only a parsed action ever reaches the env."""
+    candidates = await policy.sample(MESSAGES, n=1)  # type: ignore[attr-defined]
+    chosen: Candidate = candidates[0]
+    if chosen.action is not None:
+        env_steps.append(chosen.action)
+    return chosen
+
+
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        ("I think I will go north.", "no 'Action:' line"),
+        ("Thought: hmm\nAction:   ", "empty 'Action:'"),
+        ("", "empty completion"),
+        (None, "empty completion"),
+    ],
+)
+async def test_malformed_or_empty_content_is_a_parse_error_not_an_action(
+    fake_server: FakeServer, content: str | None, error: str
+) -> None:
+    fake_server.script.append(Reply(texts=[content]))
+    env_steps: list[str] = []
+    chosen = await _run_step(policy_for(fake_server), env_steps)
+    assert chosen.action is None
+    assert chosen.parse_error is not None and error in chosen.parse_error
+    assert env_steps == []
+    # the step can still be recorded as invalid with what the model said
+    result = StepResult(observation="", reward=0.0, done=False, score=0.0)
+    assert result.observation == ""
+
+
+async def test_response_without_choices_is_a_retried_call_error(fake_server: FakeServer) -> None:
+    bad = {"id": "x", "object": "chat.completion", "created": 0, "model": "fake", "choices": []}
+    fake_server.script.extend([Reply(raw=bad), Reply(raw=bad)])
+    policy = retrying(policy_for(fake_server), retries=1)
+    with pytest.raises(PolicyCallError, match="no choices"):
+        await policy.sample(MESSAGES)
+    assert len(fake_server.requests) == 2
+
+
+async def test_api_key_is_sent_but_never_logged_or_stored(
+    fake_server: FakeServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("QLASS_PLANTED", PLANTED_KEY)  # a name the redactor does not know
+    fake_server.script.extend([Reply(status=401), Reply(status=500), Reply()])
+    cache = InMemoryCallCache()
+    inner = policy_for(fake_server, api_key_env="QLASS_PLANTED")
+    assert PLANTED_KEY not in repr(inner)
+    caplog.set_level(logging.DEBUG)
+    with structlog.testing.capture_logs() as events:
+        with pytest.raises(PolicyCallError) as info:
+            await retrying(inner).sample(MESSAGES)
+        candidates = await CachedPolicy(retrying(inner), cache).sample(MESSAGES, n=1, seed=3)
+    assert candidates[0].action == "look around"
+    assert fake_server.headers[0]["authorization"] == f"Bearer {PLANTED_KEY}"
+    assert PLANTED_KEY not in str(info.value)
+    assert any(e["event"] == "policy.call" for e in events)
+    assert PLANTED_KEY not in repr(events)
+    assert PLANTED_KEY not in caplog.text
+    assert len(cache) == 1
+    assert PLANTED_KEY not in repr(cache.records())
+
+
+def test_missing_api_key_env_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("QLASS_NOT_SET", raising=False)
+    with pytest.raises(ConfigError, match="QLASS_NOT_SET is not set"):
+        LiteLLMPolicy("openai/gpt-4o", api_key_env="QLASS_NOT_SET")
+
+
+def test_native_n_is_decided_by_provider() -> None:
+    assert LiteLLMPolicy("openai/gpt-4o").native_n
+    assert LiteLLMPolicy("hosted_vllm/x", api_base="http://127.0.0.1:1/v1").native_n
+    anthropic = LiteLLMPolicy("anthropic/claude-3-5-sonnet-20240620")
+    assert not anthropic.native_n
+    assert anthropic.requests_for(4) == 4
+
+
+async def test_router_spreads_requests_over_replicas(
+    fake_server: FakeServer, fake_server_2: FakeServer
+) -> None:
+    policy = LiteLLMPolicy(
+        "hosted_vllm/fake", api_base=[fake_server.base_url, fake_server_2.base_url]
+    )
+    results = await asyncio.gather(*(policy.sample(MESSAGES, n=2) for _ in range(16)))
+    assert all(len(r) == 2 and r[0].text == DEFAULT_TEXT for r in results)
+    assert len(fake_server.requests) + len(fake_server_2.requests) == 16
+    assert fake_server.requests and fake_server_2.requests
