@@ -29,6 +29,7 @@ __all__ = [
     "QNetConfig",
     "RunConfig",
     "SearchConfig",
+    "SelfTrainConfig",
     "StoreConfig",
     "apply_overrides",
     "load_config",
@@ -59,7 +60,9 @@ class EnvConfig(_Section):
     params: str = Field(
         "numLocations=5,includeDoors=0", description="simulator game parameters (TWX)"
     )
-    max_steps: int = Field(30, ge=1, description="step limit per episode")
+    max_steps: int | None = Field(
+        None, ge=1, description="step limit per episode; None: the env's own (paper) limit or 30"
+    )
     pool_size: int = Field(4, ge=1, description="live simulator instances at most")
     step_timeout_s: float = Field(30.0, gt=0, description="a step slower than this fails")
     train_tasks: int | None = Field(None, ge=1, description="cap on training tasks (None: all)")
@@ -163,11 +166,17 @@ class QNetConfig(_Section):
 class SearchConfig(_Section):
     """Inference-time strategies to compare."""
 
-    strategies: tuple[str, ...] = Field(("greedy", "best_of_n", "qlass"))
-    candidates: int = Field(2, ge=1, description="M: candidates per step (qlass, beam)")
-    best_of_n: int = Field(4, ge=1, description="N whole trajectories (best_of_n)")
-    beam_width: int = Field(2, ge=1)
-    temperature: float = Field(0.7, ge=0)
+    strategies: tuple[str, ...] = Field(
+        ("greedy", "best_of_n:2", "qlass:2"),
+        description="strategies to evaluate: greedy, sampled, best_of_n:N, qlass:M, beam:B",
+    )
+    value_model: str = Field(
+        "qnet", description="value model kind: qnet, qnet-server, constant, random, judge"
+    )
+    value_model_path: str | None = Field(
+        None, description="QNet dir or scorer URL (qnet-server); None: the run's trained QNet"
+    )
+    temperature: float = Field(0.7, ge=0, description="sampling temperature of search")
     oracle_terminal_reward: bool = Field(
         False,
         description="ABLATION ONLY: score finished candidates by the true env reward "
@@ -180,6 +189,18 @@ class EvalConfig(_Section):
 
     split: Literal["dev", "test"] = Field("dev")
     concurrency: int = Field(8, ge=1, description="episodes at once")
+
+
+class SelfTrainConfig(_Section):
+    """Self-training: collect Q-guided episodes on train tasks, fine-tune on the good ones."""
+
+    rounds: int = Field(2, ge=1)
+    strategy: str = Field("qlass:2", description="strategy that collects the episodes")
+    tasks: int | None = Field(None, ge=1, description="train tasks per round (None: all)")
+    min_score: float = Field(1.0, ge=0, le=1, description="keep episodes scoring at least this")
+    include_expert: bool = Field(True, description="also train on the expert trajectories")
+    epochs: float = Field(3.0, gt=0)
+    lr: float = Field(3e-4, gt=0)
 
 
 class RunConfig(BaseModel):
@@ -199,6 +220,7 @@ class RunConfig(BaseModel):
     qnet: QNetConfig = QNetConfig()
     search: SearchConfig = SearchConfig()
     eval: EvalConfig = EvalConfig()
+    self_train: SelfTrainConfig = SelfTrainConfig()
 
     @field_validator("name")
     @classmethod

@@ -7,14 +7,13 @@ completion tokens, cached ones included (a cached answer cost tokens when it was
 
 from __future__ import annotations
 
-import asyncio
 import statistics
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 
 from qlass._seeding import derive_seed
 from qlass.runtime.context import SearchContext, Tally
+from qlass.runtime.scheduler import StopSignal, bounded_map
 from qlass.runtime.strategies import SearchStrategy
 from qlass.types import TaskSpec, Trajectory
 
@@ -37,17 +36,19 @@ class StrategyReport:
     completion_tokens: int
     completion_tokens_per_episode: float
     env_steps: int
-    wall_time_s: float
+    seconds_per_episode: float
     oracle_best_reward: float | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
-def summarise(
-    strategy: str, split: str, trajectories: Sequence[Trajectory], wall_time_s: float
-) -> StrategyReport:
-    """Aggregate finished episodes into a :class:`StrategyReport`."""
+def summarise(strategy: str, split: str, trajectories: Sequence[Trajectory]) -> StrategyReport:
+    """Aggregate finished episodes into a :class:`StrategyReport`.
+
+    ``seconds_per_episode`` is each episode's own wall time, averaged: comparable between
+    strategies whatever the number of episodes run at once.
+    """
     n = len(trajectories)
     oracle = [t.info["oracle_best_score"] for t in trajectories if "oracle_best_score" in t.info]
     completion = sum(t.usage.completion_tokens for t in trajectories)
@@ -62,7 +63,7 @@ def summarise(
         completion_tokens=completion,
         completion_tokens_per_episode=completion / n if n else 0.0,
         env_steps=sum(t.env_steps for t in trajectories),
-        wall_time_s=wall_time_s,
+        seconds_per_episode=statistics.fmean(t.wall_time_s for t in trajectories) if n else 0.0,
         oracle_best_reward=statistics.fmean(oracle) if oracle and len(oracle) == n else None,
     )
 
@@ -74,28 +75,30 @@ async def evaluate_strategy(
     *,
     concurrency: int,
     seed: int,
+    max_steps: Callable[[TaskSpec], int] | None = None,
     on_episode: EpisodeHook | None = None,
+    stop: StopSignal | None = None,
 ) -> tuple[StrategyReport, list[Trajectory]]:
     """Play every task once with ``strategy`` (``concurrency`` episodes at a time).
 
     Each episode gets its own tally and a seed derived from (seed, strategy, task), so the
-    result of a task does not depend on which other episodes ran beside it.
+    result of a task does not depend on which other episodes ran beside it. ``max_steps``
+    gives a task's step limit (default: the context's). After a stop request no new
+    episode starts; episodes under way finish.
     """
-    started = time.perf_counter()
-    limit = asyncio.Semaphore(concurrency)
 
     async def play(task: TaskSpec) -> Trajectory:
-        async with limit:
-            episode_ctx = replace(ctx, tally=Tally())
-            trajectory = await strategy.run(
-                episode_ctx, task, derive_seed(seed, "eval", strategy.name, task.key)
-            )
-            ctx.tally.merge(episode_ctx.tally)
-            if on_episode is not None:
-                await on_episode(trajectory, episode_ctx.tally)
-            return trajectory
+        episode_ctx = replace(ctx, tally=Tally())
+        if max_steps is not None:
+            episode_ctx.max_steps = max_steps(task)
+        trajectory = await strategy.run(
+            episode_ctx, task, derive_seed(seed, "eval", strategy.name, task.key)
+        )
+        ctx.tally.merge(episode_ctx.tally)
+        if on_episode is not None:
+            await on_episode(trajectory, episode_ctx.tally)
+        return trajectory
 
-    trajectories = list(await asyncio.gather(*(play(t) for t in tasks)))
+    trajectories = await bounded_map(play, tasks, concurrency=concurrency, stop=stop)
     split = tasks[0].split if tasks else "dev"
-    report = summarise(strategy.name, split, trajectories, time.perf_counter() - started)
-    return report, trajectories
+    return summarise(strategy.name, split, trajectories), trajectories

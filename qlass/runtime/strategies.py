@@ -17,7 +17,7 @@ import asyncio
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from qlass._seeding import derive_seed
 from qlass.errors import UnknownNameError
@@ -49,6 +49,9 @@ __all__ = [
 class SearchStrategy(Protocol):
     """Plays one task to the end and returns the trajectory it chose."""
 
+    needs_value: ClassVar[bool]
+    """Whether the strategy scores candidates with a value model."""
+
     @property
     def name(self) -> str: ...
 
@@ -64,6 +67,8 @@ def _best(values: Sequence[float]) -> int:
 class Greedy:
     """The policy's most likely turn at every step."""
 
+    needs_value: ClassVar[bool] = False
+
     name: str = "greedy"
 
     async def decide(self, ctx: SearchContext, state: EpisodeState, seed: int) -> Decision:
@@ -77,6 +82,8 @@ class Greedy:
 @dataclass(frozen=True)
 class Sampled:
     """One sampled turn per step at ``temperature`` (the rollout policy of Best-of-N)."""
+
+    needs_value: ClassVar[bool] = False
 
     temperature: float = 0.7
     name: str = "sampled"
@@ -107,6 +114,8 @@ async def _oracle_values(
 @dataclass(frozen=True)
 class QGuided:
     """QLASS: sample ``candidates`` turns, score each with the value model, take the best."""
+
+    needs_value: ClassVar[bool] = True
 
     candidates: int = 2
     temperature: float = 0.7
@@ -142,6 +151,8 @@ class BestOfN:
     The best true score among the ``n`` is recorded as ``oracle_best_score`` (an upper
     bound, never used for the choice).
     """
+
+    needs_value: ClassVar[bool] = True
 
     n: int = 4
     temperature: float = 0.7
@@ -198,6 +209,8 @@ class _Option:
 class BeamSearch:
     """Beam search over Q: expand every live beam with ``candidates`` turns, keep the
     ``width`` highest-valued continuations (finished beams compete with their last value)."""
+
+    needs_value: ClassVar[bool] = True
 
     width: int = 2
     candidates: int = 2

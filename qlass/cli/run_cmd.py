@@ -1,0 +1,273 @@
+"""``qlass run`` and the single stages: ``qlass bc``, ``explore``, ``label``, ``eval``.
+
+All of them build a :class:`~qlass.runtime.pipeline.Pipeline` from the config and call its
+stages; a stage already done for the same config is skipped, so rerunning a command
+resumes it. Ctrl-C (or SIGTERM) stops gracefully: the steps under way are committed and
+the command prints how to resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from qlass.cli._common import ConfigOption, DbOption, SetOption, db_url, resolve_config
+from qlass.config import RunConfig
+from qlass.errors import UnknownNameError
+from qlass.runtime.evaluate import StrategyReport
+from qlass.runtime.pipeline import OPTIONAL_STAGES, STAGES, Pipeline, StageResult
+from qlass.runtime.progress import RichProgress
+from qlass.runtime.scheduler import StopSignal
+
+__all__ = ["load_run_config", "print_reports", "register", "run_pipeline"]
+
+T = TypeVar("T")
+
+ResumeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--resume",
+        help="Continue the stored run with this name, with its stored config "
+        "(the DB is --db, else runs/NAME/qlass.db).",
+        metavar="RUN",
+    ),
+]
+
+
+def load_run_config(
+    config: Path | None, overrides: list[str] | None, db: str | None, resume: str | None
+) -> RunConfig:
+    """The config of a new run (file + overrides), or the stored one of ``--resume RUN``."""
+    if resume is None:
+        return resolve_config(config, overrides, db)
+
+    async def stored() -> RunConfig:
+        from qlass.storage import TreeStore
+
+        url = db_url(db or f"runs/{resume}/qlass.db")
+        async with await TreeStore.open(url, upgrade=False) as store:
+            run = await store.runs.get(resume)
+        data = dict(run.config)
+        if db is not None:
+            data.setdefault("store", {})["url"] = db_url(db)
+        return RunConfig.model_validate(data)
+
+    if db is None and not Path(f"runs/{resume}/qlass.db").exists():
+        raise UnknownNameError(f"no run {resume!r} under runs/ (give its store with --db)")
+    return asyncio.run(stored())
+
+
+def run_pipeline(config: RunConfig, work: Callable[[Pipeline], Awaitable[T]]) -> T:
+    """Run ``work`` on a pipeline with progress bars and graceful Ctrl-C handling."""
+    progress = RichProgress()
+
+    async def main() -> tuple[T, bool]:
+        stop = StopSignal()
+        with stop.installed(), progress.running():
+            async with Pipeline(config, progress=progress, stop=stop) as pipeline:
+                result = await work(pipeline)
+        return result, stop.requested
+
+    try:
+        result, stopped = asyncio.run(main())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        _resume_hint(config, aborted=True)
+        raise typer.Exit(130) from None
+    if stopped:
+        _resume_hint(config, aborted=False)
+        raise typer.Exit(130)
+    return result
+
+
+def _resume_hint(config: RunConfig, *, aborted: bool) -> None:
+    what = "aborted" if aborted else "stopped"
+    command = shlex.join(["qlass", *sys.argv[1:]])
+    typer.secho(
+        f"{what}: every committed step is kept. Resume with:\n  {command}\n"
+        f"  (or: qlass {sys.argv[1] if len(sys.argv) > 1 else 'run'} --resume {config.name} "
+        f"--db {config.store_url})",
+        err=True,
+        fg=typer.colors.YELLOW,
+    )
+
+
+def print_reports(reports: Sequence[StrategyReport], console: Console | None = None) -> None:
+    """A table of evaluation results (avg reward x100 as in the paper, and success)."""
+    table = Table(title="evaluation", show_lines=False)
+    for column in (
+        "strategy",
+        "split",
+        "episodes",
+        "avg reward",
+        "success",
+        "steps",
+        "completion tok/ep",
+        "env steps",
+        "s/episode",
+    ):
+        table.add_column(column, justify="left" if column in ("strategy", "split") else "right")
+    for r in reports:
+        table.add_row(
+            r.strategy,
+            r.split,
+            str(r.episodes),
+            f"{100 * r.avg_reward:.1f}",
+            f"{100 * r.success_rate:.1f}%",
+            f"{r.avg_steps:.1f}",
+            f"{r.completion_tokens_per_episode:.0f}",
+            str(r.env_steps),
+            f"{r.seconds_per_episode:.2f}",
+        )
+    (console or Console()).print(table)
+
+
+def _print_stages(results: Sequence[StageResult]) -> None:
+    table = Table(title="stages")
+    for column in ("stage", "status", "wall s", "key figures"):
+        table.add_column(column)
+    keys = (
+        "trajectories",
+        "final_loss",
+        "trees",
+        "nodes",
+        "env_steps_per_node",
+        "dev_mse",
+        "dev_spearman",
+        "completion_tokens",
+    )
+    for result in results:
+        figures = ", ".join(
+            f"{k}={result.metrics[k]:.3g}"
+            if isinstance(result.metrics[k], float)
+            else f"{k}={result.metrics[k]}"
+            for k in keys
+            if k in result.metrics and result.metrics[k] is not None
+        )
+        table.add_row(
+            result.name,
+            "skipped" if result.skipped else "done",
+            str(result.metrics.get("wall_time_s", "")),
+            figures,
+        )
+    Console().print(table)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("run")
+    def run(
+        config: ConfigOption = None,
+        set_: SetOption = None,
+        db: DbOption = None,
+        resume: ResumeOption = None,
+        stages: Annotated[
+            str,
+            typer.Option(
+                help="Comma-separated stages to run, in order "
+                f"({', '.join(STAGES + OPTIONAL_STAGES)})."
+            ),
+        ] = ",".join(STAGES),
+    ) -> None:
+        """The whole method: gold paths -> BC -> explore -> label -> QNet -> evaluation.
+
+        Each stage already done for the same config is skipped, so rerunning continues an
+        interrupted run.
+        """
+        resolved = load_run_config(config, set_, db, resume)
+        chosen = [s.strip() for s in stages.split(",") if s.strip()]
+
+        async def work(pipeline: Pipeline) -> list[StageResult]:
+            return await pipeline.run(chosen)
+
+        results = run_pipeline(resolved, work)
+        _print_stages(results)
+        for result in results:
+            if result.name == "eval" and "reports" in result.metrics:
+                print_reports([StrategyReport(**r) for r in result.metrics["reports"]])
+
+    def _stage_command(name: str, help_text: str) -> None:
+        def command(
+            config: ConfigOption = None,
+            set_: SetOption = None,
+            db: DbOption = None,
+            resume: ResumeOption = None,
+            force: Annotated[
+                bool, typer.Option(help="Run the stage even if it is done for this config.")
+            ] = False,
+        ) -> None:
+            resolved = load_run_config(config, set_, db, resume)
+
+            async def work(pipeline: Pipeline) -> StageResult:
+                method: Callable[..., Awaitable[StageResult]] = getattr(pipeline, name)
+                return await method(force=force)
+
+            _print_stages([run_pipeline(resolved, work)])
+
+        command.__doc__ = help_text
+        app.command(name.replace("_", "-"))(command)
+
+    _stage_command(
+        "bc",
+        "Behaviour cloning: train the policy on expert trajectories (exported from the "
+        "simulator's gold paths first if needed).",
+    )
+    _stage_command(
+        "explore",
+        "Grow exploration trees on the train split, committing every node to the store. "
+        "Rerun (or --resume RUN) to continue from the frontier.",
+    )
+    _stage_command("label", "Make the run's Q-label set (gamma, normalisation) from its trees.")
+
+    @app.command("self-train")
+    def self_train(
+        config: ConfigOption = None,
+        set_: SetOption = None,
+        db: DbOption = None,
+        resume: ResumeOption = None,
+    ) -> None:
+        """Self-training: collect Q-guided episodes on train tasks, fine-tune the policy on the
+        good ones, evaluate; repeat for self_train.rounds rounds (finished rounds are kept)."""
+        resolved = load_run_config(config, set_, db, resume)
+
+        async def work(pipeline: Pipeline) -> list[StageResult]:
+            return await pipeline.self_train()
+
+        results = run_pipeline(resolved, work)
+        _print_stages(results)
+        for result in results:
+            if "reports" in result.metrics:
+                Console().print(f"round {result.metrics.get('round')}")
+                print_reports([StrategyReport(**r) for r in result.metrics["reports"]])
+
+    @app.command("eval")
+    def eval_(
+        config: ConfigOption = None,
+        set_: SetOption = None,
+        db: DbOption = None,
+        resume: ResumeOption = None,
+        strategy: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--strategy",
+                help="Strategy to evaluate (repeatable): greedy, sampled, best_of_n:N, "
+                "qlass:M, beam:B. Default: search.strategies.",
+            ),
+        ] = None,
+        split: Annotated[
+            str | None, typer.Option(help="dev (tune here) or test (report once).")
+        ] = None,
+    ) -> None:
+        """Evaluate search strategies on a split; already stored episodes are reused."""
+        resolved = load_run_config(config, set_, db, resume)
+
+        async def work(pipeline: Pipeline) -> list[StrategyReport]:
+            return await pipeline.evaluate(strategy, split=split)
+
+        print_reports(run_pipeline(resolved, work))
