@@ -7,8 +7,16 @@
 1. an idle env standing exactly at ``actions`` is handed out as is (0 steps);
 2. an idle env standing at a prefix of ``actions`` is advanced by the missing actions
    (live continuation: 1 step for a child of the node it stands at);
-3. otherwise a new env is started while the pool is below ``size``, or the least recently
-   used idle env is reset, and ``actions`` are replayed from the reset (depth steps).
+3. otherwise a new env is started while the pool is below ``size``, or an idle env is reset
+   and ``actions`` are replayed from the reset (depth steps).
+
+Which idle env is reset: first one standing at the end of an episode (done, at
+``max_steps`` actions, or marked with :meth:`EnvHandle.finish`); an env standing
+mid-episode is left to its branch, which likely continues from it after its next policy
+call, until it has been idle for ``linger_s`` (the request waits meanwhile; a request of the
+task that gave the env back does not wait for it). Without that
+grace, concurrent branches (an explorer grows many at once) take each other's envs and
+every step turns into a replay; with it, at most ``size`` branches advance at once.
 
 Replayed observations are checked against ``expected`` when given; a difference raises
 :class:`~qlass.errors.ReplayMismatchError` (the simulator is not deterministic for that
@@ -28,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -107,7 +114,9 @@ class _Slot:
     position: _Position | None = None
     busy: bool = False
     broken: bool = False
-    last_used: int = 0
+    idle_since: float = 0.0
+    finished: bool = False  # the caller said nobody continues from this position
+    owner: asyncio.Task[Any] | None = None  # the task that gave it back
 
 
 class EnvHandle:
@@ -163,12 +172,20 @@ class EnvHandle:
         """Execute ``action`` (a new node); errors leave the env to be replaced."""
         return await self._pool._step(self._slot, require_action(action), caller=True)
 
+    def finish(self) -> None:
+        """Say that nobody will continue from where this env stands (an episode cut at a
+        step limit, an abandoned branch), so the pool may reuse it at once."""
+        self._slot.finished = True
+
 
 class EnvPool:
     """At most ``size`` live envs made by ``factory``, positioned on request (see module doc).
 
     ``step_timeout_s`` bounds every step the pool issues, in addition to the env's own
-    timeout; an env that exceeds it is closed and replaced.
+    timeout; an env that exceeds it is closed and replaced. ``linger_s`` is how long an idle
+    env standing mid-episode is kept for its branch while other requests wait (0: reset it
+    for any request at once). ``max_steps``: episodes end after that many actions, so an env
+    standing there is free at once (pass the run's step limit).
     """
 
     def __init__(
@@ -177,6 +194,8 @@ class EnvPool:
         *,
         size: int = 4,
         step_timeout_s: float | None = None,
+        linger_s: float = 0.5,
+        max_steps: int | None = None,
         name: str = "env",
     ) -> None:
         if size < 1:
@@ -184,18 +203,27 @@ class EnvPool:
         self._factory = factory
         self.size = size
         self.step_timeout_s = step_timeout_s
+        self.linger_s = linger_s
+        self.max_steps = max_steps
         self.name = name
         self.stats = PoolStats()
         self._slots: list[_Slot] = []
         self._cond = asyncio.Condition()
-        self._clock = itertools.count(1)
         self._closed = False
 
     @classmethod
     def for_env(
-        cls, name: str, *, size: int = 4, step_timeout_s: float | None = 30.0, **options: Any
+        cls,
+        name: str,
+        *,
+        size: int = 4,
+        step_timeout_s: float | None = 30.0,
+        linger_s: float = 0.5,
+        max_steps: int | None = None,
+        **options: Any,
     ) -> EnvPool:
-        """A pool of registry env ``name`` (see :func:`qlass.envs.registry.create_env`)."""
+        """A pool of registry env ``name``; ``options`` go to
+        :func:`qlass.envs.registry.create_env`."""
         from qlass.envs.registry import create_env, get_family
 
         family = get_family(name)  # fail now, not on first use, for an unknown name
@@ -206,7 +234,14 @@ class EnvPool:
         # The env enforces step_timeout_s itself (killing its simulator); the pool's own
         # limit, a little later, is a backstop for envs that cannot.
         backstop = None if step_timeout_s is None else step_timeout_s + 5.0
-        return cls(factory, size=size, step_timeout_s=backstop, name=family.name)
+        return cls(
+            factory,
+            size=size,
+            step_timeout_s=backstop,
+            linger_s=linger_s,
+            max_steps=max_steps,
+            name=family.name,
+        )
 
     @property
     def live(self) -> int:
@@ -271,7 +306,21 @@ class EnvPool:
 
     # -- lending ---------------------------------------------------------------------------
 
-    def _choose(self, task: TaskSpec, path: tuple[str, ...]) -> _Slot | None:
+    def _at_end(self, slot: _Slot) -> bool:
+        """True where the env stands at the end of an episode (done or at max_steps): no
+        request will continue from there."""
+        pos = slot.position
+        if pos is None:
+            return False
+        return (
+            slot.finished
+            or (pos.last is not None and pos.last.done)
+            or (self.max_steps is not None and len(pos.actions) >= self.max_steps)
+        )
+
+    def _choose(self, task: TaskSpec, path: tuple[str, ...], now: float) -> _Slot | float | None:
+        """The slot to lend, or how long to wait before an idle env may be taken from the
+        branch it stands on (None: wait for a release)."""
         idle = [s for s in self._slots if not s.busy]
         usable: list[tuple[int, _Slot]] = []
         for slot in idle:
@@ -281,31 +330,45 @@ class EnvPool:
             if pos.actions == path:
                 return slot
             n = len(pos.actions)
-            if n < len(path) and path[:n] == pos.actions and not (pos.last and pos.last.done):
+            if n < len(path) and path[:n] == pos.actions and not self._at_end(slot):
                 usable.append((n, slot))
         if usable:
             return max(usable, key=lambda item: item[0])[1]
-        blank = [s for s in idle if s.env is not None and s.position is None]
+        free = [s for s in idle if s.env is None or s.position is None or self._at_end(s)]
+        blank = [s for s in free if s.env is not None and s.position is None]
         if blank:
             return blank[0]
         if len(self._slots) < self.size:
             slot = _Slot()
             self._slots.append(slot)
             return slot
+        if free:  # a lost env or one at the end of an episode
+            return min(free, key=lambda s: (s.env is not None, s.idle_since))
+        # Every idle env stands mid-episode; its branch will likely continue from there (after
+        # a policy call), so it is taken away only after lingering idle for linger_s, except
+        # from the task that gave it back: that one has moved on (one task working depth
+        # first never waits for itself).
+        me = asyncio.current_task()
+        stale = [s for s in idle if now - s.idle_since >= self.linger_s or s.owner is me]
+        if stale:
+            return min(stale, key=lambda s: s.idle_since)
         if idle:
-            return min(idle, key=lambda s: (s.env is not None, s.last_used))
+            return min(self.linger_s - (now - s.idle_since) for s in idle)
         return None
 
     async def _acquire(self, task: TaskSpec, path: tuple[str, ...]) -> _Slot:
+        loop = asyncio.get_running_loop()
         async with self._cond:
             while True:
                 if self._closed:
                     raise RuntimeError(f"{self.name} pool is closed")
-                slot = self._choose(task, path)
-                if slot is not None:
-                    slot.busy = True
-                    return slot
-                await self._cond.wait()
+                choice = self._choose(task, path, loop.time())
+                if isinstance(choice, _Slot):
+                    choice.busy, choice.finished = True, False
+                    return choice
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(choice):
+                        await self._cond.wait()
 
     async def _release(self, slot: _Slot) -> None:
         if slot.broken:
@@ -318,7 +381,8 @@ class EnvPool:
                     log.warning("env_close_failed", pool=self.name, error=repr(exc))
         async with self._cond:
             slot.busy = False
-            slot.last_used = next(self._clock)
+            slot.idle_since = asyncio.get_running_loop().time()
+            slot.owner = asyncio.current_task()
             self._cond.notify_all()
 
     # -- positioning -----------------------------------------------------------------------

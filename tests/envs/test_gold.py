@@ -16,14 +16,14 @@ from qlass.types import Observation, StepResult, TaskSpec
 
 async def test_export_writes_bc_conversations_that_replay_to_full_score(tmp_path: Path) -> None:
     tasks = await asyncio.to_thread(
-        list_tasks, "textworld_express", "train", games=["coin", "arithmetic"], params="", limit=6
+        list_tasks, "textworld_express", "train", games=["coin", "arithmetic"], params="", limit=4
     )
     seen: list[tuple[str, bool]] = []
     out = tmp_path / "gold" / "twx.jsonl"
     report = await export_gold(
         "textworld_express", tasks, out, workers=2, on_task=lambda t, ok: seen.append((t.key, ok))
     )
-    assert (report.written, report.skipped, report.total) == (6, (), 6)
+    assert (report.written, report.skipped, report.total) == (4, (), 4)
     assert sorted(seen) == sorted((t.key, True) for t in tasks)
     lines = (await asyncio.to_thread(out.read_text)).splitlines()
     records = [json.loads(line) for line in lines]

@@ -102,7 +102,7 @@ async def test_live_continuation_costs_one_step_per_child_and_replay_costs_depth
 
 
 async def test_prefers_the_longest_idle_prefix_and_starts_new_envs_up_to_size() -> None:
-    async with EnvPool(PathEnv, size=2) as pool:
+    async with EnvPool(PathEnv, size=2, linger_s=0) as pool:
         async with pool.at(TASK, ["a"]), pool.at(TASK, ["a", "b", "c"]):
             pass
         assert pool.stats.created == 2
@@ -116,7 +116,7 @@ async def test_prefers_the_longest_idle_prefix_and_starts_new_envs_up_to_size() 
 
 
 async def test_never_more_live_envs_than_size_under_concurrency() -> None:
-    async with EnvPool(PathEnv, size=3) as pool:
+    async with EnvPool(PathEnv, size=3, max_steps=1) as pool:
         busy = 0
         peak = 0
 
@@ -229,3 +229,51 @@ async def test_closed_pool_closes_envs_and_refuses_new_work() -> None:
     with pytest.raises(RuntimeError, match="closed"):
         async with pool.at(TASK):
             pass
+
+
+async def test_an_env_mid_episode_lingers_for_its_branch_before_another_task_takes_it() -> None:
+    async with EnvPool(PathEnv, size=1, linger_s=0.3) as pool:
+        async with pool.at(TASK, ["a"]):
+            pass
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+
+        async def other() -> float:
+            async with pool.at(OTHER, ["z"]):
+                return loop.time() - started
+
+        waiting = asyncio.create_task(other())
+        await asyncio.sleep(0.05)
+        async with pool.at(TASK, ["a", "b"]) as env:  # the branch comes back: continues
+            assert env.observation == obs("a", "b")
+        assert pool.stats.continuations == 1
+        waited = await waiting
+        assert waited >= 0.3  # the other task waited out the linger time
+        assert pool.stats.resets == 2
+
+
+async def test_envs_at_an_episode_end_are_reused_without_lingering() -> None:
+    async with EnvPool(PathEnv, size=1, linger_s=30, max_steps=2) as pool:
+        async with pool.at(TASK, ["a", "end"]):  # done
+            pass
+        async with pool.at(OTHER, ["a", "b"]):  # at max_steps
+            pass
+        async with pool.at(TASK, ["a"]) as env:
+            env.finish()  # the caller will not continue from here
+        async with asyncio.timeout(5):  # none of these waits for 30 s
+            async with pool.at(OTHER, ["c"]) as env:
+                assert env.observation == obs("c", variation=1)
+        assert pool.stats.resets == 4
+
+
+async def test_idle_env_at_an_end_is_evicted_before_a_live_one() -> None:
+    async with EnvPool(PathEnv, size=2, linger_s=0) as pool:
+        async with pool.at(TASK, ["a", "end"]):
+            pass
+        async with pool.at(OTHER, ["x"]):  # most recently used, but mid-episode
+            pass
+        async with pool.at(TaskSpec("fake", "walk", 2, "train"), ["q"]):
+            pass
+        async with pool.at(OTHER, ["x", "y"]):  # still there: continued, not replayed
+            pass
+        assert pool.stats.continuations == 1

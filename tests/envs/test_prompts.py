@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from qlass.envs.base import Env
 from qlass.envs.prompts import EXAMPLE_EPISODES, prompt_for
 from qlass.envs.registry import create_env, env_names, env_prompt, gold_actions
 from qlass.errors import UnknownNameError
@@ -18,22 +19,26 @@ def _task_of(key: str) -> TaskSpec:
     return TaskSpec(env, name, int(variation), split, params.rstrip("]"))  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("family", ["textworld_express", "scienceworld"])
-async def test_example_episode_is_the_simulators_gold_episode(family: str) -> None:
+async def replay_example(env: Env, family: str) -> None:
+    """Check that ``family``'s example episode is a real gold episode of its simulator."""
     example = EXAMPLE_EPISODES[family]
     task = _task_of(example.task_key)
     assert task.key == example.task_key
-    env = create_env(family)
+    gold = await gold_actions(env, task)
+    if family == "scienceworld":  # deterministic; TWX's gold agent explores at random
+        assert example.actions == gold[: len(example.actions)]
+    first = await env.reset(task)
+    assert (first.instruction, first.text) == (example.instruction, example.observation)
+    for _thought, action, observation in example.turns:
+        result = await env.step(action)
+        assert result.observation == observation
+    assert result.done and result.score == 1.0
+
+
+async def test_textworld_express_example_is_a_gold_episode() -> None:
+    env = create_env("textworld_express")
     try:
-        gold = await gold_actions(env, task)
-        if family == "scienceworld":  # deterministic; TWX's gold agent explores at random
-            assert example.actions == gold[: len(example.actions)]
-        first = await env.reset(task)
-        assert (first.instruction, first.text) == (example.instruction, example.observation)
-        for _thought, action, observation in example.turns:
-            result = await env.step(action)
-            assert result.observation == observation
-        assert result.done and result.score == 1.0
+        await replay_example(env, "textworld_express")
     finally:
         await env.close()
 
