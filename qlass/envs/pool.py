@@ -184,8 +184,9 @@ class EnvPool:
     ``step_timeout_s`` bounds every step the pool issues, in addition to the env's own
     timeout; an env that exceeds it is closed and replaced. ``linger_s`` is how long an idle
     env standing mid-episode is kept for its branch while other requests wait (0: reset it
-    for any request at once). ``max_steps``: episodes end after that many actions, so an env
-    standing there is free at once (pass the run's step limit).
+    for any request at once). ``max_steps``: episodes end after that many actions (a number,
+    or a function of the task such as the run's per-task limit), so an env standing there is
+    free at once.
     """
 
     def __init__(
@@ -195,7 +196,7 @@ class EnvPool:
         size: int = 4,
         step_timeout_s: float | None = None,
         linger_s: float = 0.5,
-        max_steps: int | None = None,
+        max_steps: int | Callable[[TaskSpec], int | None] | None = None,
         name: str = "env",
     ) -> None:
         if size < 1:
@@ -219,7 +220,7 @@ class EnvPool:
         size: int = 4,
         step_timeout_s: float | None = 30.0,
         linger_s: float = 0.5,
-        max_steps: int | None = None,
+        max_steps: int | Callable[[TaskSpec], int | None] | None = None,
         **options: Any,
     ) -> EnvPool:
         """A pool of registry env ``name``; ``options`` go to
@@ -312,11 +313,10 @@ class EnvPool:
         pos = slot.position
         if pos is None:
             return False
-        return (
-            slot.finished
-            or (pos.last is not None and pos.last.done)
-            or (self.max_steps is not None and len(pos.actions) >= self.max_steps)
-        )
+        if slot.finished or (pos.last is not None and pos.last.done):
+            return True
+        limit = self.max_steps(pos.task) if callable(self.max_steps) else self.max_steps
+        return limit is not None and len(pos.actions) >= limit
 
     def _choose(self, task: TaskSpec, path: tuple[str, ...], now: float) -> _Slot | float | None:
         """The slot to lend, or how long to wait before an idle env may be taken from the

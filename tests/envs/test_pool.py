@@ -253,7 +253,10 @@ async def test_an_env_mid_episode_lingers_for_its_branch_before_another_task_tak
 
 
 async def test_envs_at_an_episode_end_are_reused_without_lingering() -> None:
-    async with EnvPool(PathEnv, size=1, linger_s=30, max_steps=2) as pool:
+    limits = {0: 2, 1: 2}
+    async with EnvPool(
+        PathEnv, size=1, linger_s=30, max_steps=lambda t: limits[t.variation]
+    ) as pool:
         async with pool.at(TASK, ["a", "end"]):  # done
             pass
         async with pool.at(OTHER, ["a", "b"]):  # at max_steps
