@@ -24,7 +24,7 @@ from qlass.storage.bellman import LabelNode, minmax_normalize, node_value, tree_
 from qlass.storage.models import LabelSet, Node, QLabel, Run, Task, table, utcnow
 from qlass.storage.records import IntermediateReward, LabelSetRecord
 
-__all__ = ["LabelRepository", "load_label_set", "relabel"]
+__all__ = ["LabelRepository", "load_label_set", "lock_tree", "relabel"]
 
 log = structlog.get_logger(__name__)
 
@@ -201,20 +201,30 @@ async def _write(
         )
 
 
+async def lock_tree(session: AsyncSession, *, run_id: int, task_id: int) -> None:
+    """Lock a tree for a write that may relabel it (PostgreSQL; no-op SQL elsewhere).
+
+    Call it before inserting: a node insert takes a key-share lock on its task row (the
+    foreign key), so taking the tree lock only afterwards deadlocks two writers of one tree.
+    The run row is key-share locked so that a label set being created (which locks the run
+    exclusively) is either complete before this write or sees it.
+    """
+    await session.execute(
+        select(Run.id).where(Run.id == run_id).with_for_update(read=True, key_share=True)
+    )
+    await session.execute(select(Task.id).where(Task.id == task_id).with_for_update(key_share=True))
+
+
 async def relabel(
-    session: AsyncSession, *, run_id: int, task_id: int, dirty: Collection[int], postgres: bool
+    session: AsyncSession, *, run_id: int, task_id: int, dirty: Collection[int]
 ) -> int:
     """Update every label set of the run after ``dirty`` nodes got (or changed) a final reward.
 
-    Runs inside the caller's write transaction. Returns the number of labels written.
+    Runs inside the caller's write transaction, which on PostgreSQL must hold
+    :func:`lock_tree`. Returns the number of labels written.
     """
     if not dirty:
         return 0
-    if postgres:
-        # Share-lock the run (a set being created holds it exclusively) and lock the tree, so
-        # two transactions never relabel the same ancestors from stale reads.
-        await session.execute(select(Run.id).where(Run.id == run_id).with_for_update(read=True))
-        await session.execute(select(Task.id).where(Task.id == task_id).with_for_update())
     # One query: the root and every child of a dirty node or of one of its ancestors (the
     # affected nodes are among them, flagged), once per label set of the run, each with its
     # label in that set. No label set: no rows, nothing to do.

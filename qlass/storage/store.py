@@ -71,8 +71,8 @@ class TreeStore:
         """Open the store at ``url`` (a SQLAlchemy URL or a SQLite file path).
 
         A missing SQLite file (and its directory) is created. The schema is migrated to the
-        newest revision unless ``upgrade`` is false, in which case a store that is not at
-        head is refused.
+        newest revision unless ``upgrade`` is false, in which case a store that is missing
+        or not at head is refused.
 
         Raises:
             DatabaseUnavailableError: the database cannot be reached, is locked, or the file
@@ -88,6 +88,13 @@ class TreeStore:
                 raise DatabaseUnavailableError(
                     f"cannot create the directory of {path}: {error.strerror or error}"
                 ) from error
+        elif path is not None and not await asyncio.to_thread(path.is_file):
+            # Checked here rather than left to SQLite, which would create an empty file (and
+            # aiosqlite's failed-connect clean-up can outlive the event loop).
+            raise DatabaseUnavailableError(
+                f"no tree store at {path}: create it with `qlass db upgrade --db {path}` "
+                "(or open it with upgrade=True)"
+            )
         engine = make_engine(parsed, busy_timeout_s=busy_timeout_s, **engine_kwargs)
         try:
             schema = await ensure_schema(engine, upgrade=upgrade)

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from qlass.errors import StoreError, UnknownNameError
 from qlass.storage._db import Database, insert_ids, record
-from qlass.storage.labels import relabel
+from qlass.storage.labels import lock_tree, relabel
 from qlass.storage.models import Node, Task, table, utcnow
 from qlass.storage.records import NewNode, NodeRecord, TaskRecord, Tree
 
@@ -137,18 +137,14 @@ class TreeRepository:
             ).first()
             if found is None:
                 raise UnknownNameError(f"no node with id {node_id}")
+            if self._db.is_postgres:
+                await lock_tree(session, run_id=found.run_id, task_id=found.task_id)
             await session.execute(
                 update(_NODES)
                 .where(_NODES.c.id == node_id)
                 .values(final_reward=final_reward, is_leaf=True)
             )
-            await relabel(
-                session,
-                run_id=found.run_id,
-                task_id=found.task_id,
-                dirty=[node_id],
-                postgres=self._db.is_postgres,
-            )
+            await relabel(session, run_id=found.run_id, task_id=found.task_id, dirty=[node_id])
             row = (await session.execute(select(_NODES).where(_NODES.c.id == node_id))).one()
         return record(NodeRecord, row)
 
@@ -185,13 +181,16 @@ class TreeRepository:
         return Tree(record(TaskRecord, task), nodes)
 
     async def _parent(self, session: AsyncSession, parent_id: int) -> tuple[int, int, int]:
-        found = (
-            await session.execute(
-                select(_NODES.c.task_id, _NODES.c.depth, _NODES.c.is_leaf, _TASKS.c.run_id)
-                .join(_TASKS, _TASKS.c.id == _NODES.c.task_id)
-                .where(_NODES.c.id == parent_id)
-            )
-        ).first()
+        """The parent's task, run and depth; on PostgreSQL also lock its tree (see lock_tree)."""
+        query = (
+            select(_NODES.c.task_id, _NODES.c.depth, _NODES.c.is_leaf, _TASKS.c.run_id)
+            .join(_TASKS, _TASKS.c.id == _NODES.c.task_id)
+            .where(_NODES.c.id == parent_id)
+        )
+        found = (await session.execute(query)).first()
+        if found is not None and self._db.is_postgres:
+            await lock_tree(session, run_id=found.run_id, task_id=found.task_id)
+            found = (await session.execute(query)).first()  # as of the lock
         if found is None:
             raise UnknownNameError(f"no node with id {parent_id}")
         if found.is_leaf:
@@ -207,6 +206,4 @@ class TreeRepository:
         ids: Sequence[int],
     ) -> None:
         dirty = [i for row, i in zip(rows, ids, strict=True) if row["final_reward"] is not None]
-        await relabel(
-            session, run_id=run_id, task_id=task_id, dirty=dirty, postgres=self._db.is_postgres
-        )
+        await relabel(session, run_id=run_id, task_id=task_id, dirty=dirty)

@@ -14,14 +14,14 @@ RESPONSE = {
 }
 
 
-async def test_round_trip_and_persistence(store: TreeStore, db_path: object) -> None:
+async def test_round_trip_and_persistence(store: TreeStore, store_url: str) -> None:
     assert isinstance(store.call_cache, CallCache)
     key = "a" * 64
     assert await store.call_cache.get(key) is None
     await store.call_cache.put(key, RESPONSE, model="hosted_vllm/tiny", request={"seed": 3})
     assert await store.call_cache.get(key) == RESPONSE
     await store.aclose()
-    async with await TreeStore.open(str(db_path)) as reopened:  # committed, survives a restart
+    async with await TreeStore.open(store_url) as reopened:  # committed, survives a restart
         assert await reopened.call_cache.get(key) == RESPONSE
         assert await reopened.call_cache.count() == 1
 

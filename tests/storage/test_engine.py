@@ -14,7 +14,7 @@ from qlass.storage._db import upsert
 from qlass.storage.engine import safe_url, sqlite_file
 from qlass.storage.models import PolicyCall, table, utcnow
 
-from .conftest import RunAndTask
+from .conftest import new_run
 
 
 def test_urls() -> None:
@@ -29,11 +29,10 @@ def test_urls() -> None:
         make_engine("nosuchdb+nodriver://x/y")
 
 
-async def test_held_write_lock_from_another_process_times_out_clearly(
-    db_path: Path, run_task: RunAndTask
-) -> None:
+async def test_held_write_lock_from_another_process_times_out_clearly(db_path: Path) -> None:
     async with await TreeStore.open(db_path, busy_timeout_s=0.2) as store:
-        root = await store.trees.add_root(run_task.task.id, "start")
+        _run, (task,) = await new_run(store, "locked")
+        root = await store.trees.add_root(task.id, "start")
         other = sqlite3.connect(db_path, isolation_level=None)
         try:
             other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
@@ -44,7 +43,7 @@ async def test_held_write_lock_from_another_process_times_out_clearly(
             other.execute("ROLLBACK")
             other.close()
         await store.trees.add_child(root.id, NewNode("o", action="a"))  # and it recovers
-        assert len((await store.trees.load(run_task.task.id)).nodes) == 2
+        assert len((await store.trees.load(task.id)).nodes) == 2
 
 
 async def test_in_memory_store_works() -> None:
@@ -53,7 +52,8 @@ async def test_in_memory_store_works() -> None:
         assert (await store.runs.get("mem")).id == run.id
 
 
-async def test_generic_upsert_fallback(store: TreeStore) -> None:
+async def test_generic_upsert_fallback(sqlite_store: TreeStore) -> None:
+    store = sqlite_store
     """The delete/insert path used for databases without ON CONFLICT keeps the same meaning."""
     calls = table(PolicyCall)
     row = {"key": "k", "model": "m", "request": None, "response": {"v": 1}, "created_at": utcnow()}

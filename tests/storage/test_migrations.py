@@ -3,6 +3,7 @@ the Alembic revisions create exactly the schema the ORM models describe."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from argparse import Namespace
 from pathlib import Path
@@ -47,17 +48,22 @@ async def test_fresh_database_is_upgraded_to_head(db_path: Path) -> None:
         assert not store.schema.upgraded
 
 
-async def test_unknown_revision_is_refused_with_the_versions_named(db_path: Path) -> None:
-    async with await TreeStore.open(db_path):
-        pass
-    _sqlite(db_path, "UPDATE alembic_version SET version_num = 'f00dcafe9999'")
+async def test_unknown_revision_is_refused_with_the_versions_named(store_url: str) -> None:
+    async with await TreeStore.open(store_url) as store, store._db.write() as session:
+        await session.execute(text("UPDATE alembic_version SET version_num = 'f00dcafe9999'"))
     with pytest.raises(SchemaVersionError) as info:
-        await TreeStore.open(db_path)
+        await TreeStore.open(store_url)
     message = str(info.value)
     assert "f00dcafe9999" in message
     assert head_revision() in message
     assert "newer qlass" in message
-    assert _revision(db_path) == ["f00dcafe9999"]  # left untouched
+    engine = make_engine(store_url)
+    try:
+        async with engine.connect() as connection:  # left untouched
+            version = await connection.scalar(text("SELECT version_num FROM alembic_version"))
+    finally:
+        await engine.dispose()
+    assert version == "f00dcafe9999"
 
 
 async def test_file_that_is_not_a_database_is_unavailable(tmp_path: Path) -> None:
@@ -75,6 +81,9 @@ async def test_foreign_database_is_not_taken_over(db_path: Path) -> None:
 
 
 async def test_open_without_upgrade_refuses_a_database_behind_head(db_path: Path) -> None:
+    with pytest.raises(DatabaseUnavailableError, match="no tree store"):
+        await TreeStore.open(db_path, upgrade=False)
+    assert not await asyncio.to_thread(db_path.exists)  # nothing created
     _sqlite(db_path, "SELECT 1")  # an empty SQLite file
     with pytest.raises(SchemaVersionError, match="qlass db upgrade"):
         await TreeStore.open(db_path, upgrade=False)
@@ -87,7 +96,7 @@ async def test_open_without_upgrade_refuses_a_database_behind_head(db_path: Path
 async def test_unreachable_directory_is_unavailable(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(DatabaseUnavailableError, match="unable to open"):
+    with pytest.raises(DatabaseUnavailableError, match="no tree store at"):
         await TreeStore.open(blocker / "sub" / "qlass.db", upgrade=False)
     with pytest.raises(DatabaseUnavailableError, match="cannot create the directory"):
         await TreeStore.open(blocker / "sub" / "qlass.db")
@@ -103,10 +112,10 @@ async def test_unreachable_server_is_unavailable() -> None:
     assert "127.0.0.1:9" in str(info.value)
 
 
-async def test_migrations_create_exactly_the_model_schema(db_path: Path) -> None:
-    async with await TreeStore.open(db_path):
+async def test_migrations_create_exactly_the_model_schema(store_url: str) -> None:
+    async with await TreeStore.open(store_url):
         pass
-    engine = make_engine(db_path)
+    engine = make_engine(store_url)
 
     def diff(connection: Connection) -> list[object]:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
@@ -120,7 +129,8 @@ async def test_migrations_create_exactly_the_model_schema(db_path: Path) -> None
     assert differences == []
 
 
-async def test_sqlite_pragmas_are_set(store: TreeStore) -> None:
+async def test_sqlite_pragmas_are_set(sqlite_store: TreeStore) -> None:
+    store = sqlite_store
     async with store._db.read() as session:
         journal = await session.scalar(text("PRAGMA journal_mode"))
         foreign = await session.scalar(text("PRAGMA foreign_keys"))
