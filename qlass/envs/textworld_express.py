@@ -14,6 +14,7 @@ deterministic.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -83,6 +84,7 @@ class TextWorldExpressEnv(JvmEnv):
     ) -> None:
         super().__init__(step_timeout_s=step_timeout_s, start_timeout_s=start_timeout_s)
         self._loaded: tuple[str, str] | None = None
+        self._score = 0.0
 
     def _launch(self) -> Any:
         return _simulator_class()(envStepLimit=_NO_STEP_LIMIT)
@@ -104,7 +106,7 @@ class TextWorldExpressEnv(JvmEnv):
         text, info = self._sim.reset(
             seed=task.variation, gameFold=task.split, generateGoldPath=gold
         )
-        self._task, self._moves = task, 0
+        self._task, self._moves, self._score = task, 0, 0.0
         gold_path = list(self._sim.getGoldActionSequence()) if gold else []
         obs = Observation(
             text=text.strip(),
@@ -115,23 +117,22 @@ class TextWorldExpressEnv(JvmEnv):
         return obs, gold_path
 
     def _step_blocking(self, action: str) -> StepResult:
-        previous = self._sim.lastStepScore
-        text, _reward, done, info = self._sim.step(action)
+        # The wrapper's step() also fetches the task description on every step (a second
+        # JVM round trip) and keeps a run history; one stepJSON call is all a step needs.
+        info = json.loads(self._sim.server.stepJSON(action))
         self._moves += 1
         score = min(1.0, max(0.0, float(info["score"])))
-        success = bool(info["tasksuccess"])
+        success, failure = bool(info["tasksuccess"]), bool(info["taskfailure"])
+        previous, self._score = self._score, score
         return StepResult(
-            observation=text.strip(),
-            reward=score - min(1.0, max(0.0, float(previous))),
-            done=bool(done),
+            observation=info["observation"].strip(),
+            reward=score - previous,
+            # As the wrapper decides it, less its step limit (the runtime enforces limits).
+            done=success or failure or float(info["score"]) >= 1.0,
             score=score,
             success=success,
             valid_actions=tuple(sorted(info["validActions"])),
-            info={
-                "moves": self._moves,
-                "score_raw": info["scoreRaw"],
-                "task_failure": bool(info["taskfailure"]),
-            },
+            info={"moves": self._moves, "score_raw": info["scoreRaw"], "task_failure": failure},
         )
 
 
