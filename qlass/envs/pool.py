@@ -372,13 +372,7 @@ class EnvPool:
 
     async def _release(self, slot: _Slot) -> None:
         if slot.broken:
-            env, slot.env, slot.position, slot.broken = slot.env, None, None, False
-            if env is not None:
-                self.stats.replaced += 1
-                try:
-                    await env.close()
-                except Exception as exc:
-                    log.warning("env_close_failed", pool=self.name, error=repr(exc))
+            await self._discard(slot)
         async with self._cond:
             slot.busy = False
             slot.idle_since = asyncio.get_running_loop().time()
@@ -407,11 +401,14 @@ class EnvPool:
                 await self._discard(slot)
 
     async def _discard(self, slot: _Slot) -> None:
+        """Close the slot's env (a fresh one is made on its next use)."""
         env, slot.env, slot.position, slot.broken = slot.env, None, None, False
         if env is not None:
             self.stats.replaced += 1
-            with contextlib.suppress(Exception):
+            try:
                 await env.close()
+            except Exception as exc:
+                log.warning("env_close_failed", pool=self.name, error=repr(exc))
 
     async def _position_once(
         self,

@@ -6,6 +6,7 @@ import gc
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import uvicorn
@@ -15,17 +16,35 @@ from tests.envs.webshop_server import GOALS, create_app
 
 
 @pytest.fixture(autouse=True)
-def no_leaked_jvms() -> Iterator[None]:
-    """Fail a test that leaves a simulator JVM of this process running."""
+def no_leaked_jvms(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that leaves a simulator JVM of this process running.
+
+    A module may share a JVM between its tests by listing its pid in ``SHARED_JVM_PIDS``.
+    """
     before = set(java_child_pids())
     yield
     gc.collect()
+    allowed = before | getattr(request.module, "SHARED_JVM_PIDS", set())
     deadline = time.monotonic() + 5
-    leaked = set(java_child_pids()) - before
+    leaked = set(java_child_pids()) - allowed
     while leaked and time.monotonic() < deadline:
         time.sleep(0.05)
-        leaked = set(java_child_pids()) - before
+        leaked = set(java_child_pids()) - allowed
     assert not leaked, f"JVMs left running after the test: {sorted(leaked)}"
+
+
+def shutdown_simulator(sim: Any) -> None:
+    """Close a raw TextWorldExpress/ScienceWorld wrapper the way qlass does (JVM reaped,
+    pipes and temp files closed), for tests that drive the simulator package directly."""
+    sim.close()
+    proc = sim._gateway.java_process
+    proc.kill()
+    proc.wait()
+    proc.stdin.close()
+    if hasattr(sim, "_obj_tree_tempfile"):
+        sim._obj_tree_tempfile.close()
+    if hasattr(sim, "_obj_tree_tempdir"):
+        sim._obj_tree_tempdir.cleanup()
 
 
 @pytest.fixture(scope="module")

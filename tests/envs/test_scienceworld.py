@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from importlib import resources
 
 import pytest
@@ -22,6 +22,7 @@ from qlass.envs.scienceworld import (
 )
 from qlass.errors import UnknownNameError
 from qlass.types import TaskSpec
+from tests.envs.conftest import shutdown_simulator
 from tests.envs.test_prompts import replay_example
 
 QUICK_TASKS = [
@@ -33,7 +34,7 @@ QUICK_TASKS = [
 
 # One JVM for the tests of this module (each start costs 1-3 s); they share its loop.
 shared_loop = pytest.mark.asyncio(loop_scope="module")
-_SHARED_PIDS: set[int] = set()
+SHARED_JVM_PIDS: set[int] = set()  # allowed by the leak check of conftest.py
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -41,18 +42,10 @@ async def sciworld() -> AsyncIterator[ScienceWorldEnv]:
     env = ScienceWorldEnv()
     await env.reset(TaskSpec("scienceworld", "boil", 0, "train", "easy"))  # start the JVM now
     assert env.pid is not None
-    _SHARED_PIDS.add(env.pid)
+    SHARED_JVM_PIDS.add(env.pid)
     yield env
     await env.close()
-    assert not _SHARED_PIDS & set(await asyncio.to_thread(java_child_pids))
-
-
-@pytest.fixture(autouse=True)
-def no_leaked_jvms() -> Iterator[None]:
-    """The leak check of conftest.py, allowing the module's shared JVM."""
-    before = set(java_child_pids())
-    yield
-    assert set(java_child_pids()) - before - _SHARED_PIDS == set()
+    assert not SHARED_JVM_PIDS & set(await asyncio.to_thread(java_child_pids))
 
 
 def _first(split: str, name: str) -> TaskSpec:
@@ -194,7 +187,4 @@ def test_simulator_splits_interleave_tasks_and_match_the_live_simulator() -> Non
             listed = list_tasks("scienceworld", "dev", source="simulator", games=[name])
             assert [t.variation for t in listed] == simulator.get_variations_dev(), name
     finally:
-        simulator.close()
-        simulator._gateway.java_process.wait(timeout=10)
-        simulator._gateway.java_process.stdin.close()
-        simulator._obj_tree_tempdir.cleanup()
+        shutdown_simulator(simulator)

@@ -12,6 +12,7 @@ from qlass.envs.registry import create_env, list_tasks
 from qlass.envs.textworld_express import GAMES, TextWorldExpressEnv, seeds
 from qlass.errors import ConfigError, UnknownNameError
 from qlass.types import TaskSpec
+from tests.envs.conftest import shutdown_simulator
 
 SAMPLE_GAMES = ["coin", "cookingworld", "sorting", "arithmetic", "mapreader", "twc"]
 
@@ -118,7 +119,4 @@ def test_listed_seeds_are_the_simulators_folds_for_every_game() -> None:
             assert list(simulator.getValidSeedsDev()) == list(seeds("dev")), game
             assert list(simulator.getValidSeedsTest()) == list(seeds("test")), game
     finally:
-        simulator.close()
-        simulator._gateway.java_process.wait(timeout=10)
-        simulator._gateway.java_process.stdin.close()
-        simulator._obj_tree_tempfile.close()
+        shutdown_simulator(simulator)
