@@ -135,7 +135,7 @@ async def _big_tree(
     ]
 
 
-async def main(trees: int, reps: int, db: Path, big_tree: int) -> None:
+async def main(trees: int, reps: int, db: str | Path, big_tree: int) -> None:
     rng = random.Random(0)
     async with await TreeStore.open(db) as store:
         run = await store.runs.create("bench", config={"bench": True}, code_version="bench")
@@ -150,7 +150,7 @@ async def main(trees: int, reps: int, db: Path, big_tree: int) -> None:
                 print(f"  built {index + 1}/{trees} trees", flush=True)
         build_s = time.perf_counter() - start
         nodes = (await store.runs.summary(run.id)).nodes
-        print(f"built {nodes} nodes in {trees} trees in {build_s:.1f} s ({db})")
+        print(f"built {nodes} nodes in {trees} trees in {build_s:.1f} s ({store.url})")
 
         def trajectory(final: float) -> list[NewNode]:
             return [_node(rng, 4 + k) for k in range(TRAJECTORY - 1)] + [
@@ -262,7 +262,11 @@ def cli() -> None:
     )
     parser.add_argument("--trees", type=int, default=1000, help="trees of 100 nodes (default 1000)")
     parser.add_argument("--reps", type=int, default=30, help="repetitions per measurement")
-    parser.add_argument("--db", type=Path, default=None, help="SQLite file (default: a temp dir)")
+    parser.add_argument(
+        "--db",
+        default=None,
+        help="an empty store: SQLite file or SQLAlchemy URL (default: a file in a temp dir)",
+    )
     parser.add_argument(
         "--big-tree", type=int, default=5000, help="nodes of one extra wide tree (0: skip)"
     )
