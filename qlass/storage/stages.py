@@ -52,9 +52,14 @@ class StageRepository:
         fingerprint: str | None = None,
         metrics: Mapping[str, Any] | None = None,
     ) -> StageRecord:
-        """Create or update a stage. 'running' (re)starts it: start time now, finish time and
-        metrics cleared. 'done'/'failed' stamp the finish time. ``metrics`` are merged into
-        the stored ones; ``fingerprint`` is required for a stage not stored yet."""
+        """Create or update a stage.
+
+        'running' on a new stage, a finished ('done'/'failed') one, or with a different
+        fingerprint (re)starts it: start time now, finish time and metrics cleared. 'running'
+        on a stage already running with the same fingerprint (a resumed or interrupted stage)
+        keeps its start time. 'done'/'failed' stamp the finish time. ``metrics`` are merged
+        into the stored ones; ``fingerprint`` is required for a stage not stored yet.
+        """
         if status not in _STATUSES:
             raise ConfigError(f"stage status must be one of {_STATUSES}, got {status!r}")
         now = utcnow()
@@ -65,13 +70,18 @@ class StageRepository:
                     raise UnknownNameError(f"stage {name!r} of run {run_id} was never started")
                 stage = Stage(run_id=run_id, name=name, fingerprint=fingerprint, metrics={})
                 session.add(stage)
-            elif fingerprint is not None:
-                stage.fingerprint = fingerprint
-            stage.status = status
-            if status == "running":
-                stage.started_at, stage.finished_at, stage.metrics = now, None, {}
+                restart = True
             else:
+                restart = stage.status != "running" or (
+                    fingerprint is not None and fingerprint != stage.fingerprint
+                )
+                if fingerprint is not None:
+                    stage.fingerprint = fingerprint
+            if status == "running" and restart:
+                stage.started_at, stage.finished_at, stage.metrics = now, None, {}
+            elif status != "running":
                 stage.finished_at = now
+            stage.status = status
             if metrics:
                 stage.metrics = {**(stage.metrics or {}), **metrics}
             await session.flush()

@@ -76,9 +76,22 @@ async def test_stages_skip_only_when_done_with_the_same_fingerprint(store: TreeS
     assert finished.finished_at is not None and finished.finished_at >= started.started_at  # type: ignore[operator]
     assert await store.stages.is_done(run.id, "explore", "fp1")
     assert not await store.stages.is_done(run.id, "explore", "fp2")
+    # an interrupted stage is recorded as still running and keeps its start time on resume
+    interrupted = await store.stages.start(run.id, "train_qnet", "fp5")
+    stopped = await store.stages.put(
+        run.id, "train_qnet", status="running", metrics={"stopped": True}
+    )
+    assert stopped.started_at == interrupted.started_at and stopped.metrics == {"stopped": True}
+    resumed = await store.stages.start(run.id, "train_qnet", "fp5")
+    assert resumed.started_at == interrupted.started_at
+    restarted = await store.stages.start(run.id, "explore", "fp2")  # finished: starts anew
+    assert restarted.metrics == {} and restarted.finished_at is None
+    assert restarted.started_at > started.started_at  # type: ignore[operator]
+    await store.stages.finish(run.id, "explore", metrics={"env_steps": 7})
     await store.stages.start(run.id, "eval:greedy", "fp9")
     await store.stages.finish(run.id, "eval:greedy", failed=True, metrics={"error": "boom"})
     assert [(s.name, s.status) for s in await store.stages.of_run(run.id)] == [
+        ("train_qnet", "running"),
         ("explore", "done"),
         ("eval:greedy", "failed"),
     ]
