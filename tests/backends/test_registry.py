@@ -84,7 +84,7 @@ def test_local_model_gets_no_network_wrappers(tiny_model_dir: Path) -> None:
 
 
 def test_model_must_be_set() -> None:
-    with pytest.raises(ConfigError, match="policy.model must be set for backend 'litellm'"):
+    with pytest.raises(ConfigError, match=r"policy\.model must be set for backend 'litellm'"):
         build_policy(PolicyConfig(backend="litellm"))
 
 
