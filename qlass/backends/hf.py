@@ -9,7 +9,10 @@ that requests in one batch may differ in temperature, ``max_tokens``, stop strin
 and so that a seeded request produces the same text whatever else is in its batch: every
 row has its own ``torch.Generator`` seeded from the request's per-sample seed
 (:func:`~qlass.backends.cache.sample_seed`), its own stopping rule, and explicit position
-ids that ignore the left padding. Temperature 0 is greedy.
+ids that ignore the left padding. Temperature 0 is greedy. Identical prompts in a batch
+(the ``n`` samples of one call) are prefilled once; prompts of similar length are prefilled
+together (padding a 300-token prompt to 700 wastes more than batching gains on CPU) and
+their caches joined; rows that finish leave the batch.
 
 Prompts that do not fit the context: the oldest turns are dropped (an assistant turn with
 the observation after it) while the system message, the first user message (task and first
@@ -33,7 +36,7 @@ import structlog
 import torch
 import transformers
 from packaging.version import Version
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from qlass._batching import BatchStats, MicroBatcher
 from qlass.backends.cache import sample_seed
@@ -94,6 +97,9 @@ class HFPolicy:
     Loading reads the model from disk: construct it outside the event loop (or in
     ``asyncio.to_thread``). ``max_batch`` bounds the rows of one batch (a call with ``n``
     samples is ``n`` rows), ``max_wait_s`` is how long the first request waits for others.
+    ``max_context`` caps prompt + completion tokens (default: the model's positions).
+    ``prefill_tokens`` bounds the padded tokens prefilled together (default 2048 on CPU,
+    16384 on GPU); ``dtype`` defaults to bf16 on GPU and fp32 on CPU.
     """
 
     def __init__(
@@ -106,6 +112,7 @@ class HFPolicy:
         max_wait_s: float = 0.005,
         model_name: str | None = None,
         max_context: int | None = None,
+        prefill_tokens: int | None = None,
     ) -> None:
         path = Path(model_dir)
         if not (path / "config.json").is_file():
@@ -121,12 +128,23 @@ class HFPolicy:
         config = self.model.config
         positions = getattr(config, "max_position_embeddings", None) or 2048
         self.max_context = min(max_context or positions, positions)
-        self._pad_id = self._token_id("pad") or self._token_id("eos") or 0
+        pad, eos = self._token_id("pad"), self._token_id("eos")
+        self._pad_id = pad if pad is not None else eos if eos is not None else 0
         self._eos_ids = self._end_ids()
         params = inspect.signature(type(self.model).forward).parameters
         # transformers 5 renamed the KV-cache argument from past_key_values to cache.
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
-        self._keep_arg = "logits_to_keep" if "logits_to_keep" in params else None
+        keep_arg = "logits_to_keep" if "logits_to_keep" in params else None
+        self._extra: dict[str, Any] = {keep_arg: 1} if keep_arg else {}
+        if prefill_tokens is None:
+            prefill_tokens = 16384 if self.device.type == "cuda" else 2048
+        self.prefill_tokens = prefill_tokens
+        # Group-wise prefill copies plain per-layer caches together; models with sliding
+        # windows or other layer kinds are prefilled as one padded batch instead.
+        layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])
+        self._mergeable_cache = not getattr(config, "sliding_window", None) and layer_types == {
+            "full_attention"
+        }
         self._model_name = model_name or path.name
         self._rng = random.SystemRandom()
         self._batcher: MicroBatcher[_Request, Generation | Exception] = MicroBatcher(
@@ -299,59 +317,65 @@ class HFPolicy:
     def _decode(
         self, requests: list[_Request], prompts: list[list[int]]
     ) -> list[Generation | Exception]:
-        device, batch = self.device, len(requests)
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((batch, width), self._pad_id, dtype=torch.long)
-        attention = torch.zeros((batch, width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            input_ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            attention[row, width - len(prompt) :] = 1
-        input_ids, attention = input_ids.to(device), attention.to(device)
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        extra: dict[str, Any] = {self._keep_arg: 1} if self._keep_arg else {}
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention,
-            position_ids=positions,
-            use_cache=True,
-            **extra,
-        )
+        device, model = self.device, self.model
+        extra = self._extra
+        # Identical prompts (the n samples of one call) are prefilled once, then shared.
+        distinct: dict[tuple[int, ...], int] = {}
+        owner = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
+        cache, logits, attention = self._prefill(list(distinct))
+        index = torch.tensor(owner, dtype=torch.long, device=device)
+        if len(distinct) < len(requests):
+            cache.reorder_cache(index)
+        logits = logits.index_select(0, index)
+        attention = attention.index_select(0, index)
+        position = attention.sum(-1, keepdim=True) - 1
         generators = [
             torch.Generator(device=device).manual_seed(r.seed) if r.temperature > 0 else None
             for r in requests
         ]
         tokens: list[list[int]] = [[] for _ in requests]
-        finish: list[str | None] = [None] * batch
-        texts: list[str | None] = [None] * batch
-        position = positions[:, -1:]
-        for _ in range(max(r.max_tokens for r in requests)):
-            logits = out.logits[:, -1, :].float()
-            greedy = logits.argmax(dim=-1).tolist()
-            chosen = [self._pad_id] * batch
-            for row, request in enumerate(requests):
-                if finish[row] is not None:
-                    continue
-                generator = generators[row]
+        finish: list[str | None] = [None] * len(requests)
+        texts: list[str | None] = [None] * len(requests)
+        active = list(range(len(requests)))  # the request of each row of the batch
+        while active:
+            scores = logits.float()
+            greedy = scores.argmax(dim=-1).tolist()
+            kept: list[int] = []  # rows still decoding
+            chosen: list[int] = []
+            for slot, row in enumerate(active):
+                request, generator = requests[row], generators[row]
                 if generator is None:
-                    token = int(greedy[row])
+                    token = int(greedy[slot])
                 else:
-                    probs = torch.softmax(logits[row] / request.temperature, dim=-1)
+                    probs = torch.softmax(scores[slot] / request.temperature, dim=-1)
                     token = int(torch.multinomial(probs, 1, generator=generator).item())
                 tokens[row].append(token)
-                chosen[row] = token
                 finish[row], texts[row] = self._check_stop(request, tokens[row])
-            if all(f is not None for f in finish):
+                if finish[row] is None:
+                    kept.append(slot)
+                    chosen.append(token)
+            if not kept:
                 break
-            attention = torch.cat([attention, attention.new_ones((batch, 1))], dim=-1)
+            if len(kept) < len(active):  # finished rows leave the batch
+                keep = torch.tensor(kept, dtype=torch.long, device=device)
+                cache.reorder_cache(keep)
+                attention, position = (
+                    attention.index_select(0, keep),
+                    position.index_select(0, keep),
+                )
+                active = [active[slot] for slot in kept]
+            attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=-1)
             position = position + 1
-            out = self.model(
+            out = model(
                 input_ids=torch.tensor(chosen, dtype=torch.long, device=device)[:, None],
                 attention_mask=attention,
                 position_ids=position,
                 use_cache=True,
-                **{self._cache_arg: getattr(out, self._cache_arg)},
+                **{self._cache_arg: cache},
                 **extra,
             )
+            cache = getattr(out, self._cache_arg)
+            logits = out.logits[:, -1, :]
         results: list[Generation | Exception] = []
         for row, prompt in enumerate(prompts):
             text = texts[row]
@@ -359,6 +383,77 @@ class HFPolicy:
                 text = self._text(tokens[row])
             results.append(Generation(text, len(prompt), len(tokens[row]), finish[row] or "length"))
         return results
+
+    def _forward_padded(self, prompts: Sequence[Sequence[int]]) -> tuple[Any, torch.Tensor]:
+        """Prefill left-padded ``prompts`` as one batch: (KV cache, last-position logits)."""
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
+        attention = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            input_ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            attention[row, width - len(prompt) :] = 1
+        input_ids, attention = input_ids.to(self.device), attention.to(self.device)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention,
+            position_ids=(attention.cumsum(-1) - 1).clamp(min=0),
+            use_cache=True,
+            **self._extra,
+        )
+        return getattr(out, self._cache_arg), out.logits[:, -1, :]
+
+    def _prefill(self, prompts: list[tuple[int, ...]]) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """KV cache left-padded to the longest prompt, last logits, and the attention mask.
+
+        Padding a batch to its longest prompt wastes compute on short prompts (and attention
+        is quadratic in the padded width), so prompts of similar length are prefilled in
+        groups of at most ``prefill_tokens`` padded tokens, and their caches are copied into
+        one left-padded cache for decoding.
+        """
+        width = max(len(p) for p in prompts)
+        attention = torch.zeros((len(prompts), width), dtype=torch.long, device=self.device)
+        for row, prompt in enumerate(prompts):
+            attention[row, width - len(prompt) :] = 1
+        groups = self._groups(prompts)
+        if len(groups) == 1:
+            cache, logits = self._forward_padded(prompts)
+            return cache, logits, attention
+        keys: list[torch.Tensor] = []
+        values: list[torch.Tensor] = []
+        logits = torch.empty(0)
+        for group in groups:
+            cache, group_logits = self._forward_padded([prompts[r] for r in group])
+            group_width = max(len(prompts[r]) for r in group)
+            if logits.numel() == 0:
+                logits = group_logits.new_empty((len(prompts), group_logits.shape[-1]))
+            logits[group] = group_logits
+            for layer, entry in enumerate(cache):
+                k, v = entry[0], entry[1]
+                if layer == len(keys):
+                    keys.append(k.new_zeros((len(prompts), k.shape[1], width, k.shape[3])))
+                    values.append(v.new_zeros((len(prompts), v.shape[1], width, v.shape[3])))
+                for j, row in enumerate(group):
+                    n = len(prompts[row])
+                    keys[layer][row, :, width - n :] = k[j, :, group_width - n :]
+                    values[layer][row, :, width - n :] = v[j, :, group_width - n :]
+        merged = DynamicCache()
+        for layer, (k, v) in enumerate(zip(keys, values, strict=True)):
+            merged.update(k, v, layer)
+        return merged, logits, attention
+
+    def _groups(self, prompts: list[tuple[int, ...]]) -> list[list[int]]:
+        """Rows by increasing length, cut into groups of at most ``prefill_tokens`` padded."""
+        if not self._mergeable_cache:
+            return [list(range(len(prompts)))]
+        groups: list[list[int]] = []
+        current: list[int] = []
+        for row in sorted(range(len(prompts)), key=lambda r: len(prompts[r])):
+            if current and (len(current) + 1) * len(prompts[row]) > self.prefill_tokens:
+                groups.append(current)
+                current = []
+            current.append(row)
+        groups.append(current)
+        return groups
 
     def _text(self, tokens: list[int]) -> str:
         kept = [t for t in tokens if t not in self._eos_ids]

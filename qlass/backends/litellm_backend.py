@@ -56,6 +56,9 @@ def _import_litellm() -> Any:
         import litellm
     except ImportError as exc:  # pragma: no cover - litellm is a core dependency
         raise MissingDependencyError("litellm", "litellm", "the LiteLLM policy backend") from exc
+    # LiteLLM prints a "Give Feedback / Get Help" banner to stdout on every failed call;
+    # stdout is for results, and failures are logged (and raised) by this module.
+    litellm.suppress_debug_info = True
     try:
         # Load the CA bundle into LiteLLM's process-wide SSL context cache now, so that the
         # first request (on the event loop) does not read it from disk.

@@ -70,6 +70,29 @@ async def test_seeded_requests_give_the_same_text_batched_or_alone(tiny_model_di
         await policy.aclose()
 
 
+async def test_grouped_prefill_gives_the_same_text_as_one_padded_batch(
+    tiny_model_dir: Path,
+) -> None:
+    outputs = []
+    for budget in (1, 60, 10**9):  # every prompt alone, a few together, all in one batch
+        policy = await load(tiny_model_dir, max_wait_s=0.2, prefill_tokens=budget)
+        try:
+            outputs.append(
+                await asyncio.gather(
+                    *(
+                        policy.generate(
+                            conversation(i, turns=i), n=2, temperature=0.9, max_tokens=3 + i, seed=i
+                        )
+                        for i in range(6)
+                    )
+                )
+            )
+            assert policy.stats.batches == 1
+        finally:
+            await policy.aclose()
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
 async def test_sample_i_equals_a_single_sample_with_its_derived_seed(tiny_model_dir: Path) -> None:
     policy = await load(tiny_model_dir)
     try:

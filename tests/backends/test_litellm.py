@@ -105,12 +105,15 @@ async def test_retry_after_header_is_honoured(fake_server: FakeServer) -> None:
     assert sleeps == [pytest.approx(0.3)]
 
 
-async def test_client_error_is_not_retried(fake_server: FakeServer) -> None:
+async def test_client_error_is_not_retried(
+    fake_server: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     fake_server.script.append(Reply(status=400))
     policy = retrying(policy_for(fake_server))
     with pytest.raises(PolicyCallError, match="scripted 400"):
         await policy.sample(MESSAGES)
     assert len(fake_server.requests) == 1
+    assert "Give Feedback" not in capsys.readouterr().out  # LiteLLM's banner is off
 
 
 async def test_persistent_429_raises_after_retries(fake_server: FakeServer) -> None:
@@ -239,3 +242,20 @@ async def test_router_spreads_requests_over_replicas(
     assert all(len(r) == 2 and r[0].text == DEFAULT_TEXT for r in results)
     assert len(fake_server.requests) + len(fake_server_2.requests) == 16
     assert fake_server.requests and fake_server_2.requests
+
+
+async def test_router_failures_are_translated_and_retried(
+    fake_server: FakeServer, fake_server_2: FakeServer
+) -> None:
+    for server in (fake_server, fake_server_2):
+        server.script.append(Reply(status=503))
+    inner = LiteLLMPolicy(
+        "hosted_vllm/fake", api_base=[fake_server.base_url, fake_server_2.base_url]
+    )
+    candidates = await retrying(inner, retries=3).sample(MESSAGES)
+    assert candidates[0].action == "look around"
+    assert len(fake_server.requests) + len(fake_server_2.requests) in (2, 3)
+    fake_server.script.extend(Reply(status=400) for _ in range(3))
+    fake_server_2.script.extend(Reply(status=400) for _ in range(3))
+    with pytest.raises(PolicyCallError, match="400"):
+        await retrying(inner, retries=3).sample(MESSAGES)
