@@ -48,7 +48,7 @@ from qlass.report.viewer import add_qnet_scores, load_tree_views, render_viewer
 from qlass.runtime.progress import Progress
 from qlass.storage import TreeStore
 
-__all__ = ["ReportResult", "ViewerResult", "build_report", "build_viewer"]
+__all__ = ["ReportResult", "ViewerResult", "build_report", "build_viewer", "describe"]
 
 log = structlog.get_logger(__name__)
 

@@ -32,6 +32,7 @@ __all__ = [
     "add_qnet_scores",
     "chosen_path",
     "load_tree_views",
+    "render_tree",
     "render_viewer",
     "select_nodes",
 ]
@@ -118,13 +119,19 @@ async def load_tree_views(
             raise UnknownNameError(f"no task {task_key!r} in this run (tasks: {listed or 'none'})")
     notes: list[str] = []
     views: list[TreeView] = []
-    with_trees = 0
-    for task in tasks:
+    for position, task in enumerate(tasks):
+        if len(views) >= max_trees:
+            # Not loaded: a task that left 'pending' has (at least the root of) a tree.
+            rest = sum(1 for t in tasks[position:] if t.status != "pending")
+            if rest:
+                notes.insert(
+                    0,
+                    f"{len(views)} trees shown (tree cap {max_trees}); "
+                    f"{rest} more explored tasks not shown",
+                )
+            break
         tree = await store.trees.load(task.id)
         if not tree.nodes:
-            continue
-        with_trees += 1
-        if len(views) >= max_trees:
             continue
         q: dict[int, float] = {}
         normalized: dict[int, float] = {}
@@ -139,8 +146,6 @@ async def load_tree_views(
                 f"{task.key}: {len(shown)} of {len(tree.nodes)} nodes shown "
                 f"(node cap {max_nodes}; the chosen path is always shown)"
             )
-    if with_trees > len(views):
-        notes.insert(0, f"{len(views)} of {with_trees} trees shown (tree cap {max_trees})")
     return views, notes
 
 
@@ -337,8 +342,8 @@ header h1{margin:0 0 6px;font-size:20px}
 .meta,.legend{margin:4px 0;color:#444}
 .notices{margin:8px 0;padding:8px 12px;background:#fff7e0;border:1px solid #f0d58c;border-radius:4px}
 .notices li{margin:2px 0}
-nav{padding:8px 24px;background:#f2f2f2;border-bottom:1px solid #ddd;font-size:13px}
-nav a{margin-right:12px}
+nav{display:flex;flex-wrap:wrap;gap:4px 14px;padding:8px 24px;background:#f2f2f2;border-bottom:1px solid #ddd;font-size:13px}
+nav a{overflow-wrap:anywhere}
 main{padding:8px 24px 40px}
 section.tree{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px 16px 16px;margin:16px 0}
 section.tree h2{font-size:16px;margin:8px 0 4px;font-family:ui-monospace,monospace}

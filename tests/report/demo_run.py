@@ -21,7 +21,13 @@ NEW_STAGE = "eval:dev:fedcba9876543210"
 DEV_FRACTION = 0.34  # 3 trees -> 1 dev task
 # Leaf rewards (A1, A2, B2) per tree: tree 0 follows A, tree 1 follows B, tree 2 ties at A/B.
 LEAVES = ((0.8, 0.2, 0.4), (0.3, 0.1, 0.9), (0.6, 0.0, 0.6))
+PARAMS = "numLocations=5,includeDoors=0"  # real keys are long: [..] and no spaces
 LONG_OBSERVATION = "You are in a long corridor. " * 30 + "<script>alert('x')</script> & done"
+
+
+def task_key(index: int) -> str:
+    """The key of the demo's train task ``index`` (0..2)."""
+    return f"textworld_express/coin[{PARAMS}]/train/{index}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,9 +187,13 @@ async def populate(
     config = RunConfig(name=RUN, run_dir=run_dir, qnet=QNetConfig(dev_fraction=DEV_FRACTION))
     run = await store.runs.create(RUN, config=config.model_dump(mode="json"), seed=config.seed)
     label_set = await store.labels.create_set(run.id, gamma=0.9)
-    specs = [TaskSpec("textworld_express", "coin", i, "train") for i in range(3)]
+    specs = [TaskSpec("textworld_express", "coin", i, "train", PARAMS) for i in range(3)]
     tasks = await store.tasks.add_many(run.id, specs)
-    nodes = [await _tree(store, task.id, i) for i, task in enumerate(tasks)]
+    nodes = []
+    for index, task in enumerate(tasks):  # as the explorer does: running, the tree, done
+        await store.tasks.set_status(task.id, "running")
+        nodes.append(await _tree(store, task.id, index))
+        await store.tasks.set_status(task.id, "done")
     rng = random.Random(1000 + variant)
 
     async def stage(name: str, metrics: dict[str, object]) -> None:

@@ -15,7 +15,7 @@ from qlass.cli import app
 from qlass.errors import UnknownNameError
 from qlass.storage import TreeStore
 
-from .demo_run import NEW_STAGE, STRATEGIES, DemoRun, populate
+from .demo_run import NEW_STAGE, STRATEGIES, DemoRun, populate, task_key
 
 runner = CliRunner()
 
@@ -70,16 +70,23 @@ def test_report_defaults_to_the_run_folder(tmp_path: Path) -> None:
     assert (run_dir / "results.md").exists() and (run_dir / "reward_vs_tokens.png").exists()
 
 
-def test_view_writes_one_tree_and_prints_its_path(tmp_path: Path) -> None:
+def test_view_writes_one_tree_and_prints_its_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     db, run_dir = tmp_path / "store.db", tmp_path / "runs" / "demo"
     demo = _store(db, run_dir)
-    key = "textworld_express/coin/train/2"
-    result = runner.invoke(app, ["view", "demo", "--db", str(db), "--task", key, "--no-scores"])
+    opened: list[str] = []
+    monkeypatch.setattr("webbrowser.open", opened.append)
+    key = task_key(2)
+    result = runner.invoke(
+        app, ["view", "demo", "--db", str(db), "--task", key, "--no-scores", "--open"]
+    )
     assert result.exit_code == 0, result.output
     path = run_dir / f"tree-{demo.task_ids[2]}.html"
     assert result.output.strip().splitlines()[-1] == str(path)
+    assert opened == [path.resolve().as_uri()]
     page = path.read_text()
-    assert key in page and "textworld_express/coin/train/0" not in page
+    assert key in page and task_key(0) not in page
 
 
 def test_unknown_run_and_missing_store_are_clear_errors(

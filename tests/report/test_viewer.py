@@ -18,7 +18,7 @@ from qlass.report.viewer import select_nodes
 from qlass.storage import TreeStore
 
 from .conftest import Stored
-from .demo_run import DemoRun, populate
+from .demo_run import DemoRun, populate, task_key
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -91,17 +91,17 @@ async def test_page_holds_escaped_text_and_the_stored_labels(
 
 
 async def test_caps_and_task_filter_are_stated(stored: Stored, tmp_path: Path) -> None:
-    key = "textworld_express/coin/train/1"
+    key = task_key(1)
     one = await build_viewer(stored.store, "demo", task_key=key, scores=False, max_nodes=4)
     assert one.path == stored.run_dir / f"tree-{stored.demo.task_ids[1]}.html"
     assert one.trees == 1 and one.nodes_shown == 4
     page = await asyncio.to_thread(one.path.read_text)
-    assert key in page and "textworld_express/coin/train/0" not in page
+    assert key in page and task_key(0) not in page
     assert "4 of 7 nodes shown" in page and "not shown (node cap)" in page
     capped = await build_viewer(
         stored.store, "demo", out_file=tmp_path / "x.html", scores=False, max_trees=2
     )
-    assert capped.trees == 2 and "2 of 3 trees shown" in capped.notes[0]
+    assert capped.trees == 2 and "2 trees shown (tree cap 2); 1 more" in capped.notes[0]
     with pytest.raises(UnknownNameError, match="no task"):
         await build_viewer(stored.store, "demo", task_key="nope", scores=False)
     with pytest.raises(UnknownNameError, match="no label set 99"):
@@ -153,8 +153,10 @@ def test_viewer_in_headless_chromium(tmp_path: Path, qnet_checkpoint: Path) -> N
             assert page.title() == "qlass trees: demo"
             assert page.locator("h1").inner_text() == "Exploration trees of run demo"
             assert page.locator("section.tree h2").all_inner_texts() == [
-                f"textworld_express/coin/train/{i}" for i in range(3)
+                task_key(i) for i in range(3)
             ]
+            width = page.evaluate("() => document.documentElement.scrollWidth")
+            assert width <= 1200, "the page overflows horizontally"
             on_path = page.eval_on_selector_all(
                 "details.node.on-path", "els => els.map(e => [Number(e.dataset.nodeId), e.open])"
             )
