@@ -12,12 +12,15 @@ call over a socket. :class:`JvmEnv` gives such a simulator:
   :class:`~qlass.envs.pool.EnvPool` replaces it);
 - a close that always terminates the JVM, plus a finalizer that kills it if an instance is
   dropped without ``close()`` (and at interpreter exit). py4j also starts the JVM with
-  ``--die-on-broken-pipe``, so it exits with this process even on SIGKILL.
+  ``--die-on-broken-pipe``, so it exits with this process even on SIGKILL;
+- no py4j traffic outside the worker thread: py4j's release messages for garbage-collected
+  proxies are queued for the worker, and the client is marked disconnected on shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import subprocess
@@ -34,7 +37,7 @@ from qlass.envs.base import require_action
 from qlass.errors import EnvCrashedError, EnvError, EnvTimeoutError, QlassError
 from qlass.types import Observation, StepResult, TaskSpec
 
-__all__ = ["JvmEnv", "java_child_pids"]
+__all__ = ["JvmEnv", "java_child_pids", "without_del"]
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -66,6 +69,13 @@ def java_child_pids(parent: int | None = None) -> list[int]:
         if comm == "java" and len(fields) > 1 and fields[0] != "Z" and int(fields[1]) == parent:
             pids.append(int(entry))
     return sorted(pids)
+
+
+def without_del(cls: type[Any]) -> type[Any]:
+    """``cls`` with a no-op ``__del__``. Both simulators' wrappers call ``close()`` from
+    ``__del__``, which on a JVM qlass already terminated prints a BrokenPipeError; qlass
+    closes explicitly instead."""
+    return type(cls.__name__, (cls,), {"__del__": lambda self: None})
 
 
 def _reap(proc: subprocess.Popen[bytes]) -> int | None:
@@ -100,6 +110,29 @@ def _dispose(sim: Any, proc: subprocess.Popen[bytes], release: Callable[[Any], N
         release(sim)
 
 
+class _WorkerOnlyRelease:
+    """py4j tells the JVM to drop an object when its Python proxy is garbage-collected, over
+    the socket, in whatever thread the collector happens to run: possibly the event loop's.
+    Releases requested outside the worker thread are queued here and sent by the worker
+    before its next call."""
+
+    def __init__(self, client: Any, worker: threading.Thread) -> None:
+        self._send = client.garbage_collect_object
+        self._worker = worker
+        self._pending: collections.deque[Any] = collections.deque()
+        client.garbage_collect_object = self
+
+    def __call__(self, target_id: Any, *args: Any, **kwargs: Any) -> None:
+        if threading.current_thread() is self._worker:
+            self._send(target_id, *args, **kwargs)
+        else:
+            self._pending.append(target_id)
+
+    def flush(self) -> None:
+        while self._pending:
+            self._send(self._pending.popleft())
+
+
 def _is_py4j_error(exc: BaseException) -> bool:
     return type(exc).__module__.startswith("py4j")
 
@@ -127,6 +160,7 @@ class JvmEnv(ABC):
         self._sim: Any = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._releases: _WorkerOnlyRelease | None = None
         self._closed = False
         self._dead: str | None = None
         self._task: TaskSpec | None = None
@@ -245,6 +279,8 @@ class JvmEnv(ABC):
         """Run ``fn`` in the worker thread, translating py4j/socket failures."""
         try:
             self._ensure_started()
+            assert self._releases is not None
+            self._releases.flush()
             return fn(*args)
         except QlassError:
             raise
@@ -276,10 +312,11 @@ class JvmEnv(ABC):
             if self._closed:
                 raise RuntimeError(f"{self.family} env is closed")
             sim = self._launch()
-            # Both simulators' wrappers call close() from __del__, which on a JVM we already
-            # terminated prints a BrokenPipeError; we close explicitly instead.
             self._sim = sim
             self._proc = sim._gateway.java_process
+            self._releases = _WorkerOnlyRelease(
+                sim._gateway._gateway_client, threading.current_thread()
+            )
             self._finalizer = weakref.finalize(self, _dispose, sim, self._proc, type(self)._release)
             log.debug("env_started", env=self.family, pid=self._proc.pid if self._proc else None)
 

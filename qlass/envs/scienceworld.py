@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
-from qlass.envs._jvm import JvmEnv
+from qlass.envs._jvm import JvmEnv, without_del
 from qlass.envs.base import EnvPrompt
 from qlass.errors import ConfigError, MissingDependencyError, UnknownNameError
 from qlass.types import Observation, Split, StepResult, TaskSpec
@@ -137,11 +137,7 @@ def _simulator_class() -> type[Any]:
     except ImportError as exc:  # pragma: no cover - a core dependency
         raise MissingDependencyError("scienceworld", "scienceworld", "ScienceWorld") from exc
 
-    class _QuietSim(_Sim):
-        def __del__(self) -> None:  # qlass closes explicitly (see JvmEnv)
-            pass
-
-    return _QuietSim
+    return without_del(_Sim)
 
 
 class ScienceWorldEnv(JvmEnv):

@@ -18,7 +18,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from qlass.envs._jvm import JvmEnv
+from qlass.envs._jvm import JvmEnv, without_del
 from qlass.envs.base import EnvPrompt
 from qlass.errors import ConfigError, MissingDependencyError, UnknownNameError
 from qlass.types import Observation, Split, StepResult, TaskSpec
@@ -67,11 +67,7 @@ def _simulator_class() -> type[Any]:
             "textworld-express", "textworld_express", "TextWorldExpress"
         ) from exc
 
-    class _QuietSim(_Sim):
-        def __del__(self) -> None:  # qlass closes explicitly (see JvmEnv)
-            pass
-
-    return _QuietSim
+    return without_del(_Sim)
 
 
 class TextWorldExpressEnv(JvmEnv):

@@ -66,15 +66,21 @@ async def test_gold_paths_reach_full_score_on_a_sample_of_tasks(sciworld: Scienc
 
 @pytest.mark.slow
 async def test_gold_paths_reach_full_score_on_every_paper_task() -> None:
+    """The first two seen variations of every task (48 episodes). One gold path of the
+    simulator itself stops short (freeze, variation 19: 0.82, the same through the
+    wrapper's own reset); gold export skips such paths."""
     env = ScienceWorldEnv()
     dev = await asyncio.to_thread(list_tasks, "scienceworld", "dev")
+    short = {}
     try:
         for name in sorted({t.name for t in dev}):
-            task = next(t for t in dev if t.name == name)
-            trajectory = await replay_gold(env, task)
-            assert trajectory.final_score == 1.0, task.key
+            for task in [t for t in dev if t.name == name][:2]:
+                trajectory = await replay_gold(env, task)
+                if trajectory.final_score < 1.0:
+                    short[task.key] = trajectory.final_score
     finally:
         await env.close()
+    assert short == {"scienceworld/freeze[easy]/dev/19": 0.82}
 
 
 @shared_loop
