@@ -13,7 +13,7 @@ import shlex
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -23,9 +23,10 @@ from qlass.cli._common import ConfigOption, DbOption, SetOption, db_url, resolve
 from qlass.config import RunConfig
 from qlass.errors import UnknownNameError
 from qlass.runtime.evaluate import StrategyReport
-from qlass.runtime.pipeline import OPTIONAL_STAGES, STAGES, Pipeline, StageResult
-from qlass.runtime.progress import RichProgress
-from qlass.runtime.scheduler import StopSignal
+from qlass.runtime.stages import OPTIONAL_STAGES, STAGES
+
+if TYPE_CHECKING:  # the pipeline imports models and simulators: only when a command runs
+    from qlass.runtime.pipeline import Pipeline, StageResult
 
 __all__ = ["load_run_config", "print_reports", "register", "run_pipeline"]
 
@@ -67,6 +68,10 @@ def load_run_config(
 
 def run_pipeline(config: RunConfig, work: Callable[[Pipeline], Awaitable[T]]) -> T:
     """Run ``work`` on a pipeline with progress bars and graceful Ctrl-C handling."""
+    from qlass.runtime.pipeline import Pipeline
+    from qlass.runtime.progress import RichProgress
+    from qlass.runtime.scheduler import StopSignal
+
     progress = RichProgress()
 
     async def main() -> tuple[T, bool]:

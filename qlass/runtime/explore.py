@@ -221,7 +221,7 @@ class _Grower:
                 log.warning("explore.env_failed", task=self._task.key, error=str(exc))
                 continue
             result = after.steps[-1].result
-            leaf = after.done or after.depth >= self._s.max_steps
+            leaf = after.done or node.record.depth + 1 >= self._s.max_steps
             record = await self._store.trees.add_child(
                 node.record.id,
                 NewNode(

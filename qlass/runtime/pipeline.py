@@ -24,15 +24,20 @@ from qlass._version import code_version
 from qlass.backends.base import Policy
 from qlass.backends.registry import build_policy
 from qlass.config import RunConfig
+from qlass.envs.gold import export_gold
 from qlass.envs.pool import EnvPool
 from qlass.envs.registry import env_prompt, list_tasks, task_max_steps
 from qlass.errors import ConfigError, MissingDataError, PolicyError
 from qlass.qnet.base import ValueModel
+from qlass.qnet.registry import create_value_model
+from qlass.qnet.train import TrainSettings, train_qnet
+from qlass.runtime.bc import load_conversations, train_policy
 from qlass.runtime.context import SearchContext, Tally
 from qlass.runtime.evaluate import StrategyReport, evaluate_strategy, summarise
 from qlass.runtime.explore import ExploreSettings, TreeExplorer, TreeStats
 from qlass.runtime.progress import NullProgress, Progress
 from qlass.runtime.scheduler import StopSignal, bounded_map
+from qlass.runtime.stages import DEPENDS, FROZEN, OPTIONAL_STAGES, STAGES
 from qlass.runtime.strategies import SearchStrategy, make_strategy
 from qlass.storage import LabelSetRecord, RunRecord, TaskRecord, TreeStore, trajectory_from_json
 from qlass.types import TaskSpec, Trajectory
@@ -40,32 +45,6 @@ from qlass.types import TaskSpec, Trajectory
 __all__ = ["OPTIONAL_STAGES", "STAGES", "Pipeline", "StageResult"]
 
 log = structlog.get_logger(__name__)
-
-STAGES = ("gold", "bc", "explore", "label", "train_qnet", "eval")
-OPTIONAL_STAGES = ("self_train",)
-
-# The config sections each stage's output depends on (its fingerprint).
-_DEPENDS: dict[str, tuple[str, ...]] = {
-    "gold": ("env",),
-    "bc": ("env", "bc", "policy"),
-    "explore": ("env", "bc", "policy", "explore"),
-    "label": ("env", "bc", "policy", "explore", "labels"),
-    "train_qnet": ("env", "bc", "policy", "explore", "labels", "qnet"),
-    "eval": ("env", "bc", "policy", "explore", "labels", "qnet", "search", "eval"),
-    "self_train": (
-        "env",
-        "bc",
-        "policy",
-        "explore",
-        "labels",
-        "qnet",
-        "search",
-        "eval",
-        "self_train",
-    ),
-}
-# Stages whose change makes the stored trees meaningless for this run name.
-_FROZEN = ("gold", "bc", "explore")
 
 
 @dataclass
@@ -146,26 +125,26 @@ class Pipeline:
                 config.name,
                 config=config.model_dump(mode="json"),
                 config_fingerprint=config.fingerprint(),
-                code_version=code_version(),
+                code_version=await asyncio.to_thread(code_version),
                 seed=config.seed,
             )
         stored = RunConfig.model_validate(existing.config)
         changed = [
             stage
-            for stage in _FROZEN
-            if stored.section_fingerprint(*_DEPENDS[stage])
-            != config.section_fingerprint(*_DEPENDS[stage])
+            for stage in FROZEN
+            if stored.section_fingerprint(*DEPENDS[stage])
+            != config.section_fingerprint(*DEPENDS[stage])
         ]
         if changed:
             raise ConfigError(
                 f"run {config.name!r} exists with different settings for its {changed[0]} "
-                f"stage (sections {', '.join(_DEPENDS[changed[0]])}); its trees would not "
+                f"stage (sections {', '.join(DEPENDS[changed[0]])}); its trees would not "
                 "match. Use a new run name (--set name=...) or the stored settings."
             )
         return existing
 
     def fingerprint(self, stage: str) -> str:
-        return self.config.section_fingerprint(*_DEPENDS[stage])
+        return self.config.section_fingerprint(*DEPENDS[stage])
 
     async def run_stage(
         self,
@@ -238,7 +217,7 @@ class Pipeline:
         elif config.model is None:
             if config.backend != "hf":
                 raise ConfigError(f"policy.model must be set for backend {config.backend!r}")
-            if not self.config.policy_dir.exists():
+            if not await asyncio.to_thread(self.config.policy_dir.exists):
                 raise MissingDataError(
                     f"no policy at {self.config.policy_dir}: run the bc stage first "
                     "(qlass bc) or set policy.model"
@@ -255,15 +234,13 @@ class Pipeline:
         return self._value
 
     async def _load_value_model(self) -> ValueModel:
-        from qlass.qnet.registry import create_value_model
-
         search = self.config.search
         options: dict[str, Any] = {}
         if search.value_model == "qnet":
             path = (
                 Path(search.value_model_path) if search.value_model_path else self.config.qnet_dir
             )
-            if not path.exists():
+            if not await asyncio.to_thread(path.exists):
                 raise MissingDataError(f"no QNet at {path}: run the train_qnet stage first")
             options = {"directory": path, "max_batch": self.config.qnet.max_batch}
         elif search.value_model == "qnet-server":
@@ -292,7 +269,6 @@ class Pipeline:
 
     async def gold(self, *, force: bool = False) -> StageResult:
         """Export expert trajectories of the train split from the simulator's gold paths."""
-        from qlass.envs.gold import export_gold
 
         async def body() -> dict[str, Any]:
             config = self.config
@@ -318,8 +294,6 @@ class Pipeline:
 
     async def bc(self, *, force: bool = False) -> StageResult:
         """Behaviour cloning of the policy on the expert trajectories."""
-        from qlass.runtime.bc import load_conversations, train_policy
-
         config = self.config
         if config.policy.backend != "hf" or config.policy.model is not None:
             self.progress.log("[dim]bc: the policy is given by policy.model; skipped")
@@ -434,8 +408,6 @@ class Pipeline:
 
     async def train_qnet(self, *, force: bool = False) -> StageResult:
         """Train the QNet on the labelled trees (split by task) and record the checkpoint."""
-        from qlass.qnet.train import TrainSettings, train_qnet
-
         config = self.config
 
         async def body() -> dict[str, Any]:
@@ -471,7 +443,7 @@ class Pipeline:
             metrics = result.metrics()
             await self.store.checkpoints.add(
                 self.run_record.id,
-                config.qnet_dir.resolve(),
+                await asyncio.to_thread(config.qnet_dir.resolve),
                 label_set_id=label_set.id,
                 metrics=metrics,
             )

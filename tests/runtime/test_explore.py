@@ -129,3 +129,16 @@ async def test_interrupted_exploration_resumes_to_the_same_tree(tmp_path: Path) 
     assert env.steps >= resumed_stats.new_nodes
     await store.aclose()
     await reference_store.aclose()
+
+
+async def test_rollouts_stop_at_the_step_limit(tmp_path: Path) -> None:
+    store = await TreeStore.open(tmp_path / "t.db")
+    tree, _, _ = await _explore(store, ScriptedPolicy(actions=["move left"]))
+    _check_paper_shape(tree)
+    depths = [n.depth for n in tree.nodes]
+    assert max(depths) == SETTINGS.max_steps
+    leaves = [n for n in tree.nodes if n.is_leaf]
+    assert leaves
+    assert all(n.depth == SETTINGS.max_steps and not n.done for n in leaves)
+    assert all(n.final_reward == 0.0 for n in leaves)
+    await store.aclose()
