@@ -64,6 +64,7 @@ def trajectory_from_json(data: Mapping[str, Any]) -> Trajectory:
         usage=Usage(**data["usage"]),
         env_steps=data["env_steps"],
         wall_time_s=data["wall_time_s"],
+        info=data.get("info") or {},
     )
 
 

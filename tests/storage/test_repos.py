@@ -120,6 +120,7 @@ def _trajectory(key: int, score: float) -> Trajectory:
         usage=Usage(100, 8, 0.001),
         env_steps=1,
         wall_time_s=0.25,
+        info={"strategy": "best_of_n:2", "oracle_best_score": score, "values": [0.7, 0.1]},
     )
 
 
@@ -137,6 +138,7 @@ async def test_episodes_round_trip_and_summary(store: TreeStore) -> None:
     assert rebuilt.steps[0].considered == original.steps[0].considered
     assert rebuilt.steps[0].result.valid_actions == ("take coin",)
     assert rebuilt.task == original.task and rebuilt.usage == original.usage
+    assert rebuilt.info == original.info
     assert await store.episodes.done_keys(run.id, "eval:qlass", "qlass") == {
         _trajectory(0, 1).task.key,
         _trajectory(1, 1).task.key,
