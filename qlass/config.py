@@ -54,11 +54,13 @@ class EnvConfig(_Section):
     """Which simulator and tasks to use."""
 
     name: str = Field("textworld_express", description="env registry name")
-    games: tuple[str, ...] = Field(
-        ("coin",), description="TextWorldExpress games or ScienceWorld task names"
+    games: tuple[str, ...] | None = Field(
+        None, description="TextWorldExpress games or ScienceWorld tasks; None: all of the env's"
     )
-    params: str = Field(
-        "numLocations=5,includeDoors=0", description="simulator game parameters (TWX)"
+    params: str | None = Field(
+        None,
+        description="simulator parameters: TWX game params (numLocations=5,includeDoors=0), "
+        "ScienceWorld simplifications (default 'easy' as in the paper)",
     )
     max_steps: int | None = Field(
         None, ge=1, description="step limit per episode; None: the env's own (paper) limit or 30"

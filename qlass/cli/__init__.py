@@ -12,7 +12,16 @@ import typer
 
 from qlass._log import configure_logging, redact
 from qlass._version import __version__
-from qlass.cli import config_cmd, envs_cmd, qnet_cmd, report_cmd, run_cmd, serve_cmd, store_cmd
+from qlass.cli import (
+    config_cmd,
+    demo_cmd,
+    envs_cmd,
+    qnet_cmd,
+    report_cmd,
+    run_cmd,
+    serve_cmd,
+    store_cmd,
+)
 from qlass.errors import QlassError, UserError
 
 __all__ = ["app", "main"]
@@ -52,6 +61,7 @@ def _root(
 config_cmd.register(app)
 envs_cmd.register(app)
 run_cmd.register(app)
+demo_cmd.register(app)
 serve_cmd.register(app)
 store_cmd.register(app)
 qnet_cmd.register(app)

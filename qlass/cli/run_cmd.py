@@ -28,7 +28,7 @@ from qlass.runtime.stages import OPTIONAL_STAGES, STAGES
 if TYPE_CHECKING:  # the pipeline imports models and simulators: only when a command runs
     from qlass.runtime.pipeline import Pipeline, StageResult
 
-__all__ = ["load_run_config", "print_reports", "register", "run_pipeline"]
+__all__ = ["load_run_config", "print_reports", "print_stages", "register", "run_pipeline"]
 
 T = TypeVar("T")
 
@@ -134,7 +134,7 @@ def print_reports(reports: Sequence[StrategyReport], console: Console | None = N
     (console or Console()).print(table)
 
 
-def _print_stages(results: Sequence[StageResult]) -> None:
+def print_stages(results: Sequence[StageResult]) -> None:
     table = Table(title="stages")
     for column in ("stage", "status", "wall s", "key figures"):
         table.add_column(column)
@@ -192,7 +192,7 @@ def register(app: typer.Typer) -> None:
             return await pipeline.run(chosen)
 
         results = run_pipeline(resolved, work)
-        _print_stages(results)
+        print_stages(results)
         for result in results:
             if result.name == "eval" and "reports" in result.metrics:
                 print_reports([StrategyReport(**r) for r in result.metrics["reports"]])
@@ -213,7 +213,7 @@ def register(app: typer.Typer) -> None:
                 method: Callable[..., Awaitable[StageResult]] = getattr(pipeline, name)
                 return await method(force=force)
 
-            _print_stages([run_pipeline(resolved, work)])
+            print_stages([run_pipeline(resolved, work)])
 
         command.__doc__ = help_text
         app.command(name.replace("_", "-"))(command)
@@ -245,7 +245,7 @@ def register(app: typer.Typer) -> None:
             return await pipeline.self_train()
 
         results = run_pipeline(resolved, work)
-        _print_stages(results)
+        print_stages(results)
         for result in results:
             if "reports" in result.metrics:
                 Console().print(f"round {result.metrics.get('round')}")

@@ -184,7 +184,8 @@ class Pipeline:
 
     def tasks(self, split: str, limit: int | None) -> list[TaskSpec]:
         env = self.config.env
-        return list_tasks(env.name, split, games=list(env.games), params=env.params, limit=limit)
+        games = list(env.games) if env.games else None
+        return list_tasks(env.name, split, games=games, params=env.params, limit=limit)
 
     def max_steps(self, task: TaskSpec) -> int:
         return self.config.env.max_steps or task_max_steps(task) or 30
