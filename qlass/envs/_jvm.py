@@ -287,6 +287,8 @@ class JvmEnv(ABC):
         except Exception as exc:
             if not (_is_py4j_error(exc) or isinstance(exc, OSError | EOFError)):
                 raise
+            if self._dead is not None:  # killed after a timeout: already reported
+                raise EnvCrashedError(f"{self.family} simulator was killed ({self._dead})") from exc
             if (
                 type(exc).__name__ == "Py4JJavaError"
                 and self._proc is not None
