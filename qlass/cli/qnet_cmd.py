@@ -264,8 +264,13 @@ def register(app: typer.Typer) -> None:
             int, typer.Option(min=1, help="Most queries scored in one forward pass.")
         ] = 32,
         token_budget: Annotated[
-            int, typer.Option(min=1, help="Most padded tokens in one forward pass (memory).")
-        ] = 32768,
+            int | None,
+            typer.Option(
+                min=1,
+                help="Most padded tokens in one forward pass (default: 4096 on CPU, 32768 "
+                "on CUDA).",
+            ),
+        ] = None,
         max_wait_ms: Annotated[
             float,
             typer.Option(min=0, help="How long a query waits for others to join its batch."),

@@ -30,7 +30,16 @@ from transformers.utils import ModelOutput
 from qlass._version import __version__, code_version
 from qlass.errors import MissingDataError, ValueModelError
 
-__all__ = ["CHECKPOINT_FORMAT", "QNet", "QNetOutput", "QNetSpec", "ValueHead", "load_tokenizer"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "QNet",
+    "QNetOutput",
+    "QNetSpec",
+    "ValueHead",
+    "is_right_padded",
+    "last_token_index",
+    "load_tokenizer",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -90,6 +99,13 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return width - 1 - attention_mask.flip(1).to(torch.long).argmax(dim=1)
 
 
+def is_right_padded(attention_mask: torch.Tensor) -> bool:
+    """True if every row is ones followed by zeros (and starts with a real token)."""
+    if attention_mask.shape[1] == 0 or not bool(attention_mask[:, 0].all()):
+        return False
+    return bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
+
+
 def _max_positions(config: Any) -> int | None:
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     value = getattr(text_config, "max_position_embeddings", None) or getattr(
@@ -136,7 +152,12 @@ class QNet(nn.Module):
     ) -> QNetOutput:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        outputs = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        # With right padding, causal attention already keeps every real token from seeing
+        # the pads (they come after it), so the backbone needs no padding mask: it then
+        # takes the fused causal attention path instead of materialising a B x L x L mask.
+        # The value is read at the last real token, whose result is exactly as unpadded.
+        backbone_mask = None if is_right_padded(attention_mask) else attention_mask
+        outputs = self.backbone(input_ids=input_ids, attention_mask=backbone_mask, use_cache=False)
         hidden = outputs.last_hidden_state
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         last = hidden[rows, last_token_index(attention_mask).to(hidden.device)]

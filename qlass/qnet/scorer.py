@@ -89,7 +89,9 @@ class QNetScorer:
         tokenizer: the checkpoint's tokenizer (its chat template renders the queries).
         device: ``'auto'``, ``'cpu'`` or ``'cuda[:n]'``.
         max_batch: queries gathered into one batch, and sequences per forward pass at most.
-        token_budget: padded tokens per forward pass at most (bounds activation memory).
+        token_budget: padded tokens per forward pass at most; bounds activation memory. The
+            default is 4096 on CPU (small passes stay in cache, measured faster) and 32768
+            on CUDA.
         max_padding: pad tokens per real token allowed in a forward pass (length bucketing).
         cache_size: rendered queries remembered (0 disables the cache).
         max_wait_s: how long the first query of a batch waits for others to join.
@@ -102,14 +104,16 @@ class QNetScorer:
         *,
         device: str = "auto",
         max_batch: int = 32,
-        token_budget: int = 32768,
+        token_budget: int | None = None,
         max_padding: float = 0.25,
         cache_size: int = 100_000,
         max_wait_s: float = 0.005,
     ) -> None:
-        if max_batch < 1 or token_budget < 1 or cache_size < 0:
+        if max_batch < 1 or (token_budget is not None and token_budget < 1) or cache_size < 0:
             raise ValueError("max_batch and token_budget must be >= 1, cache_size >= 0")
         self.device = resolve_device(device)
+        if token_budget is None:
+            token_budget = 32768 if self.device.type == "cuda" else 4096
         self.qnet = qnet.to(self.device).eval()
         self.tokenizer = tokenizer
         self.max_length = qnet.max_length

@@ -110,7 +110,7 @@ def serve(
     port: int = 8765,
     device: str = "auto",
     max_batch: int = 32,
-    token_budget: int = 32768,
+    token_budget: int | None = None,
     max_wait_s: float = 0.005,
     cache_size: int = 100_000,
 ) -> None:

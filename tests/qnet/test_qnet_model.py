@@ -84,3 +84,24 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path: Path, tiny_model_dir: Pat
         QNet.from_pretrained(tmp_path)
     with pytest.raises(MissingDataError, match=r"config\.json missing"):
         QNet.from_backbone(tmp_path)
+
+
+def test_right_padding_skips_the_backbone_mask_left_padding_keeps_it(qnet_dir: Path) -> None:
+    qnet = QNet.from_pretrained(qnet_dir).eval()
+    seen: list[object] = []
+    qnet.backbone.register_forward_pre_hook(
+        lambda _m, _a, kwargs: seen.append(kwargs.get("attention_mask")), with_kwargs=True
+    )
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]])
+    right = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    left_ids = torch.tensor([[5, 6, 7, 8], [0, 0, 9, 10]])
+    left = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
+    with torch.inference_mode():
+        from_right = qnet(ids, right).value
+        from_left = qnet(left_ids, left).value
+        alone = qnet(torch.tensor([[9, 10]])).value
+    assert seen[0] is None  # causal attention alone hides trailing pads
+    assert torch.equal(seen[1], left)  # type: ignore[arg-type]
+    assert from_right is not None and from_left is not None and alone is not None
+    assert torch.allclose(from_right[1], alone[0], atol=1e-5)
+    assert torch.allclose(from_left[1], alone[0], atol=1e-4)  # RoPE: relative positions
