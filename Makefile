@@ -32,6 +32,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 pytest: $(STAMP)
+	scripts/ensure-test-deps.sh
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

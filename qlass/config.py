@@ -66,6 +66,11 @@ class EnvConfig(_Section):
         None, ge=1, description="step limit per episode; None: the env's own (paper) limit or 30"
     )
     pool_size: int = Field(4, ge=1, description="live simulator instances at most")
+    gold_tries: int = Field(
+        1,
+        ge=1,
+        description="gold paths asked per task, the shortest kept (TWX's gold agent wanders: 5)",
+    )
     step_timeout_s: float = Field(30.0, gt=0, description="a step slower than this fails")
     train_tasks: int | None = Field(None, ge=1, description="cap on training tasks (None: all)")
     eval_tasks: int | None = Field(None, ge=1, description="cap on evaluation tasks (None: all)")

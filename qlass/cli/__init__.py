@@ -5,6 +5,7 @@ Each command group lives in its own module and is registered on :data:`app` belo
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated
 
@@ -70,6 +71,10 @@ report_cmd.register(app)
 
 def main() -> None:
     """Console entry point: run the app and turn qlass errors into clear messages."""
+    # qlass shows its own progress bars; the libraries' per-file bars would interleave.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     try:
         app()
     except QlassError as exc:

@@ -28,6 +28,7 @@ from transformers import (
     AutoTokenizer,
     DataCollatorForSeq2Seq,
     PreTrainedTokenizerBase,
+    PrinterCallback,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -251,6 +252,7 @@ def train_policy(
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
         callbacks=[callback],
     )
+    trainer.remove_callback(PrinterCallback)  # progress goes to our callback, not stdout
     output = trainer.train()
     tokenizer.padding_side = "left"
     save_model(trainer.model, tokenizer, output_dir)  # type: ignore[arg-type]

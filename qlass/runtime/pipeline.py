@@ -182,10 +182,13 @@ class Pipeline:
 
     # -- shared pieces -----------------------------------------------------------------
 
-    def tasks(self, split: str, limit: int | None) -> list[TaskSpec]:
+    async def tasks(self, split: str, limit: int | None) -> list[TaskSpec]:
+        """The env's tasks of ``split`` (split files are read in a worker thread)."""
         env = self.config.env
         games = list(env.games) if env.games else None
-        return list_tasks(env.name, split, games=games, params=env.params, limit=limit)
+        return await asyncio.to_thread(
+            list_tasks, env.name, split, games=games, params=env.params, limit=limit
+        )
 
     def max_steps(self, task: TaskSpec) -> int:
         return self.config.env.max_steps or task_max_steps(task) or 30
@@ -204,7 +207,10 @@ class Pipeline:
         if self._pool is None:
             env = self.config.env
             self._pool = EnvPool.for_env(
-                env.name, size=env.pool_size, step_timeout_s=env.step_timeout_s
+                env.name,
+                size=env.pool_size,
+                step_timeout_s=env.step_timeout_s,
+                max_steps=self.max_steps,
             )
             self._closers.append(self._pool.aclose)
         return self._pool
@@ -273,13 +279,14 @@ class Pipeline:
 
         async def body() -> dict[str, Any]:
             config = self.config
-            tasks = self.tasks("train", config.env.train_tasks)
+            tasks = await self.tasks("train", config.env.train_tasks)
             bar = self.progress.bar("gold paths", len(tasks))
             report = await export_gold(
                 config.env.name,
                 tasks,
                 self.expert_file(),
                 workers=min(config.env.pool_size, 4),
+                tries=config.env.gold_tries,
                 on_task=lambda _task, _ok: bar.advance(),
             )
             return {
@@ -301,7 +308,8 @@ class Pipeline:
             return StageResult("bc", True, {})
 
         async def body() -> dict[str, Any]:
-            await self.gold()
+            if not await asyncio.to_thread(self.expert_file().exists):
+                await self.gold()
             conversations = await asyncio.to_thread(
                 load_conversations, self.expert_file(), config.bc.examples
             )
@@ -336,7 +344,7 @@ class Pipeline:
         async def body() -> dict[str, Any]:
             run = self.run_record
             await self.label_set()  # exists before any leaf: labels stay incremental
-            specs = self.tasks("train", config.env.train_tasks)
+            specs = await self.tasks("train", config.env.train_tasks)
             await self.store.tasks.add_many(run.id, specs)
             todo = [t for t in await self.store.tasks.of_run(run.id) if t.status != "done"]
             policy, pool = await self.policy(), await self.shared_pool()
@@ -471,7 +479,7 @@ class Pipeline:
         names = list(strategies or config.search.strategies)
         parsed = [make_strategy(name, temperature=config.search.temperature) for name in names]
         needs_value = any(s.needs_value for s in parsed)
-        tasks = list(tasks) if tasks is not None else self.tasks(split, config.env.eval_tasks)
+        tasks = list(tasks) if tasks is not None else await self.tasks(split, config.env.eval_tasks)
         policy = policy or await self.policy()
         pool = await self.shared_pool()
         value = await self.shared_value_model() if needs_value else None

@@ -58,7 +58,7 @@ async def _round(pipeline: Pipeline, round_: int, base: Path, out: Path) -> dict
     settings = config.self_train
     policy = await pipeline.policy(base)
     strategy = make_strategy(settings.strategy, temperature=config.search.temperature)
-    tasks = pipeline.tasks("train", settings.tasks)
+    tasks = await pipeline.tasks("train", settings.tasks)
     collect_stage = f"self_train:{round_}:collect"
     await pipeline.evaluate(
         [strategy.name], split="train", tasks=tasks, policy=policy, stage=collect_stage
