@@ -27,6 +27,7 @@ from __future__ import annotations
 import inspect
 import json
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,6 +230,7 @@ class HFPolicy:
         seed: int | None = None,
     ) -> list[Candidate]:
         """Return ``n`` candidates; the prompt's tokens are counted once, on the first."""
+        started = time.perf_counter()
         generations = await self.generate(
             messages, n=n, temperature=temperature, max_tokens=max_tokens, stop=stop, seed=seed
         )
@@ -242,6 +244,7 @@ class HFPolicy:
             n=n,
             prompt_tokens=generations[0].prompt_tokens,
             completion_tokens=sum(g.completion_tokens for g in generations),
+            latency_s=round(time.perf_counter() - started, 3),
             cached=False,
         )
         return candidates

@@ -154,12 +154,22 @@ async def test_connection_refused_raises_call_error_after_retries() -> None:
     assert inner.should_retry(PolicyTimeoutError("x"))
 
 
-async def _run_step(policy: object, env_steps: list[str]) -> Candidate:
+class RecordingEnv:
+    """An environment that only records the actions it is sent."""
+
+    def __init__(self) -> None:
+        self.actions: list[str] = []
+
+    async def step(self, action: str) -> StepResult:
+        self.actions.append(action)
+        return StepResult(observation="ok", reward=0.0, done=False, score=0.0)
+
+
+async def _run_step(policy: LiteLLMPolicy, env: RecordingEnv) -> Candidate:
     """What the runtime does with a turn: only a parsed action ever reaches the env."""
-    candidates = await policy.sample(MESSAGES, n=1)  # type: ignore[attr-defined]
-    chosen: Candidate = candidates[0]
+    (chosen,) = await policy.sample(MESSAGES, n=1)
     if chosen.action is not None:
-        env_steps.append(chosen.action)
+        await env.step(chosen.action)
     return chosen
 
 
@@ -175,15 +185,18 @@ async def _run_step(policy: object, env_steps: list[str]) -> Candidate:
 async def test_malformed_or_empty_content_is_a_parse_error_not_an_action(
     fake_server: FakeServer, content: str | None, error: str
 ) -> None:
-    fake_server.script.append(Reply(texts=[content]))
-    env_steps: list[str] = []
-    chosen = await _run_step(policy_for(fake_server), env_steps)
+    fake_server.script.extend([Reply(texts=[content]), Reply()])
+    env = RecordingEnv()
+    policy = policy_for(fake_server)
+    chosen = await _run_step(policy, env)
     assert chosen.action is None
     assert chosen.parse_error is not None and error in chosen.parse_error
-    assert env_steps == []
-    # the step can still be recorded as invalid with what the model said
-    result = StepResult(observation="", reward=0.0, done=False, score=0.0)
-    assert result.observation == ""
+    assert chosen.text == (content or "")  # what the model said is kept for the record
+    assert chosen.usage.completion_tokens == 7
+    assert env.actions == []
+    # the next, well-formed turn does reach the environment
+    assert (await _run_step(policy, env)).action == "look around"
+    assert env.actions == ["look around"]
 
 
 async def test_response_without_choices_is_a_retried_call_error(fake_server: FakeServer) -> None:
