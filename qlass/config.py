@@ -161,7 +161,10 @@ class QNetConfig(_Section):
     base_model: str | None = Field(None, description="backbone dir; None: the BC policy")
     output_dir: Path | None = Field(None, description="where the QNet goes; None: run folder")
     head_dim: int = Field(1024, ge=1)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, description="global batch per optimizer step")
+    micro_batch_size: int = Field(
+        8, ge=1, description="sequences per forward pass (gradient accumulation makes the rest)"
+    )
     epochs: float = Field(3.0, gt=0)
     lr: float = Field(1e-5, gt=0)
     warmup_ratio: float = Field(0.03, ge=0, le=1)

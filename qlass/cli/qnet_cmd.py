@@ -24,7 +24,6 @@ from qlass.cli._common import ConfigOption, DbOption, SetOption, resolve_config
 from qlass.errors import MissingDataError, UserError
 
 if TYPE_CHECKING:
-    from qlass.config import RunConfig
     from qlass.qnet.train import TrainResult
     from qlass.types import LabelledStep
 
@@ -64,24 +63,6 @@ async def _record_checkpoint(
             run_id, path, label_set_id=label_set_id, metrics=metrics
         )
         return record.id
-
-
-def _settings(cfg: RunConfig, output: Path | None, **extra: Any) -> Any:
-    from qlass.qnet.train import TrainSettings
-
-    q = cfg.qnet
-    return TrainSettings(
-        output_dir=output or cfg.qnet_dir,
-        head_dim=q.head_dim,
-        batch_size=q.batch_size,
-        epochs=q.epochs,
-        lr=q.lr,
-        warmup_ratio=q.warmup_ratio,
-        max_length=q.max_length,
-        dev_fraction=q.dev_fraction,
-        seed=cfg.seed,
-        **extra,
-    )
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -150,14 +131,6 @@ def register(app: typer.Typer) -> None:
                 help="Checkpoint dir (default: qnet.output_dir, else RUN_DIR/qnet).",
             ),
         ] = None,
-        micro_batch_size: Annotated[
-            int,
-            typer.Option(
-                min=1,
-                help="Sequences per device per forward pass; gradient accumulation keeps "
-                "the global batch at qnet.batch_size.",
-            ),
-        ] = 8,
         max_steps: Annotated[
             int | None,
             typer.Option(min=1, help="Stop after this many optimizer steps (overrides epochs)."),
@@ -205,10 +178,11 @@ def register(app: typer.Typer) -> None:
         if not steps:
             raise MissingDataError("no labelled triples to train on (explore and label first)")
         init = base_model or Path(cfg.qnet.base_model or cfg.policy_dir)
-        settings = _settings(
+        from qlass.runtime.pipeline import qnet_train_settings
+
+        settings = qnet_train_settings(
             cfg,
-            output,
-            micro_batch_size=micro_batch_size,
+            output_dir=output or cfg.qnet_dir,
             max_steps=max_steps,
             gradient_checkpointing=gradient_checkpointing,
             save_steps=save_steps,

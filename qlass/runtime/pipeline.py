@@ -42,9 +42,27 @@ from qlass.runtime.strategies import SearchStrategy, make_strategy
 from qlass.storage import LabelSetRecord, RunRecord, TaskRecord, TreeStore, trajectory_from_json
 from qlass.types import TaskSpec, Trajectory
 
-__all__ = ["OPTIONAL_STAGES", "STAGES", "Pipeline", "StageResult"]
+__all__ = ["OPTIONAL_STAGES", "STAGES", "Pipeline", "StageResult", "qnet_train_settings"]
 
 log = structlog.get_logger(__name__)
+
+
+def qnet_train_settings(config: RunConfig, **overrides: Any) -> TrainSettings:
+    """The QNet trainer's settings from a run config (``overrides`` win)."""
+    q = config.qnet
+    settings: dict[str, Any] = {
+        "output_dir": config.qnet_dir,
+        "head_dim": q.head_dim,
+        "batch_size": q.batch_size,
+        "micro_batch_size": min(q.micro_batch_size, q.batch_size),
+        "epochs": q.epochs,
+        "lr": q.lr,
+        "warmup_ratio": q.warmup_ratio,
+        "max_length": q.max_length,
+        "dev_fraction": q.dev_fraction,
+        "seed": config.seed,
+    }
+    return TrainSettings(**(settings | overrides))
 
 
 @dataclass
@@ -422,23 +440,15 @@ class Pipeline:
         async def body() -> dict[str, Any]:
             label_set = await self.label_set()
             triples = await self.store.export_triples(
-                label_set.id, max_per_tree=config.labels.max_triples_per_tree, seed=config.seed
+                label_set.id,
+                max_per_tree=config.labels.max_triples_per_tree,
+                seed=config.seed,
+                split="train",
             )
             if not triples:
                 raise MissingDataError("no labelled triples: run the explore stage first")
             init = config.qnet.base_model or str(config.policy_dir)
-            settings = TrainSettings(
-                output_dir=config.qnet_dir,
-                head_dim=config.qnet.head_dim,
-                batch_size=config.qnet.batch_size,
-                micro_batch_size=min(config.qnet.batch_size, 16),
-                epochs=config.qnet.epochs,
-                lr=config.qnet.lr,
-                warmup_ratio=config.qnet.warmup_ratio,
-                max_length=config.qnet.max_length,
-                dev_fraction=config.qnet.dev_fraction,
-                seed=config.seed,
-            )
+            settings = qnet_train_settings(config)
             bar = self.progress.bar("training the QNet", None)
             result = await asyncio.to_thread(
                 train_qnet,

@@ -78,7 +78,7 @@ def test_train_qnet_from_the_store_records_the_checkpoint(
             "--base-model", str(tiny_model_dir),
             "--output", str(out),
             "--max-steps", "3",
-            "--micro-batch-size", "4",
+            "--set", "qnet.micro_batch_size=4",
             "--set", "qnet.head_dim=16",
             "--set", "qnet.batch_size=4",
             "--set", "qnet.dev_fraction=0.34",
@@ -113,7 +113,7 @@ def test_train_qnet_from_jsonl(tiny_model_dir: Path, tmp_path: Path) -> None:
         app,
         [
             "train-qnet", "--triples", str(triples), "--base-model", str(tiny_model_dir),
-            "-o", str(out), "--max-steps", "2", "--micro-batch-size", "8",
+            "-o", str(out), "--max-steps", "2", "--set", "qnet.micro_batch_size=8",
             "--set", "qnet.head_dim=16", "--set", "qnet.batch_size=8", "--cpu",
         ],
     )  # fmt: skip
