@@ -1,5 +1,233 @@
-"""qlass: Q-guided stepwise search for language agents."""
+"""qlass: Q-guided stepwise search for language agents.
+
+The public API, for apps that embed qlass. Everything is imported on first use, so
+``import qlass`` is cheap and ``import qlass.qnet`` works on a machine that has only the
+QNet's dependencies.
+
+    Agent, StepDecision           Q-guided search in your own agent (qlass.agent)
+    CallbackEnv, StepCallback     an environment made of an async step callback
+    Env, Policy, ValueModel       the protocols to implement your own parts
+    TaskSpec, History, Trajectory ... the plain data every layer exchanges (qlass.types)
+    Greedy, QGuided, BestOfN ...  search strategies (qlass.runtime.strategies)
+    RunConfig, load_config        typed run configuration (qlass.config)
+    Pipeline                      the whole method as resumable stages (qlass.runtime.pipeline)
+    QlassError, UserError ...     the exception tree (qlass.errors)
+
+Example:
+    ```python
+    from qlass import Agent
+
+    async with Agent("openai/gpt-4o", "http://gpu-box:8765", "qlass:2") as agent:
+        trajectory = await agent.run(my_env, "my-task")
+    ```
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from qlass._version import __version__
 
-__all__ = ["__version__"]
+if TYPE_CHECKING:
+    from qlass.agent import (
+        REACT_SYSTEM_PROMPT,
+        Agent,
+        CallbackEnv,
+        StepCallback,
+        StepDecision,
+        StrategySpec,
+    )
+    from qlass.backends.base import Policy
+    from qlass.backends.registry import build_policy, create_policy
+    from qlass.config import PolicyConfig, RunConfig, load_config
+    from qlass.envs.base import Env, EnvPrompt
+    from qlass.envs.registry import create_env, env_names, list_tasks
+    from qlass.errors import (
+        ActionParseError,
+        ConfigError,
+        DatabaseUnavailableError,
+        EnvCrashedError,
+        EnvError,
+        EnvTimeoutError,
+        MissingDataError,
+        MissingDependencyError,
+        PolicyCallError,
+        PolicyError,
+        PolicyTimeoutError,
+        QlassError,
+        ReplayMismatchError,
+        RuntimeFailure,
+        SchemaVersionError,
+        StoreError,
+        UnknownNameError,
+        UserError,
+        ValueModelError,
+    )
+    from qlass.qnet.base import BaseValueModel, ValueModel, ValueQuery
+    from qlass.qnet.registry import create_value_model
+    from qlass.runtime.episode import StepwiseStrategy
+    from qlass.runtime.pipeline import Pipeline
+    from qlass.runtime.strategies import (
+        BeamSearch,
+        BestOfN,
+        Greedy,
+        QGuided,
+        Sampled,
+        SearchStrategy,
+        make_strategy,
+    )
+    from qlass.types import (
+        Candidate,
+        ChatMessage,
+        History,
+        Observation,
+        ScoredCandidate,
+        Step,
+        StepResult,
+        TaskSpec,
+        Trajectory,
+        Turn,
+        Usage,
+    )
+
+__all__ = [
+    "REACT_SYSTEM_PROMPT",
+    "ActionParseError",
+    "Agent",
+    "BaseValueModel",
+    "BeamSearch",
+    "BestOfN",
+    "CallbackEnv",
+    "Candidate",
+    "ChatMessage",
+    "ConfigError",
+    "DatabaseUnavailableError",
+    "Env",
+    "EnvCrashedError",
+    "EnvError",
+    "EnvPrompt",
+    "EnvTimeoutError",
+    "Greedy",
+    "History",
+    "MissingDataError",
+    "MissingDependencyError",
+    "Observation",
+    "Pipeline",
+    "Policy",
+    "PolicyCallError",
+    "PolicyConfig",
+    "PolicyError",
+    "PolicyTimeoutError",
+    "QGuided",
+    "QlassError",
+    "ReplayMismatchError",
+    "RunConfig",
+    "RuntimeFailure",
+    "Sampled",
+    "SchemaVersionError",
+    "ScoredCandidate",
+    "SearchStrategy",
+    "Step",
+    "StepCallback",
+    "StepDecision",
+    "StepResult",
+    "StepwiseStrategy",
+    "StoreError",
+    "StrategySpec",
+    "TaskSpec",
+    "Trajectory",
+    "Turn",
+    "UnknownNameError",
+    "Usage",
+    "UserError",
+    "ValueModel",
+    "ValueModelError",
+    "ValueQuery",
+    "__version__",
+    "build_policy",
+    "create_env",
+    "create_policy",
+    "create_value_model",
+    "env_names",
+    "list_tasks",
+    "load_config",
+    "make_strategy",
+]
+
+_MODULES: dict[str, tuple[str, ...]] = {
+    "qlass.agent": (
+        "REACT_SYSTEM_PROMPT",
+        "Agent",
+        "CallbackEnv",
+        "StepCallback",
+        "StepDecision",
+        "StrategySpec",
+    ),
+    "qlass.backends.base": ("Policy",),
+    "qlass.backends.registry": ("build_policy", "create_policy"),
+    "qlass.config": ("PolicyConfig", "RunConfig", "load_config"),
+    "qlass.envs.base": ("Env", "EnvPrompt"),
+    "qlass.envs.registry": ("create_env", "env_names", "list_tasks"),
+    "qlass.errors": (
+        "ActionParseError",
+        "ConfigError",
+        "DatabaseUnavailableError",
+        "EnvCrashedError",
+        "EnvError",
+        "EnvTimeoutError",
+        "MissingDataError",
+        "MissingDependencyError",
+        "PolicyCallError",
+        "PolicyError",
+        "PolicyTimeoutError",
+        "QlassError",
+        "ReplayMismatchError",
+        "RuntimeFailure",
+        "SchemaVersionError",
+        "StoreError",
+        "UnknownNameError",
+        "UserError",
+        "ValueModelError",
+    ),
+    "qlass.qnet.base": ("BaseValueModel", "ValueModel", "ValueQuery"),
+    "qlass.qnet.registry": ("create_value_model",),
+    "qlass.runtime.episode": ("StepwiseStrategy",),
+    "qlass.runtime.pipeline": ("Pipeline",),
+    "qlass.runtime.strategies": (
+        "BeamSearch",
+        "BestOfN",
+        "Greedy",
+        "QGuided",
+        "Sampled",
+        "SearchStrategy",
+        "make_strategy",
+    ),
+    "qlass.types": (
+        "Candidate",
+        "ChatMessage",
+        "History",
+        "Observation",
+        "ScoredCandidate",
+        "Step",
+        "StepResult",
+        "TaskSpec",
+        "Trajectory",
+        "Turn",
+        "Usage",
+    ),
+}
+_LAZY = {name: module for module, names in _MODULES.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'qlass' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

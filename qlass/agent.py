@@ -1,0 +1,612 @@
+"""Q-guided search inside your own agent: :class:`Agent`.
+
+An :class:`Agent` puts together a policy (a local model or any LiteLLM model, GPT-4o
+included), a value model (a QNet in process, a ``qlass serve-qnet`` server, or your own
+:class:`~qlass.qnet.base.ValueModel`) and a search strategy, and offers two calls:
+
+- ``await agent.step(history)``: one step. The policy proposes candidates, the value model
+  scores them, the strategy picks one. You execute the action wherever you like.
+- ``await agent.run(env, task)``: a whole episode in an environment you own (any object
+  with the :class:`~qlass.envs.base.Env` methods, or a plain ``async def step(action)``
+  callback), returning a :class:`~qlass.types.Trajectory` with token usage and cost.
+
+Example:
+    ```python
+    from qlass import Agent, History
+
+    async with Agent("openai/gpt-4o", "http://gpu-box:8765", "qlass:2") as agent:
+        decision = await agent.step(History("Find the coin.", "You are in the kitchen."))
+        print(decision.action, [c.value for c in decision.candidates])
+    ```
+
+Objects you pass in (a ``Policy``, a ``ValueModel``, an ``Env``) stay yours to close; what
+the agent builds from strings it closes in :meth:`Agent.aclose` (or at the end of
+``async with``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self, TypeAlias, cast
+
+import structlog
+
+from qlass._seeding import derive_seed
+from qlass.backends.base import Policy
+from qlass.config import PolicyConfig
+from qlass.envs.base import Env
+from qlass.errors import ConfigError, UserError
+from qlass.qnet.base import ValueModel
+from qlass.runtime.context import EnvSession, SearchContext, SingleEnvProvider
+from qlass.runtime.episode import EpisodeState, StepwiseStrategy, run_stepwise
+from qlass.runtime.strategies import SearchStrategy, make_strategy
+from qlass.types import (
+    Candidate,
+    History,
+    Observation,
+    ScoredCandidate,
+    StepResult,
+    TaskSpec,
+    Trajectory,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    from qlass.config import RunConfig
+
+__all__ = [
+    "REACT_SYSTEM_PROMPT",
+    "Agent",
+    "CallbackEnv",
+    "StepCallback",
+    "StepDecision",
+    "StrategySpec",
+]
+
+log = structlog.get_logger(__name__)
+
+REACT_SYSTEM_PROMPT = (
+    "You are an agent acting in a text environment. The task and the first observation are "
+    "given at the start; after each of your actions you see what happened. Reply with "
+    "exactly one action on a line starting with 'Action:', optionally after a short "
+    "thought:\nThought: <your reasoning about what to do next>\nAction: <one action>"
+)
+"""The default system prompt: asks for the ``Thought: ... Action: ...`` format that
+:mod:`qlass.parsing` reads. Pass ``system_prompt=None`` for a policy fine-tuned without one."""
+
+StepCallback: TypeAlias = Callable[[str], Awaitable[str | StepResult]]
+"""``async def step(action) -> observation``: the smallest environment. Return a
+:class:`~qlass.types.StepResult` to report reward, score and the end of the episode."""
+
+StrategySpec: TypeAlias = str | SearchStrategy | StepwiseStrategy
+"""A strategy name (``"greedy"``, ``"qlass:2"``, ``"best_of_n:4"``, ``"beam:2"``...) or a
+strategy object (:class:`~qlass.runtime.strategies.QGuided`, your own...)."""
+
+_STEP_TASK = TaskSpec("agent", "step", 0, "dev")
+_VALUE_KINDS = ("constant", "random")
+
+
+@dataclass(frozen=True, slots=True)
+class StepDecision:
+    """What :meth:`Agent.step` chose, and everything it considered.
+
+    Attributes:
+        action: the chosen action, ready for your environment; ``None`` when no candidate
+            held a parsable ``Action:`` line (do not execute anything then).
+        text: the chosen candidate's full text (``Thought: ... Action: ...``).
+        value: the value model's score of the chosen candidate (``None`` if unscored).
+        candidates: every sampled candidate with its score, in sample order.
+        usage: prompt and completion tokens (and cost in USD where the provider has a
+            price) of the policy calls of this step.
+        strategy: the name of the strategy that decided.
+    """
+
+    action: str | None
+    text: str
+    value: float | None
+    candidates: tuple[ScoredCandidate, ...]
+    usage: Usage
+    strategy: str
+
+    @property
+    def candidate(self) -> Candidate:
+        """The chosen candidate."""
+        for scored in self.candidates:
+            if scored.candidate.text == self.text:
+                return scored.candidate
+        return Candidate(self.text, self.action)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (for logs, LangGraph state, HTTP answers)."""
+        return {
+            "action": self.action,
+            "text": self.text,
+            "value": self.value,
+            "strategy": self.strategy,
+            "candidates": [
+                {"text": c.candidate.text, "action": c.candidate.action, "value": c.value}
+                for c in self.candidates
+            ],
+            "usage": {
+                "prompt_tokens": self.usage.prompt_tokens,
+                "completion_tokens": self.usage.completion_tokens,
+                "cost_usd": self.usage.cost_usd,
+            },
+        }
+
+
+class CallbackEnv:
+    """An :class:`~qlass.envs.base.Env` made of an ``async def step(action)`` callback.
+
+    Args:
+        step: called with each action; returns the observation text (the episode then
+            never ends by itself: the agent's step limit ends it) or a
+            :class:`~qlass.types.StepResult`.
+        instruction: the task given to the agent.
+        observation: what the agent sees before its first action.
+        reset: optional ``async def reset() -> str | Observation`` that puts your world
+            back to its start. Strategies that compare whole episodes (``best_of_n``,
+            ``beam``) replay from the start and need it; ``greedy`` and ``qlass`` do not.
+
+    Example:
+        ```python
+        async def step(action: str) -> str:
+            return await my_app.execute(action)
+
+        trajectory = await agent.run(CallbackEnv(step, instruction="Book a table for 2."))
+        ```
+    """
+
+    def __init__(
+        self,
+        step: StepCallback,
+        *,
+        instruction: str,
+        observation: str = "",
+        reset: Callable[[], Awaitable[str | Observation]] | None = None,
+    ) -> None:
+        self._step = step
+        self._reset = reset
+        self.instruction = instruction
+        self.observation = observation
+        self._score = 0.0
+        self._resets = 0
+
+    async def reset(self, task: TaskSpec) -> Observation:
+        """Start the episode (calls the ``reset`` callback from the second time on)."""
+        self._resets += 1
+        self._score = 0.0
+        if self._resets > 1:
+            if self._reset is None:
+                raise UserError(
+                    "this strategy replays the episode from its start, but the CallbackEnv "
+                    "has no reset callback: pass reset=..., or use 'greedy' or 'qlass:M'"
+                )
+            start = await self._reset()
+            if isinstance(start, Observation):
+                return start
+            self.observation = start
+        return Observation(self.observation, self.instruction)
+
+    async def step(self, action: str) -> StepResult:
+        """Run ``action`` through the callback."""
+        result = await self._step(action)
+        if isinstance(result, StepResult):
+            self._score = result.score
+            return result
+        return StepResult(str(result), 0.0, False, self._score)
+
+    async def close(self) -> None:
+        """Nothing to release: the callback's owner closes its world."""
+
+
+class _NoEnvs:
+    """The env provider of :meth:`Agent.step`, which only decides and never acts."""
+
+    def session(
+        self, task: TaskSpec, actions: Sequence[str] = (), expected: Sequence[str] | None = None
+    ) -> AbstractAsyncContextManager[EnvSession]:
+        raise UserError(
+            "Agent.step decides one step and runs no action; this strategy needs an env "
+            "(use Agent.run)"
+        )
+
+
+def _as_history(state: History | Observation) -> History:
+    if isinstance(state, History):
+        return state
+    if isinstance(state, Observation):
+        return History(state.instruction, state.text)
+    raise TypeError(f"step() takes a History or an Observation, not {type(state).__name__}")
+
+
+def _as_task(task: TaskSpec | str | None) -> TaskSpec:
+    if isinstance(task, TaskSpec):
+        return task
+    return TaskSpec("custom", task or "task", 0, "dev")
+
+
+class Agent:
+    """A policy guided by a value model under a search strategy, for use in your own code.
+
+    Args:
+        policy: a LiteLLM model string (``"openai/gpt-4o"``, ``"hosted_vllm/NAME"`` with
+            ``api_base``), a local model directory (run by the transformers backend), a
+            :class:`~qlass.config.PolicyConfig` (every backend option: rate limits,
+            retries...), or any object implementing :class:`~qlass.backends.base.Policy`.
+        value_model: a QNet checkpoint directory, the ``http(s)://`` URL of a
+            ``qlass serve-qnet`` server, ``"constant"`` or ``"random"`` (ablations), any
+            :class:`~qlass.qnet.base.ValueModel`, or ``None`` for strategies that need
+            none (``greedy``, ``sampled``).
+        strategy: ``"qlass:M"`` (Q-guided, M candidates a step), ``"greedy"``,
+            ``"sampled"``, ``"best_of_n:N"``, ``"beam:B"``, or a strategy object.
+        system_prompt: the policy's system prompt (default: :data:`REACT_SYSTEM_PROMPT`);
+            ``None`` sends none (for a policy fine-tuned without one).
+        max_tokens: completion tokens per turn at most.
+        temperature: sampling temperature of the candidates (``greedy`` uses 0).
+        max_steps: the episode's step limit in :meth:`run`.
+        max_turns_in_prompt: keep only this many recent turns in the prompt.
+        api_base: the OpenAI-compatible base URL for a LiteLLM model string.
+        api_key_env: the NAME of the environment variable that holds the API key.
+        seed: seeds every sample, so a run can be repeated.
+        policy_options: more :class:`~qlass.config.PolicyConfig` fields for a policy
+            string (``rpm``, ``retries``, ``timeout_s``, ``device``...).
+        value_options: more options for the value model built from a string
+            (``device``, ``max_batch`` for a QNet; ``timeout_s``, ``retries`` for a URL).
+
+    Raises:
+        ConfigError: the strategy needs a value model and none was given, or an option is
+            not valid.
+        UnknownNameError: an unknown strategy name.
+
+    Example:
+        ```python
+        agent = Agent("runs/demo/policy", "runs/demo/qnet", "qlass:2",
+                      system_prompt=None, max_turns_in_prompt=3)
+        async with agent:
+            trajectory = await agent.run(my_env, "find-the-coin")
+        print(trajectory.final_score, trajectory.usage)
+        ```
+    """
+
+    def __init__(
+        self,
+        policy: str | Path | PolicyConfig | Policy,
+        value_model: str | Path | ValueModel | None = None,
+        strategy: StrategySpec = "qlass:2",
+        *,
+        system_prompt: str | None = REACT_SYSTEM_PROMPT,
+        max_tokens: int = 128,
+        temperature: float = 0.7,
+        max_steps: int = 30,
+        max_turns_in_prompt: int | None = None,
+        api_base: str | None = None,
+        api_key_env: str | None = None,
+        seed: int = 0,
+        policy_options: Mapping[str, Any] | None = None,
+        value_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if max_steps < 1 or max_tokens < 1:
+            raise ConfigError("max_steps and max_tokens must be at least 1")
+        self.system_prompt = system_prompt
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.max_steps = max_steps
+        self.max_turns_in_prompt = max_turns_in_prompt
+        self.seed = seed
+        self.strategy = self._strategy(strategy)
+        self._policy_spec = policy
+        self._policy_config = {
+            "api_base": api_base,
+            "api_key_env": api_key_env,
+            **(policy_options or {}),
+        }
+        self._value_spec = value_model
+        self._value_options = dict(value_options or {})
+        if value_model is None and getattr(self.strategy, "needs_value", False):
+            raise ConfigError(
+                f"strategy {self.strategy.name!r} scores candidates: give a value_model "
+                "(a QNet directory, a qlass serve-qnet URL or a ValueModel)"
+            )
+        self._policy: Policy | None = policy if isinstance(policy, Policy) else None
+        self._value: ValueModel | None = (
+            value_model if isinstance(value_model, ValueModel) else None
+        )
+        self._owned: list[Callable[[], Awaitable[None]]] = []
+        self._opened = False
+        self._open_lock = asyncio.Lock()
+
+    @classmethod
+    def from_config(cls, config: RunConfig, *, strategy: StrategySpec | None = None) -> Agent:
+        """An agent with a run configuration's policy, value model, prompt and limits.
+
+        The policy is ``config.policy`` (the run's BC policy when its ``model`` is unset),
+        the value model ``config.search.value_model`` (with ``value_model_path``, else the
+        run's QNet), the system prompt the env family's (per ``policy.prompt``). The
+        strategy defaults to the first ``qlass:*`` of ``search.strategies`` (else the last).
+
+        Example:
+            ```python
+            config = load_config(Path("examples/configs/api-gpt4o.toml"))
+            async with Agent.from_config(config) as agent: ...
+            ```
+        """
+        from qlass.envs.registry import env_prompt
+
+        policy = config.policy
+        if policy.model is None:
+            if policy.backend != "hf":
+                raise ConfigError(f"policy.model must be set for backend {policy.backend!r}")
+            policy = policy.model_copy(update={"model": str(config.policy_dir)})
+        search = config.search
+        value: str | None
+        if search.value_model == "qnet":
+            value = search.value_model_path or str(config.qnet_dir)
+        elif search.value_model == "qnet-server":
+            if not search.value_model_path:
+                raise ConfigError("search.value_model_path must be the scorer URL for qnet-server")
+            value = search.value_model_path
+        elif search.value_model in _VALUE_KINDS:
+            value = search.value_model
+        else:
+            raise ConfigError(
+                f"search.value_model {search.value_model!r}: build it with "
+                "qlass.create_value_model and pass it to Agent(value_model=...)"
+            )
+        if strategy is None:
+            names = search.strategies
+            strategy = next((s for s in names if s.startswith("qlass")), names[-1])
+        prompt = None
+        if policy.prompt != "none":
+            prompt = env_prompt(config.env.name).render(with_example=policy.prompt == "full")
+        return cls(
+            policy,
+            value,
+            strategy,
+            system_prompt=prompt,
+            max_tokens=policy.max_tokens,
+            temperature=search.temperature,
+            max_steps=config.env.max_steps or 30,
+            max_turns_in_prompt=policy.max_turns_in_prompt,
+            seed=config.seed,
+        )
+
+    # -- life cycle --------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def open(self) -> Self:
+        """Build the policy and value model named by strings (in a worker thread: loading
+        a model reads files). Called by ``async with`` and on first use."""
+        async with self._open_lock:
+            if not self._opened:
+                if self._policy is None:
+                    self._policy = await asyncio.to_thread(self._build_policy)
+                    self._owned.append(self._policy.aclose)
+                if self._value is None and self._value_spec is not None:
+                    self._value = await asyncio.to_thread(self._build_value)
+                    self._owned.append(self._value.aclose)
+                self._opened = True
+        return self
+
+    async def aclose(self) -> None:
+        """Close the policy and value model the agent built (not the ones passed in)."""
+        async with self._open_lock:
+            while self._owned:
+                closer = self._owned.pop()
+                try:
+                    await closer()
+                except Exception as error:  # closing must not hide the original error
+                    log.warning("agent.close_failed", error=repr(error))
+            if self._opened:
+                self._policy = self._policy if isinstance(self._policy_spec, Policy) else None
+                self._value = self._value_spec if isinstance(self._value_spec, ValueModel) else None
+                self._opened = False
+
+    @property
+    def policy(self) -> Policy:
+        """The policy (built on first use when given as a string)."""
+        if self._policy is None:
+            raise RuntimeError("the agent is not open: use 'async with agent' or await open()")
+        return self._policy
+
+    @property
+    def value_model(self) -> ValueModel | None:
+        """The value model, or ``None`` when the agent has none."""
+        return self._value
+
+    def _build_policy(self) -> Policy:
+        from qlass.backends.registry import build_policy
+
+        spec = self._policy_spec
+        if isinstance(spec, PolicyConfig):
+            return build_policy(spec)
+        if not isinstance(spec, str | Path):
+            raise TypeError(
+                f"policy must be a string, a path, a PolicyConfig or a Policy: {spec!r}"
+            )
+        options = {k: v for k, v in self._policy_config.items() if v is not None}
+        path = Path(spec).expanduser()
+        if isinstance(spec, Path) or path.is_dir():
+            if not path.is_dir():
+                raise ConfigError(f"policy: {path} is not a model directory")
+            options = {k: v for k, v in options.items() if k not in ("api_base", "api_key_env")}
+            config = PolicyConfig(backend="hf", model=str(path), **options)
+        else:
+            config = PolicyConfig(backend="litellm", model=str(spec), **options)
+        try:
+            return build_policy(config)
+        except ConfigError as exc:
+            if config.backend != "litellm":
+                raise
+            raise ConfigError(f"{exc} (and {spec!r} is not a local model directory)") from exc
+
+    def _build_value(self) -> ValueModel:
+        from qlass.qnet.registry import create_value_model
+
+        spec = str(self._value_spec)
+        options = self._value_options
+        if spec.startswith(("http://", "https://")):
+            return create_value_model("qnet-server", url=spec, **options)
+        if spec in _VALUE_KINDS:
+            return create_value_model(spec, **options)
+        path = Path(spec).expanduser()
+        if not path.is_dir():
+            raise ConfigError(
+                f"value_model {spec!r} is none of: a QNet checkpoint directory, an http(s) "
+                f"URL of qlass serve-qnet, {' or '.join(_VALUE_KINDS)}"
+            )
+        return create_value_model("qnet", directory=path, **options)
+
+    # -- search ------------------------------------------------------------------------
+
+    def _strategy(self, spec: StrategySpec) -> SearchStrategy | StepwiseStrategy:
+        if isinstance(spec, str):
+            return make_strategy(spec, temperature=self.temperature)
+        if not hasattr(spec, "run") and not hasattr(spec, "decide"):
+            raise ConfigError(f"{spec!r} is not a strategy (it has neither run() nor decide())")
+        return spec
+
+    def _context(self, envs: Any, max_steps: int | None = None) -> SearchContext:
+        return SearchContext(
+            policy=self.policy,
+            envs=envs,
+            value_model=self._value,
+            system_prompt=self.system_prompt,
+            max_steps=max_steps or self.max_steps,
+            max_tokens=self.max_tokens,
+            max_turns_in_prompt=self.max_turns_in_prompt,
+            temperature=self.temperature,
+            seed=self.seed,
+        )
+
+    def _checked(self, spec: StrategySpec | None) -> SearchStrategy | StepwiseStrategy:
+        strategy = self.strategy if spec is None else self._strategy(spec)
+        if getattr(strategy, "needs_value", False) and self._value is None:
+            raise ConfigError(f"strategy {strategy.name!r} needs a value model; the agent has none")
+        return strategy
+
+    async def step(
+        self,
+        history: History | Observation,
+        *,
+        strategy: StrategySpec | None = None,
+        seed: int | None = None,
+    ) -> StepDecision:
+        """Choose the next action after ``history``; nothing is executed.
+
+        Args:
+            history: the episode so far (a :class:`~qlass.types.History`), or the
+                :class:`~qlass.types.Observation` your env's ``reset`` returned.
+            strategy: override the agent's strategy for this call (a step-wise one:
+                ``greedy``, ``sampled`` or ``qlass:M``).
+            seed: the sampling seed (default: derived from the agent's seed and the
+                history, so the same history gives the same candidates).
+
+        Raises:
+            UserError: the strategy plays whole episodes (``best_of_n``, ``beam``): use
+                :meth:`run`.
+            PolicyError: the policy failed after its retries.
+            ValueModelError: the value model failed.
+        """
+        await self.open()
+        chosen = self._checked(strategy)
+        if not hasattr(chosen, "decide"):
+            raise UserError(
+                f"strategy {chosen.name!r} compares whole episodes and cannot choose one step; "
+                "use Agent.run, or a step-wise strategy (greedy, sampled, qlass:M)"
+            )
+        stepwise = cast(StepwiseStrategy, chosen)
+        state = EpisodeState(task=_STEP_TASK, history=_as_history(history))
+        ctx = self._context(_NoEnvs())
+        seed = derive_seed(self.seed, "step", state.history) if seed is None else seed
+        decision = await stepwise.decide(ctx, state, seed)
+        considered = decision.considered or (ScoredCandidate(decision.chosen),)
+        return StepDecision(
+            action=decision.chosen.action,
+            text=decision.chosen.text,
+            value=decision.value,
+            candidates=considered,
+            usage=ctx.tally.usage + ctx.tally.cached_usage,
+            strategy=stepwise.name,
+        )
+
+    async def run(
+        self,
+        env: Env | StepCallback,
+        task: TaskSpec | str | None = None,
+        *,
+        instruction: str | None = None,
+        observation: str = "",
+        strategy: StrategySpec | None = None,
+        max_steps: int | None = None,
+        seed: int | None = None,
+    ) -> Trajectory:
+        """Play one episode of ``task`` in ``env`` and return its trajectory.
+
+        Args:
+            env: your environment: any object with the :class:`~qlass.envs.base.Env`
+                methods (``reset(task)``, ``step(action)``, ``close()``), a
+                :class:`CallbackEnv`, or a bare ``async def step(action)`` callback
+                (then ``instruction`` is required). The agent does not close it.
+            task: the :class:`~qlass.types.TaskSpec` passed to ``env.reset``; a string
+                names a task of your own env.
+            instruction: the task text, for a bare callback.
+            observation: the first observation, for a bare callback.
+            strategy: override the agent's strategy for this episode.
+            max_steps: override the agent's step limit.
+            seed: the episode's seed (default: derived from the agent's seed, the
+                strategy and the task).
+
+        Returns:
+            The trajectory: every step with the candidates considered and their scores,
+            the final score, success, and ``usage`` (prompt and completion tokens, cost in
+            USD where the provider has a price). ``info["tally"]`` holds the episode's
+            full accounting (policy calls, value queries, env steps, time per part).
+
+        Raises:
+            UserError: a bare callback without ``instruction``; a strategy that must
+                replay episodes with a callback env that cannot reset.
+            PolicyError, ValueModelError, EnvError: a part failed while running.
+        """
+        await self.open()
+        if not isinstance(env, Env):
+            if not callable(env):
+                raise TypeError(f"env must be an Env or an async callback, not {env!r}")
+            if instruction is None:
+                raise UserError("a bare step callback needs instruction=... (the task text)")
+            env = CallbackEnv(env, instruction=instruction, observation=observation)
+        chosen = self._checked(strategy)
+        spec = _as_task(task)
+        ctx = self._context(SingleEnvProvider(env), max_steps)
+        seed = derive_seed(self.seed, "run", chosen.name, spec.key) if seed is None else seed
+        play = getattr(chosen, "run", None)
+        if play is not None:
+            trajectory: Trajectory = await play(ctx, spec, seed)
+        else:
+            trajectory = await run_stepwise(ctx, spec, cast(StepwiseStrategy, chosen), seed)
+        log.info(
+            "agent.episode",
+            task=spec.key,
+            strategy=chosen.name,
+            score=trajectory.final_score,
+            steps=len(trajectory.steps),
+            completion_tokens=trajectory.usage.completion_tokens,
+            cost_usd=round(trajectory.usage.cost_usd, 6),
+        )
+        return replace(trajectory, info={**trajectory.info, "tally": ctx.tally.as_dict()})
