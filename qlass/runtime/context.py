@@ -7,6 +7,7 @@ strategy is run by the same code and compared on the same budget accounting.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -67,7 +68,8 @@ class SingleEnvProvider:
     else reset and replay.
 
     Any object implementing the ``Env`` protocol works, which is what an embedding app with
-    its own environment needs. One session at a time (the env is not shared).
+    its own environment needs. One session at a time: concurrent sessions (Best-of-N's
+    rollouts) wait for each other, so none resets the env under another's feet.
     """
 
     def __init__(self, env: Env) -> None:
@@ -76,27 +78,29 @@ class SingleEnvProvider:
         self.path: list[str] = []
         self._task: TaskSpec | None = None
         self._initial: Observation | None = None
+        self._lock = asyncio.Lock()
 
     @asynccontextmanager
     async def _session(
         self, task: TaskSpec, actions: Sequence[str], expected: Sequence[str] | None
     ) -> AsyncIterator[EnvSession]:
-        actions = list(actions)
-        on_the_way = task == self._task and actions[: len(self.path)] == self.path
-        if not on_the_way or self._initial is None:
-            self._initial = await self.env.reset(task)
-            self._task, self.path = task, []
-        for i in range(len(self.path), len(actions)):
-            result = await self.env.step(actions[i])
-            self.env_steps += 1
-            self.path.append(actions[i])
-            if expected is not None and result.observation != expected[i]:
-                self._task = None
-                raise ReplayMismatchError(
-                    f"{task.key}: replaying step {i + 1} ({actions[i]!r}) gave a different "
-                    "observation than recorded"
-                )
-        yield _TrackedSession(self, self._initial)
+        async with self._lock:
+            actions = list(actions)
+            on_the_way = task == self._task and actions[: len(self.path)] == self.path
+            if not on_the_way or self._initial is None:
+                self._initial = await self.env.reset(task)
+                self._task, self.path = task, []
+            for i in range(len(self.path), len(actions)):
+                result = await self.env.step(actions[i])
+                self.env_steps += 1
+                self.path.append(actions[i])
+                if expected is not None and result.observation != expected[i]:
+                    self._task = None
+                    raise ReplayMismatchError(
+                        f"{task.key}: replaying step {i + 1} ({actions[i]!r}) gave a different "
+                        "observation than recorded"
+                    )
+            yield _TrackedSession(self, self._initial)
 
     def session(
         self, task: TaskSpec, actions: Sequence[str] = (), expected: Sequence[str] | None = None
