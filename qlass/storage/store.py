@@ -15,6 +15,7 @@ from qlass.errors import DatabaseUnavailableError
 from qlass.storage._db import Database
 from qlass.storage.calls import PolicyCallCache
 from qlass.storage.checkpoints import CheckpointRepository
+from qlass.storage.claims import ClaimRepository
 from qlass.storage.engine import make_engine, normalize_url, safe_url, sqlite_file, translate_error
 from qlass.storage.episodes import EpisodeRepository
 from qlass.storage.export import export_triples
@@ -40,6 +41,7 @@ class TreeStore:
 
     - ``runs``: :class:`~qlass.storage.runs.RunRepository`
     - ``tasks``: :class:`~qlass.storage.tasks.TaskRepository`
+    - ``claims``: :class:`~qlass.storage.claims.ClaimRepository` (task leases for workers)
     - ``trees``: :class:`~qlass.storage.trees.TreeRepository` (nodes; relabels on leaves)
     - ``labels``: :class:`~qlass.storage.labels.LabelRepository` (Q-label sets)
     - ``call_cache``: :class:`~qlass.storage.calls.PolicyCallCache` (a ``CallCache``)
@@ -51,6 +53,7 @@ class TreeStore:
         self.schema = schema
         self.runs = RunRepository(db)
         self.tasks = TaskRepository(db)
+        self.claims = ClaimRepository(db)
         self.trees = TreeRepository(db)
         self.labels = LabelRepository(db)
         self.call_cache = PolicyCallCache(db)

@@ -91,6 +91,36 @@ class TreeRepository:
             await self._relabel(session, run_id, task_id, rows, ids)
         return [record(NodeRecord, {**row, "id": i}) for row, i in zip(rows, ids, strict=True)]
 
+    async def add_child_if_absent(self, parent_id: int, node: NewNode) -> tuple[NodeRecord, bool]:
+        """Add ``node`` below ``parent_id`` unless the parent already has a child with its
+        ``sample_index``; return the stored child and whether this call created it.
+
+        The explorer adds its samples this way, so that two workers growing the same tree (a
+        worker whose lease expired while it was still running, and the task's next owner)
+        never store one sample twice. The check and the insert are one transaction under the
+        tree lock (PostgreSQL) or the store's single writer (SQLite), so they cannot race.
+        """
+        async with self._db.write() as session:
+            task_id, run_id, depth = await self._parent(session, parent_id)
+            existing = (
+                await session.execute(
+                    select(_NODES)
+                    .where(
+                        _NODES.c.task_id == task_id,
+                        _NODES.c.parent_id == parent_id,
+                        _NODES.c.sample_index == node.sample_index,
+                    )
+                    .order_by(_NODES.c.id)
+                    .limit(1)
+                )
+            ).first()
+            if existing is not None:
+                return record(NodeRecord, existing), False
+            row = _row(node, task_id=task_id, parent_id=parent_id, depth=depth + 1)
+            ids = await insert_ids(session, _NODES, [row])
+            await self._relabel(session, run_id, task_id, [row], ids)
+        return record(NodeRecord, {**row, "id": ids[0]}), True
+
     async def add_path(self, parent_id: int, nodes: Sequence[NewNode]) -> list[NodeRecord]:
         """Add a chain below ``parent_id`` in one transaction: each node the child of the
         previous one (a rollout to a leaf). Returns the records in path order."""
