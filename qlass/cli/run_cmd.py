@@ -223,11 +223,74 @@ def register(app: typer.Typer) -> None:
         "Behaviour cloning: train the policy on expert trajectories (exported from the "
         "simulator's gold paths first if needed).",
     )
-    _stage_command(
-        "explore",
-        "Grow exploration trees on the train split, committing every node to the store. "
-        "Rerun (or --resume RUN) to continue from the frontier.",
-    )
+
+    @app.command("explore")
+    def explore(
+        config: ConfigOption = None,
+        set_: SetOption = None,
+        db: DbOption = None,
+        resume: ResumeOption = None,
+        force: Annotated[
+            bool, typer.Option(help="Run the stage even if it is done for this config.")
+        ] = False,
+        worker: Annotated[
+            bool,
+            typer.Option(
+                "--worker",
+                help="Be one of several workers sharing the run (any number of processes or "
+                "machines on one PostgreSQL store): claim one task at a time under a lease, "
+                "until no task is left. Without it, this process explores every unfinished "
+                "task.",
+            ),
+        ] = False,
+        worker_id: Annotated[
+            str | None,
+            typer.Option(
+                "--worker-id",
+                help="Name of this worker in the store's task claims (default host:pid).",
+            ),
+        ] = None,
+        lease_s: Annotated[
+            float,
+            typer.Option(
+                "--lease-s",
+                min=1.0,
+                help="Seconds a claim lasts without a heartbeat: the task of a worker that "
+                "died is taken over after at most this long. Renewed every third of it.",
+            ),
+        ] = 60.0,
+        max_attempts: Annotated[
+            int,
+            typer.Option(
+                "--max-attempts",
+                min=1,
+                help="Leave alone a task already claimed this many times (its workers keep dying).",
+            ),
+        ] = 5,
+    ) -> None:
+        """Grow exploration trees on the train split, committing every node to the store.
+
+        Rerun (or --resume RUN) to continue from the frontier. With --worker, start as many
+        workers as you like against one store; each claims tasks until none is left.
+        """
+        from qlass.runtime.workers import WorkerSettings, default_worker_id
+
+        resolved = load_run_config(config, set_, db, resume)
+        settings = None
+        if worker:
+            settings = WorkerSettings(
+                worker_id=worker_id or default_worker_id(),
+                lease_s=lease_s,
+                max_attempts=max_attempts,
+            )
+        elif worker_id is not None:
+            raise typer.BadParameter("--worker-id needs --worker", param_hint="--worker-id")
+
+        async def work(pipeline: Pipeline) -> StageResult:
+            return await pipeline.explore(force=force, worker=settings)
+
+        print_stages([run_pipeline(resolved, work)])
+
     _stage_command("label", "Make the run's Q-label set (gamma, normalisation) from its trees.")
 
     @app.command("self-train")

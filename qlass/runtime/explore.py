@@ -17,6 +17,20 @@ Children already committed are reused (no env step, no policy call); a missing s
 sampled again with the same seed, which the policy-call cache answers from the DB.
 Environments are positioned through the :class:`EnvProvider` (live continuation where an
 idle env stands at the node, replay from reset otherwise).
+
+Several explorers may grow the same tree at once (a worker whose lease expired while it was
+still running, and the task's next owner): a child is stored with
+``add_child_if_absent``, so each (parent, sample index) is stored once and the explorer that
+lost the race continues from the stored child.
+
+Trace events (structlog, DEBUG; see docs/reliability.md), each with ``task`` and ``path``
+(the sample indices from the root to the node; ``[]`` is the root):
+
+- ``explore.sample``: a policy sample that was not answered from the call cache;
+- ``explore.step``: an env step whose result becomes a node (not the replays that position
+  an env);
+- ``explore.node``: a node committed (``created`` false when another explorer stored it
+  first).
 """
 
 from __future__ import annotations
@@ -28,7 +42,7 @@ from dataclasses import dataclass, field, replace
 import structlog
 
 from qlass._seeding import derive_seed
-from qlass.errors import EnvCrashedError, EnvTimeoutError
+from qlass.errors import EnvCrashedError, EnvTimeoutError, StoreError
 from qlass.runtime.context import SearchContext, Tally
 from qlass.runtime.episode import Decision, EpisodeState, advance, start_episode
 from qlass.runtime.scheduler import StopSignal
@@ -105,10 +119,23 @@ class TreeExplorer:
         root_record = tree.root
         if root_record is None:
             state = await start_episode(ctx, spec)
-            root_record = await self._store.trees.add_root(
-                task.id, state.history.initial_observation, instruction=state.history.instruction
-            )
-            stats.new_nodes += 1
+            try:
+                root_record = await self._store.trees.add_root(
+                    task.id,
+                    state.history.initial_observation,
+                    instruction=state.history.instruction,
+                )
+            except StoreError:  # another explorer stored the root first: use its tree
+                tree = await self._store.trees.load(task.id)
+                if tree.root is None:
+                    raise
+                root_record = tree.root
+                log.debug(
+                    "explore.node", task=spec.key, path=[], node=root_record.id, created=False
+                )
+            else:
+                stats.new_nodes += 1
+                log.debug("explore.node", task=spec.key, path=[], node=root_record.id, created=True)
         else:
             state = EpisodeState(
                 task=spec,
@@ -181,6 +208,9 @@ class _Grower:
             candidates = await self._ctx.propose(
                 node.state.history, n=count, temperature=self._s.temperature, seed=seed
             )
+            for i, candidate in enumerate(candidates):
+                if not candidate.cached:
+                    log.debug("explore.sample", task=self._task.key, path=[*node.path, i])
             records = await asyncio.gather(
                 *(self._execute(node, candidates[i], i) for i in missing)
             )
@@ -221,8 +251,11 @@ class _Grower:
                 log.warning("explore.env_failed", task=self._task.key, error=str(exc))
                 continue
             result = after.steps[-1].result
+            path = [*node.path, index]
+            if candidate.action is not None:  # an invalid output costs no env step
+                log.debug("explore.step", task=self._task.key, path=path)
             leaf = after.done or node.record.depth + 1 >= self._s.max_steps
-            record = await self._store.trees.add_child(
+            record, created = await self._store.trees.add_child_if_absent(
                 node.record.id,
                 NewNode(
                     observation=result.observation,
@@ -242,12 +275,18 @@ class _Grower:
                     error=candidate.parse_error,
                 ),
             )
-            self._stats.new_nodes += 1
-            self._stats.leaves += leaf
-            self._stats.best_score = max(self._stats.best_score, after.score if leaf else 0.0)
+            log.debug(
+                "explore.node", task=self._task.key, path=path, node=record.id, created=created
+            )
+            if created:
+                self._stats.new_nodes += 1
+                self._stats.leaves += leaf
+                self._stats.best_score = max(self._stats.best_score, after.score if leaf else 0.0)
+            else:
+                self._stats.reused_nodes += 1
             return record
         self._stats.failed_steps += 1
-        await self._store.trees.add_child(
+        await self._store.trees.add_child_if_absent(
             node.record.id,
             NewNode(
                 observation="",

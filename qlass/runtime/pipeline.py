@@ -11,15 +11,17 @@ records what it cost: tokens, env steps and wall time.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import structlog
 
+from qlass._log import redact
 from qlass._version import code_version
 from qlass.backends.base import Policy
 from qlass.backends.registry import build_policy
@@ -27,11 +29,10 @@ from qlass.config import RunConfig
 from qlass.envs.gold import export_gold
 from qlass.envs.pool import EnvPool
 from qlass.envs.registry import env_prompt, list_tasks, task_max_steps
-from qlass.errors import ConfigError, MissingDataError, PolicyError
+from qlass.errors import ConfigError, MissingDataError, PolicyError, StoreError
 from qlass.qnet.base import ValueModel
 from qlass.qnet.registry import create_value_model
-from qlass.qnet.train import TrainSettings, train_qnet
-from qlass.runtime.bc import load_conversations, train_policy
+from qlass.runtime.checks import check_config
 from qlass.runtime.context import SearchContext, Tally
 from qlass.runtime.evaluate import StrategyReport, evaluate_strategy, summarise
 from qlass.runtime.explore import ExploreSettings, TreeExplorer, TreeStats
@@ -39,8 +40,12 @@ from qlass.runtime.progress import NullProgress, Progress
 from qlass.runtime.scheduler import StopSignal, bounded_map
 from qlass.runtime.stages import DEPENDS, FROZEN, OPTIONAL_STAGES, STAGES
 from qlass.runtime.strategies import SearchStrategy, make_strategy
+from qlass.runtime.workers import WorkerSettings, ensure_stage, run_worker
 from qlass.storage import LabelSetRecord, RunRecord, TaskRecord, TreeStore, trajectory_from_json
 from qlass.types import TaskSpec, Trajectory
+
+if TYPE_CHECKING:  # torch and transformers load only for the stages that train
+    from qlass.qnet.train import TrainSettings
 
 __all__ = ["OPTIONAL_STAGES", "STAGES", "Pipeline", "StageResult", "qnet_train_settings"]
 
@@ -49,6 +54,8 @@ log = structlog.get_logger(__name__)
 
 def qnet_train_settings(config: RunConfig, **overrides: Any) -> TrainSettings:
     """The QNet trainer's settings from a run config (``overrides`` win)."""
+    from qlass.qnet.train import TrainSettings
+
     q = config.qnet
     settings: dict[str, Any] = {
         "output_dir": config.qnet_dir,
@@ -63,6 +70,13 @@ def qnet_train_settings(config: RunConfig, **overrides: Any) -> TrainSettings:
         "seed": config.seed,
     }
     return TrainSettings(**(settings | overrides))
+
+
+async def _import(module: str) -> None:
+    """Import a module that loads torch and transformers, in a worker thread (importing
+    reads many files). They are imported only by the stages that train, so that exploring
+    with a remote or scripted policy starts in a second."""
+    await asyncio.to_thread(importlib.import_module, module)
 
 
 @dataclass
@@ -100,6 +114,7 @@ class Pipeline:
     # -- set-up ------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
+        await asyncio.to_thread(check_config, self.config)  # before anything is created
         await asyncio.to_thread(self.config.directory.mkdir, parents=True, exist_ok=True)
         self._store = await TreeStore.open(self.config.store_url)
         self._closers.append(self._store.aclose)
@@ -139,13 +154,18 @@ class Pipeline:
         config = self.config
         existing = await self.store.runs.find(config.name)
         if existing is None:
-            return await self.store.runs.create(
-                config.name,
-                config=config.model_dump(mode="json"),
-                config_fingerprint=config.fingerprint(),
-                code_version=await asyncio.to_thread(code_version),
-                seed=config.seed,
-            )
+            try:
+                return await self.store.runs.create(
+                    config.name,
+                    config=config.model_dump(mode="json"),
+                    config_fingerprint=config.fingerprint(),
+                    code_version=await asyncio.to_thread(code_version),
+                    seed=config.seed,
+                )
+            except (ConfigError, StoreError):  # workers starting together: one creates it
+                existing = await self.store.runs.find(config.name)
+                if existing is None:
+                    raise
         stored = RunConfig.model_validate(existing.config)
         changed = [
             stage
@@ -191,8 +211,9 @@ class Pipeline:
             raise
         metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
         stopped = self.stop.requested
-        if stopped:
-            metrics["stopped"] = True
+        if stopped or metrics.get("unfinished_tasks"):  # stays running, to be resumed
+            if stopped:
+                metrics["stopped"] = True
             await self.store.stages.put(run_id, name, status="running", metrics=metrics)
         else:
             await self.store.stages.finish(run_id, name, metrics=metrics)
@@ -326,6 +347,9 @@ class Pipeline:
             return StageResult("bc", True, {})
 
         async def body() -> dict[str, Any]:
+            await _import("qlass.runtime.bc")
+            from qlass.runtime.bc import load_conversations, train_policy
+
             if not await asyncio.to_thread(self.expert_file().exists):
                 await self.gold()
             conversations = await asyncio.to_thread(
@@ -355,8 +379,15 @@ class Pipeline:
 
         return await self.run_stage("bc", body, force=force)
 
-    async def explore(self, *, force: bool = False) -> StageResult:
-        """Grow the exploration trees of the train split (resumes unfinished trees)."""
+    async def explore(
+        self, *, force: bool = False, worker: WorkerSettings | None = None
+    ) -> StageResult:
+        """Grow the exploration trees of the train split (resumes unfinished trees).
+
+        With ``worker``, this process is one of several sharing the run: it claims one task
+        at a time under a lease (:mod:`qlass.runtime.workers`), and the stage is recorded
+        done only once every task is finished.
+        """
         config = self.config
 
         async def body() -> dict[str, Any]:
@@ -372,7 +403,7 @@ class Pipeline:
             totals = Tally()
             counts = {"trees": 0, "nodes": 0, "leaves": 0, "failed_tasks": 0}
 
-            async def grow(task: TaskRecord) -> TreeStats | None:
+            async def grow(task: TaskRecord, stop: StopSignal) -> TreeStats:
                 settings = ExploreSettings(
                     width=config.explore.width,
                     max_depth=config.explore.max_depth,
@@ -380,18 +411,9 @@ class Pipeline:
                     temperature=config.explore.temperature,
                     max_steps=self.max_steps(task.spec),
                 )
-                explorer = TreeExplorer(self.store, ctx, settings, seed=config.seed, stop=self.stop)
-                await self.store.tasks.set_status(task.id, "running")
-                try:
-                    stats = await explorer.explore(task)
-                except PolicyError as exc:
-                    await self.store.tasks.set_status(task.id, "failed", error=str(exc))
-                    counts["failed_tasks"] += 1
-                    self.progress.log(f"[red]{task.key}: {exc}")
-                    return None
-                if not stats.stopped:
-                    await self.store.tasks.set_status(task.id, "done")
-                    counts["trees"] += 1
+                explorer = TreeExplorer(self.store, ctx, settings, seed=config.seed, stop=stop)
+                stats = await explorer.explore(task)
+                counts["trees"] += not stats.stopped
                 totals.merge(stats.tally)
                 counts["nodes"] += stats.new_nodes
                 counts["leaves"] += stats.leaves
@@ -402,7 +424,43 @@ class Pipeline:
                 )
                 return stats
 
-            await bounded_map(grow, todo, concurrency=config.explore.concurrency, stop=self.stop)
+            def failed(task: TaskRecord, error: str) -> None:
+                counts["failed_tasks"] += 1
+                self.progress.log(f"[red]{task.key}: {error}")
+
+            async def grow_here(task: TaskRecord) -> TreeStats | None:
+                await self.store.tasks.set_status(task.id, "running")
+                try:
+                    stats = await grow(task, self.stop)
+                except PolicyError as exc:
+                    error = redact(str(exc))  # a provider may echo the API key
+                    await self.store.tasks.set_status(task.id, "failed", error=error)
+                    failed(task, error)
+                    return None
+                if not stats.stopped:
+                    await self.store.tasks.set_status(task.id, "done")
+                return stats
+
+            extra: dict[str, Any] = {}
+            if worker is None:
+                await bounded_map(
+                    grow_here, todo, concurrency=config.explore.concurrency, stop=self.stop
+                )
+            else:
+                report = await run_worker(
+                    self.store,
+                    run.id,
+                    grow,
+                    worker,
+                    stop=self.stop,
+                    concurrency=config.explore.concurrency,
+                    on_failed=failed,
+                )
+                left = await self.store.tasks.unfinished(run.id)
+                extra = {
+                    f"worker:{worker.worker_id}": report.as_dict(),
+                    "unfinished_tasks": len(left),
+                }
             pool_stats = pool.stats.since(before)
             return {
                 **counts,
@@ -411,8 +469,13 @@ class Pipeline:
                 "env_resets": pool_stats.resets,
                 "replayed_steps": pool_stats.replayed_steps,
                 "env_steps_per_node": pool_stats.steps / counts["nodes"] if counts["nodes"] else 0,
+                **extra,
             }
 
+        if worker is not None and not force:  # workers starting together
+            await ensure_stage(
+                self.store, self.run_record.id, "explore", self.fingerprint("explore")
+            )
         return await self.run_stage("explore", body, force=force)
 
     async def label_set(self) -> LabelSetRecord:
@@ -438,6 +501,9 @@ class Pipeline:
         config = self.config
 
         async def body() -> dict[str, Any]:
+            await _import("qlass.qnet.train")
+            from qlass.qnet.train import train_qnet
+
             label_set = await self.label_set()
             triples = await self.store.export_triples(
                 label_set.id,
@@ -548,6 +614,7 @@ class Pipeline:
 
     async def self_train(self) -> list[StageResult]:
         """Self-training rounds (see :mod:`qlass.runtime.selftrain`)."""
+        await _import("qlass.runtime.selftrain")
         from qlass.runtime.selftrain import self_train
 
         return await self_train(self)

@@ -84,7 +84,7 @@ async def bounded_map(
 
     Results keep the order of ``items``. Items not yet started when a stop is requested are
     skipped (the list then holds only the finished ones' results); an exception cancels the
-    rest and propagates.
+    rest and propagates as itself (not wrapped in an ``ExceptionGroup``).
     """
     limit = asyncio.Semaphore(concurrency)
     results: dict[int, R] = {}
@@ -95,7 +95,15 @@ async def bounded_map(
                 return
             results[index] = await fn(item)
 
-    async with asyncio.TaskGroup() as group:
-        for index, item in enumerate(items):
-            group.create_task(one(index, item))
+    try:
+        async with asyncio.TaskGroup() as group:
+            for index, item in enumerate(items):
+                group.create_task(one(index, item))
+    except BaseExceptionGroup as errors:
+        # Propagate the error itself (a ConfigError stays a ConfigError for the CLI), not
+        # the group the task group wraps it in; further concurrent errors are logged.
+        first, *others = errors.exceptions
+        for other in others:
+            log.warning("concurrent_error", error=repr(other))
+        raise first from first.__cause__
     return [results[i] for i in sorted(results)]

@@ -1,0 +1,59 @@
+"""Up-front checks of a run configuration: names that pydantic cannot know.
+
+:func:`check_config` runs when a pipeline starts, before the store is opened or any work
+is done, so that a typo in an env, game, backend, strategy or value-model name fails at
+once with a message that names the field (``env.games: unknown TextWorldExpress game
+'coinn'; choose one of: ...``), rather than after the store was created or deep inside a
+stage. Values pydantic validates (ranges, literals) are checked when the config loads.
+"""
+
+from __future__ import annotations
+
+from qlass.backends.registry import BACKENDS
+from qlass.config import RunConfig
+from qlass.envs.registry import get_family, list_tasks
+from qlass.errors import ConfigError, QlassError, UnknownNameError
+from qlass.qnet.registry import VALUE_MODELS
+from qlass.runtime.strategies import make_strategy
+
+__all__ = ["check_config"]
+
+
+def check_config(config: RunConfig) -> None:
+    """Raise :class:`ConfigError` naming the field of the first unknown name in ``config``.
+
+    Blocking (imports the env family, may read its split files): call it from a thread in
+    async code.
+    """
+    env = config.env
+    try:
+        get_family(env.name)
+    except UnknownNameError as exc:
+        raise ConfigError(f"env.name: {exc}") from exc
+    if env.games:
+        try:
+            list_tasks(env.name, "train", games=list(env.games), params=env.params, limit=1)
+        except UnknownNameError as exc:
+            raise ConfigError(f"env.games: {exc}") from exc
+        except QlassError:
+            pass  # missing local data and the like: reported by the stage that needs it
+    if config.policy.backend not in BACKENDS:
+        choices = ", ".join(sorted(BACKENDS))
+        raise ConfigError(
+            f"policy.backend: unknown policy backend {config.policy.backend!r} (choose: {choices})"
+        )
+    if config.search.value_model not in VALUE_MODELS:
+        choices = ", ".join(sorted(VALUE_MODELS))
+        raise ConfigError(
+            f"search.value_model: unknown value model {config.search.value_model!r} "
+            f"(choose: {choices})"
+        )
+    for field, specs in (
+        ("search.strategies", config.search.strategies),
+        ("self_train.strategy", (config.self_train.strategy,)),
+    ):
+        for spec in specs:
+            try:
+                make_strategy(spec)
+            except UnknownNameError as exc:
+                raise ConfigError(f"{field}: {exc}") from exc
