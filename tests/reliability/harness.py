@@ -34,7 +34,7 @@ BASE_SETTINGS = [
     "env.name=textworld_express",
     "env.games=[coin]",
     "env.params=numLocations=3,includeDoors=0",
-    "env.pool_size=2",
+    "env.pool_size=4",
     "policy.backend=scripted",
     f"policy.model={SCRIPTED_ACTIONS}",
     "policy.prompt=none",
