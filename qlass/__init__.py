@@ -12,6 +12,7 @@ QNet's dependencies.
     RunConfig, load_config        typed run configuration (qlass.config)
     Pipeline                      the whole method as resumable stages (qlass.runtime.pipeline)
     QlassError, UserError ...     the exception tree (qlass.errors)
+    configure_logging             logs to stderr, secrets redacted (for apps; once per process)
 
 Example:
     ```python
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from qlass._version import __version__
 
 if TYPE_CHECKING:
+    from qlass._log import configure_logging
     from qlass.agent import (
         REACT_SYSTEM_PROMPT,
         Agent,
@@ -146,6 +148,7 @@ __all__ = [
     "ValueQuery",
     "__version__",
     "build_policy",
+    "configure_logging",
     "create_env",
     "create_policy",
     "create_value_model",
@@ -164,6 +167,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "StepDecision",
         "StrategySpec",
     ),
+    "qlass._log": ("configure_logging",),
     "qlass.backends.base": ("Policy",),
     "qlass.backends.registry": ("build_policy", "create_policy"),
     "qlass.config": ("PolicyConfig", "RunConfig", "load_config"),

@@ -1,0 +1,7 @@
+"""Adapters that put qlass's Q-guided step inside agent frameworks.
+
+    qlass.integrations.langgraph    a LangGraph node that decides with an Agent
+                                    (pip install 'qlass[langgraph]')
+
+Each adapter imports its framework only when it is imported itself.
+"""

@@ -1,0 +1,160 @@
+"""Every example script runs in its fast mode, as a user would run it, and prints what it
+promises. The scripts are started together (one process each) and awaited per test.
+
+The models are small real ones made for the tests (tests/api/models.py): a BC policy for
+TextWorldExpress coin and an untrained QNet; ``guide_api_model.py`` is tested with its
+servers in ``test_guide_api_model.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from qlass.storage import TreeStore
+from tests.api.models import MAX_TURNS, PARAMS
+from tests.examples.conftest import EXAMPLES
+
+Finished = Callable[[str], str]
+
+
+@pytest.fixture(scope="module")
+def finished(
+    policy_dir: Path, qnet_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Finished]:
+    """Start the examples at once; ``finished(name)`` waits for one and returns its stdout."""
+    work = tmp_path_factory.mktemp("examples")
+    models = ["--policy", str(policy_dir), "--max-turns", str(MAX_TURNS)]
+    qnet = ["--qnet", str(qnet_dir)]
+    game = ["--params", PARAMS]
+    commands = {
+        "embed_in_your_app.py": [*models, *qnet, *game],
+        "your_own_environment.py": [*models, *qnet],
+        "langgraph_node.py": [*models, *qnet, *game],
+        "resume_exploration.py": [
+            *models,
+            *game,
+            "--run-dir",
+            str(work / "resume-run"),
+            "--stop-after",
+            "4",
+        ],
+    }
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    processes = {}
+    for name, args in commands.items():
+        processes[name] = subprocess.Popen(
+            [sys.executable, str(EXAMPLES / name), "--fast", *args],
+            cwd=work,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+
+    def wait(name: str) -> str:
+        out, err = processes[name].communicate(timeout=240)
+        assert processes[name].returncode == 0, f"{name} failed:\n{out}\n{err[-3000:]}"
+        return out
+
+    try:
+        yield wait
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
+
+
+def test_every_example_has_a_header_and_a_fast_mode() -> None:
+    scripts = sorted(EXAMPLES.glob("*.py"))
+    assert {p.name for p in scripts} >= {
+        "embed_in_your_app.py",
+        "guide_api_model.py",
+        "langgraph_node.py",
+        "resume_exploration.py",
+        "your_own_environment.py",
+    }
+    for script in scripts:
+        lines = script.read_text().splitlines()
+        header = [line for line in lines[:15] if line.startswith("#")]
+        assert len(header) >= 5, f"{script.name}: no comment header"
+        assert any("python examples/" in line for line in header), script.name
+        assert "--fast" in script.read_text(), script.name
+        assert len(lines) <= 130, f"{script.name} is {len(lines)} lines long"
+
+
+def test_embed_in_your_app(finished: Finished) -> None:
+    out = finished("embed_in_your_app.py")
+    assert out.startswith("task: Your task is to")
+    turns = re.findall(r"^turn (\d+): '([^']+)' -> score ([\d.]+) \((\d+) completion", out, re.M)
+    assert 1 <= len(turns) <= 4
+    assert all(int(tokens) > 0 for *_, tokens in turns)
+    # before each executed turn: the two scored candidates, the chosen one marked
+    blocks = re.split(r"^turn \d+: .*$", out, flags=re.M)[:-1]
+    for block, (_, action, _, _) in zip(blocks, turns, strict=False):
+        candidates = re.findall(r"^  (->|  ) Q=(-?[\d.]+) +(.+)$", block, re.M)
+        assert len(candidates) >= 2
+        chosen = [c for c in candidates if c[0] == "->"]
+        assert len(chosen) == 1 and chosen[0][2] == action
+        assert float(chosen[0][1]) == max(float(c[1]) for c in candidates)
+    assert re.search(r"^done: success=(True|False) after \d turns$", out, re.M)
+
+
+def test_your_own_environment(finished: Finished) -> None:
+    out = finished("your_own_environment.py")
+    rows = dict(re.findall(r"^(greedy|qlass:2) +(avg score .*)$", out, re.M))
+    assert set(rows) == {"greedy", "qlass:2"}, out
+    for row in rows.values():
+        match = re.match(r"avg score ([\d.]+)  success (\d)/2  tokens (\d+)  actions \[(.*)\]", row)
+        assert match is not None, row
+        assert 0.0 <= float(match[1]) <= 1.0 and int(match[3]) > 0 and match[4]
+    assert re.search(r"^callback  score [\d.]+  steps [1-3]$", out, re.M)
+
+
+def test_langgraph_node(finished: Finished) -> None:
+    out = finished("langgraph_node.py")
+    steps = re.findall(r"^step (\d+): (\S.*) from \[(.*)\]$", out, re.M)
+    final = re.search(r"^final: score ([\d.]+) success (True|False) steps (\d+)$", out, re.M)
+    assert final is not None, out
+    assert 1 <= int(final[3]) <= 4
+    assert [int(s[0]) for s in steps] == list(range(1, int(final[3]) + 1))
+    for _, _, scored in steps:
+        assert re.fullmatch(r"(.+=-?[\d.]+)(, .+=-?[\d.]+)*", scored)
+
+
+def test_resume_exploration(finished: Finished, tmp_path_factory: pytest.TempPathFactory) -> None:
+    out = finished("resume_exploration.py")
+    first = re.search(r"^interrupted: (\d+) nodes committed, stopped=True$", out, re.M)
+    resumed = re.search(
+        r"^resumed: (\d+) new nodes, total (\d+); first run's nodes kept unchanged: True;",
+        out,
+        re.M,
+    )
+    again = re.search(r"^again: stage skipped=True, nodes (\d+) \(nothing redone\)$", out, re.M)
+    assert first and resumed and again, out
+    assert int(first[1]) >= 4 and int(resumed[1]) > 0
+    assert int(resumed[2]) == int(first[1]) + int(resumed[1]) == int(again[1])
+    # the store agrees: that many nodes, and no tree position was made twice
+    store_path = Path(re.search(r"^store: sqlite\+aiosqlite:///(.+)$", out, re.M)[1])  # type: ignore[index]
+
+    async def positions() -> list[tuple[int, int | None, int]]:
+        async with await TreeStore.open(store_path) as store:
+            run = await store.runs.get("resume-example")
+            found = []
+            for task in await store.tasks.of_run(run.id):
+                assert task.status == "done"
+                tree = await store.trees.load(task.id)
+                found += [(n.task_id, n.parent_id, n.sample_index) for n in tree.nodes]
+            return found
+
+    found = asyncio.run(positions())
+    assert len(found) == int(resumed[2])
+    assert len(set(found)) == len(found)

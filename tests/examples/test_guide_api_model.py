@@ -1,0 +1,125 @@
+"""Guiding an "API model" with a QNet, end to end over real HTTP.
+
+``qlass serve`` stands in for the API (an OpenAI-compatible server over a small local
+policy) and ``qlass serve-qnet`` serves the QNet; the Agent reaches the first through
+LiteLLM (``openai/<name>`` + ``api_base``, the path GPT-4o takes) and the second through
+``QNetClient``, and plays TextWorldExpress. Checked against the servers' own counters: every
+token the trajectories report was billed by the server, every score was asked of the QNet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import litellm  # noqa: F401  (imported here, not on the event loop: it reads files)
+import pytest
+
+from qlass import Agent, ScoredCandidate, TaskSpec
+from qlass.envs.textworld_express import TextWorldExpressEnv
+from qlass.runtime.episode import INVALID_OBSERVATION
+from tests.api.models import GAME, MAX_TURNS, PARAMS
+from tests.examples.conftest import RunExample
+from tests.examples.servers import Served, policy_and_qnet_servers
+
+
+@pytest.fixture(scope="module")
+def servers(
+    policy_dir: Path, qnet_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Served, Served]]:
+    logs = tmp_path_factory.mktemp("server-logs")
+    with policy_and_qnet_servers(policy_dir, qnet_dir, logs) as both:
+        yield both
+
+
+async def test_agent_guides_a_served_model_over_http(servers: tuple[Served, Served]) -> None:
+    policy, qnet = servers
+    before = await asyncio.to_thread(policy.get, "/stats")
+    queries_before = (await asyncio.to_thread(qnet.get, "/health"))["stats"]["queries"]
+    agent = Agent(
+        f"openai/{policy.name}",
+        qnet.url,
+        "qlass:2",
+        api_base=policy.url,
+        api_key_env="OPENAI_API_KEY",
+        system_prompt=None,
+        max_turns_in_prompt=MAX_TURNS,
+        max_tokens=16,
+        max_steps=5,
+    )
+    env = TextWorldExpressEnv()
+    task = TaskSpec("textworld_express", GAME, 10_001, "dev", PARAMS)
+    try:
+        async with agent:
+            trajectory = await agent.run(env, task)
+            decision = await agent.step(trajectory.history)
+    finally:
+        await env.close()
+    after = await asyncio.to_thread(policy.get, "/stats")
+    queries_after = (await asyncio.to_thread(qnet.get, "/health"))["stats"]["queries"]
+    tally = trajectory.info["tally"]
+
+    # every token reported was counted by the server, and nothing else reached it
+    usage = trajectory.usage + decision.usage
+    assert usage.prompt_tokens == after["prompt_tokens"] - before["prompt_tokens"]
+    assert usage.completion_tokens == after["completion_tokens"] - before["completion_tokens"]
+    assert after["requests"] - before["requests"] == tally["policy_calls"] + 1  # native n
+    assert after["completions"] - before["completions"] == 2 * (tally["policy_calls"] + 1)
+    assert trajectory.usage.cost_usd == 0.0  # a local model has no price, but it is counted
+
+    # every valid candidate was scored by the served QNet, the best one executed
+    def distinct_scored(considered: tuple[ScoredCandidate, ...]) -> int:
+        return len({c.candidate.text for c in considered if c.value is not None})
+
+    scored = sum(distinct_scored(s.considered) for s in trajectory.steps)
+    assert scored == tally["value_queries"] > 0  # identical texts are scored once
+    assert queries_after - queries_before == scored + distinct_scored(decision.candidates)
+    for step in trajectory.steps:
+        values = [c.value for c in step.considered if c.value is not None]
+        if values:
+            assert step.value == max(values)
+    # parsed actions reached the simulator, which answered
+    executed = [s for s in trajectory.steps if s.candidate.action is not None]
+    assert executed and trajectory.env_steps == len(executed)
+    assert all(s.result.observation != INVALID_OBSERVATION for s in executed)
+    assert 0 < len(trajectory.steps) <= 5
+
+
+def test_guide_api_model_example(servers: tuple[Served, Served], run_example: RunExample) -> None:
+    policy, qnet = servers
+    before = policy.get("/stats")
+    process = run_example(
+        "guide_api_model.py",
+        "--fast",
+        *("--set", f"policy.model=openai/{policy.name}"),
+        *("--set", f"policy.api_base={policy.url}"),
+        *("--set", "policy.prompt=none"),
+        *("--set", f"policy.max_turns_in_prompt={MAX_TURNS}"),
+        *("--set", "policy.max_tokens=16"),
+        *("--set", f"env.params={PARAMS}"),
+        *("--set", f"search.value_model_path={qnet.url}"),
+    )
+    after = policy.get("/stats")
+    out = process.stdout
+    episodes = re.findall(
+        r"^episode +(\S+) +\S+ +score ([\d.]+) +steps +(\d+) +tokens (\d+)\+(\d+) +cost \$([\d.]+)$",
+        out,
+        re.MULTILINE,
+    )
+    assert sorted({e[0] for e in episodes}) == ["best_of_n:2", "greedy", "qlass:2"], out
+    assert len(episodes) == 6  # 3 strategies x 2 tasks
+    assert all(1 <= int(e[2]) <= 4 for e in episodes)
+    assert all(float(e[5]) == 0.0 for e in episodes)
+    # the tokens reported per episode are exactly what the server billed
+    assert sum(int(e[3]) for e in episodes) == after["prompt_tokens"] - before["prompt_tokens"]
+    assert sum(int(e[4]) for e in episodes) == (
+        after["completion_tokens"] - before["completion_tokens"]
+    )
+    # the comparison table, one row per strategy, with tokens and cost per episode
+    rows = re.findall(
+        r"^\| (\S+) \| 2 \| ([\d.]+) \| (\d+)% \| (\d+)\+(\d+) \| ([\d.]+) \|$", out, re.M
+    )
+    assert [r[0] for r in rows] == ["greedy", "best_of_n:2", "qlass:2"], out
+    assert "cost $/ep" in out
