@@ -9,6 +9,7 @@ the command prints how to resume.
 from __future__ import annotations
 
 import asyncio
+import re
 import shlex
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -19,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from qlass._log import redact
 from qlass.cli._common import ConfigOption, DbOption, SetOption, db_url, resolve_config
 from qlass.config import RunConfig
 from qlass.errors import UnknownNameError
@@ -92,13 +94,29 @@ def run_pipeline(config: RunConfig, work: Callable[[Pipeline], Awaitable[T]]) ->
     return result
 
 
+_RESUMABLE = ("run", "bc", "explore", "label", "eval", "self-train")
+_PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^\s/]+(@)")
+
+
 def _resume_hint(config: RunConfig, *, aborted: bool) -> None:
+    """Print how to resume: the command as given, and the ``--resume`` form. Database
+    passwords are masked and secret values redacted (this text ends up in logs)."""
+    from qlass.storage.engine import safe_url
+
     what = "aborted" if aborted else "stopped"
-    command = shlex.join(["qlass", *sys.argv[1:]])
+    command = next((arg for arg in sys.argv[1:] if arg in _RESUMABLE), "run")  # demo: run
+    argv = [_PASSWORD_IN_URL.sub(r"\1***\2", arg) for arg in sys.argv[1:]]
+    again = ["qlass", *argv]
+    resume = ["qlass", command, "--resume", config.name, "--db", safe_url(config.store_url)]
+    if "--worker" in argv:
+        resume.append("--worker")
+    masked = any("***" in arg for arg in [*again, *resume])
     typer.secho(
-        f"{what}: every committed step is kept. Resume with:\n  {command}\n"
-        f"  (or: qlass {sys.argv[1] if len(sys.argv) > 1 else 'run'} --resume {config.name} "
-        f"--db {config.store_url})",
+        redact(
+            f"{what}: every committed step is kept. Resume with:\n  {shlex.join(again)}\n"
+            f"  (or: {shlex.join(resume)})"
+            + ("\n  (the database password is masked: give it again)" if masked else "")
+        ),
         err=True,
         fg=typer.colors.YELLOW,
     )
@@ -300,8 +318,11 @@ def register(app: typer.Typer) -> None:
         db: DbOption = None,
         resume: ResumeOption = None,
     ) -> None:
-        """Self-training: collect Q-guided episodes on train tasks, fine-tune the policy on the
-        good ones, evaluate; repeat for self_train.rounds rounds (finished rounds are kept)."""
+        """Self-training: collect Q-guided episodes on train tasks, fine-tune on the good ones.
+
+        Each round is evaluated like the eval stage; self_train.rounds rounds in all.
+        Finished rounds are kept, so a rerun continues with the next one.
+        """
         resolved = load_run_config(config, set_, db, resume)
 
         async def work(pipeline: Pipeline) -> list[StageResult]:
