@@ -47,9 +47,22 @@ from qlass.types import TaskSpec, Trajectory
 if TYPE_CHECKING:  # torch and transformers load only for the stages that train
     from qlass.qnet.train import TrainSettings
 
-__all__ = ["OPTIONAL_STAGES", "STAGES", "Pipeline", "StageResult", "qnet_train_settings"]
+__all__ = [
+    "OPTIONAL_STAGES",
+    "STAGES",
+    "Pipeline",
+    "StageResult",
+    "drop_held_out",
+    "qnet_train_settings",
+]
 
 log = structlog.get_logger(__name__)
+
+
+def drop_held_out(train: Sequence[TaskSpec], held_out: Sequence[TaskSpec]) -> list[TaskSpec]:
+    """``train`` without the tasks whose (game, variation, params) is in ``held_out``."""
+    evaluated = {(t.name, t.variation, t.params) for t in held_out}
+    return [t for t in train if (t.name, t.variation, t.params) not in evaluated]
 
 
 def qnet_train_settings(config: RunConfig, **overrides: Any) -> TrainSettings:
@@ -222,12 +235,26 @@ class Pipeline:
     # -- shared pieces -----------------------------------------------------------------
 
     async def tasks(self, split: str, limit: int | None) -> list[TaskSpec]:
-        """The env's tasks of ``split`` (split files are read in a worker thread)."""
+        """The env's tasks of ``split`` (split files are read in a worker thread).
+
+        Training tasks never include a game of the dev or test split: the paper's
+        ScienceWorld files list 54 of the 194 "seen" (dev) variations in train too, and
+        training on them would leak the evaluation set.
+        """
         env = self.config.env
         games = list(env.games) if env.games else None
-        return await asyncio.to_thread(
-            list_tasks, env.name, split, games=games, params=env.params, limit=limit
-        )
+
+        def listed(name: str, cap: int | None = None) -> list[TaskSpec]:
+            return list_tasks(env.name, name, games=games, params=env.params, limit=cap)
+
+        if split != "train":
+            return await asyncio.to_thread(listed, split, limit)
+        train = await asyncio.to_thread(listed, "train")
+        held_out = await asyncio.to_thread(lambda: [*listed("dev"), *listed("test")])
+        kept = drop_held_out(train, held_out)
+        if len(kept) < len(train):
+            log.warning("train_tasks_held_out", dropped=len(train) - len(kept), env=env.name)
+        return kept[:limit] if limit is not None else kept
 
     def max_steps(self, task: TaskSpec) -> int:
         return self.config.env.max_steps or task_max_steps(task) or 30
@@ -456,11 +483,10 @@ class Pipeline:
                     concurrency=config.explore.concurrency,
                     on_failed=failed,
                 )
-                left = await self.store.tasks.unfinished(run.id)
-                extra = {
-                    f"worker:{worker.worker_id}": report.as_dict(),
-                    "unfinished_tasks": len(left),
-                }
+                extra = {f"worker:{worker.worker_id}": report.as_dict()}
+            # Failed or unfinished trees keep the stage running: a rerun retries them.
+            tasks = await self.store.tasks.of_run(run.id, split="train")
+            extra["unfinished_tasks"] = sum(t.status != "done" for t in tasks)
             pool_stats = pool.stats.since(before)
             return {
                 **counts,
