@@ -71,15 +71,17 @@ def _start(command: list[str], log: Path, stdout: int) -> subprocess.Popen[str]:
 
 @contextmanager
 def policy_and_qnet_servers(
-    model_dir: Path, checkpoint: Path, logs: Path
+    model_dir: Path, checkpoint: Path, logs: Path, *, model_name: str
 ) -> Iterator[tuple[Served, Served]]:
-    """``qlass serve MODEL_DIR --port 0`` and ``qlass serve-qnet CHECKPOINT``, started at
-    once (each loads its model in its own process). Logs go to ``logs/*.log``."""
+    """``qlass serve MODEL_DIR --port 0 --model-name NAME`` and ``qlass serve-qnet
+    CHECKPOINT``, started at once (each loads its model in its own process). Logs go to
+    ``logs/*.log``."""
     port = _free_port()
     qnet_log, policy_log = logs / "serve-qnet.log", logs / "serve.log"
     qnet_cmd = [sys.executable, "-m", "qlass", "serve-qnet", str(checkpoint)]
     qnet_cmd += ["--port", str(port), "--device", "cpu"]
     policy_cmd = [sys.executable, "-m", "qlass", "serve", str(model_dir), "--port", "0"]
+    policy_cmd += ["--model-name", model_name]
     processes = [_start(qnet_cmd, qnet_log, subprocess.DEVNULL)]
     try:
         processes.append(_start(policy_cmd, policy_log, subprocess.PIPE))

@@ -4,7 +4,8 @@
 policy) and ``qlass serve-qnet`` serves the QNet; the Agent reaches the first through
 LiteLLM (``openai/<name>`` + ``api_base``, the path GPT-4o takes) and the second through
 ``QNetClient``, and plays TextWorldExpress. Checked against the servers' own counters: every
-token the trajectories report was billed by the server, every score was asked of the QNet.
+token the trajectories report was billed by the server, every score was asked of the QNet;
+and the cost is LiteLLM's price for those tokens (the stand-in answers as a priced model).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import litellm  # noqa: F401  (imported here, not on the event loop: it reads files)
+import litellm  # imported here, not on the event loop: it reads files
 import pytest
 
 from qlass import Agent, ScoredCandidate, TaskSpec
@@ -24,13 +25,25 @@ from tests.api.models import GAME, MAX_TURNS, PARAMS
 from tests.examples.conftest import RunExample
 from tests.examples.servers import Served, policy_and_qnet_servers
 
+# The stand-in serves our tiny model under the name of a priced OpenAI model, so LiteLLM
+# prices its usage from its bundled price table as it would for the real API.
+PRICED = "gpt-4o-mini"
+
+
+def price(prompt_tokens: int, completion_tokens: int) -> float:
+    prices = litellm.model_cost[PRICED]
+    return (
+        prompt_tokens * prices["input_cost_per_token"]
+        + completion_tokens * prices["output_cost_per_token"]
+    )
+
 
 @pytest.fixture(scope="module")
 def servers(
     policy_dir: Path, qnet_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Served, Served]]:
     logs = tmp_path_factory.mktemp("server-logs")
-    with policy_and_qnet_servers(policy_dir, qnet_dir, logs) as both:
+    with policy_and_qnet_servers(policy_dir, qnet_dir, logs, model_name=PRICED) as both:
         yield both
 
 
@@ -67,7 +80,10 @@ async def test_agent_guides_a_served_model_over_http(servers: tuple[Served, Serv
     assert usage.completion_tokens == after["completion_tokens"] - before["completion_tokens"]
     assert after["requests"] - before["requests"] == tally["policy_calls"] + 1  # native n
     assert after["completions"] - before["completions"] == 2 * (tally["policy_calls"] + 1)
-    assert trajectory.usage.cost_usd == 0.0  # a local model has no price, but it is counted
+    assert trajectory.usage.cost_usd > 0
+    assert trajectory.usage.cost_usd == pytest.approx(
+        price(trajectory.usage.prompt_tokens, trajectory.usage.completion_tokens)
+    )
 
     # every valid candidate was scored by the served QNet, the best one executed
     def distinct_scored(considered: tuple[ScoredCandidate, ...]) -> int:
@@ -111,7 +127,8 @@ def test_guide_api_model_example(servers: tuple[Served, Served], run_example: Ru
     assert sorted({e[0] for e in episodes}) == ["best_of_n:2", "greedy", "qlass:2"], out
     assert len(episodes) == 6  # 3 strategies x 2 tasks
     assert all(1 <= int(e[2]) <= 4 for e in episodes)
-    assert all(float(e[5]) == 0.0 for e in episodes)
+    for e in episodes:  # cost per episode, printed to 4 decimals
+        assert float(e[5]) == pytest.approx(price(int(e[3]), int(e[4])), abs=5.1e-5)
     # the tokens reported per episode are exactly what the server billed
     assert sum(int(e[3]) for e in episodes) == after["prompt_tokens"] - before["prompt_tokens"]
     assert sum(int(e[4]) for e in episodes) == (
