@@ -160,6 +160,7 @@ def print_stages(results: Sequence[StageResult]) -> None:
         "trajectories",
         "final_loss",
         "trees",
+        "unfinished_tasks",
         "nodes",
         "env_steps_per_node",
         "dev_mse",
@@ -176,7 +177,11 @@ def print_stages(results: Sequence[StageResult]) -> None:
         )
         table.add_row(
             result.name,
-            "skipped" if result.skipped else "done",
+            "skipped"
+            if result.skipped
+            else "incomplete"
+            if result.metrics.get("unfinished_tasks")
+            else "done",
             str(result.metrics.get("wall_time_s", "")),
             figures,
         )

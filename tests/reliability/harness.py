@@ -34,13 +34,13 @@ BASE_SETTINGS = [
     "env.name=textworld_express",
     "env.games=[coin]",
     "env.params=numLocations=3,includeDoors=0",
-    "env.pool_size=4",
+    "env.pool_size=3",
     "policy.backend=scripted",
     f"policy.model={SCRIPTED_ACTIONS}",
     "policy.prompt=none",
     "explore.width=2",
     "explore.min_prune_depth=2",
-    "explore.concurrency=2",
+    "explore.concurrency=1",
 ]
 
 # Columns of a node that must survive a crash unchanged (ids and times included).
