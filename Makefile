@@ -38,5 +38,11 @@ pytest: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
+# API reference (mkdocstrings, from the docstrings) and guides, into site/.
+docs: $(STAMP)
+	$(BIN)/python -c 'import mkdocs, mkdocstrings_handlers.python, material' 2>/dev/null || \
+		$(BIN)/python -m pip install --quiet -c constraints/cpu.txt -e '.[docs]'
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
