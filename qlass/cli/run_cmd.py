@@ -135,6 +135,7 @@ def print_reports(reports: Sequence[StrategyReport], console: Console | None = N
         "completion tok/ep",
         "env steps",
         "s/episode",
+        "cost $/ep",
     ):
         table.add_column(column, justify="left" if column in ("strategy", "split") else "right")
     for r in reports:
@@ -148,6 +149,7 @@ def print_reports(reports: Sequence[StrategyReport], console: Console | None = N
             f"{r.completion_tokens_per_episode:.0f}",
             str(r.env_steps),
             f"{r.seconds_per_episode:.2f}",
+            f"{r.cost_usd / r.episodes:.4f}" if r.episodes else "-",
         )
     (console or Console()).print(table)
 

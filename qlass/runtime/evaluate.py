@@ -38,6 +38,8 @@ class StrategyReport:
     env_steps: int
     seconds_per_episode: float
     oracle_best_reward: float | None = None
+    cost_usd: float = 0.0
+    """Total price of the policy calls (USD, where the provider has a price)."""
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -65,6 +67,7 @@ def summarise(strategy: str, split: str, trajectories: Sequence[Trajectory]) -> 
         env_steps=sum(t.env_steps for t in trajectories),
         seconds_per_episode=statistics.fmean(t.wall_time_s for t in trajectories) if n else 0.0,
         oracle_best_reward=statistics.fmean(oracle) if oracle and len(oracle) == n else None,
+        cost_usd=sum(t.usage.cost_usd for t in trajectories),
     )
 
 

@@ -251,3 +251,18 @@ def test_from_config_takes_policy_value_prompt_and_strategy() -> None:
     assert local.system_prompt is None
     assert local._policy_spec.model == str(Path("runs/r/policy"))  # type: ignore[union-attr]
     assert local._value_spec == str(Path("runs/r/qnet"))
+
+
+def test_evaluation_reports_sum_the_episodes_cost() -> None:
+    from qlass.runtime.evaluate import StrategyReport, summarise
+    from qlass.types import Trajectory, Usage
+
+    episodes = [
+        Trajectory(TASK, "i", "o", (), 1.0, True, usage=Usage(100, 10, 0.25)),
+        Trajectory(TASK, "i", "o", (), 0.0, False, usage=Usage(50, 5, 0.5)),
+    ]
+    report = summarise("qlass:2", "dev", episodes)
+    assert report.cost_usd == pytest.approx(0.75)
+    assert report.prompt_tokens == 150 and report.completion_tokens == 15
+    stored_before_cost_existed = {k: v for k, v in report.as_dict().items() if k != "cost_usd"}
+    assert StrategyReport(**stored_before_cost_existed).cost_usd == 0.0  # type: ignore[arg-type]
