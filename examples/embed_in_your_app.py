@@ -61,6 +61,8 @@ def main() -> None:
     parser.add_argument("--fast", action="store_true", help="one short game (tests)")
     args = parser.parse_args()
     local = Path(args.policy).is_dir()
+    if args.policy.startswith("runs/") and not local:
+        parser.error(f"no model at {args.policy}: run `qlass demo` first, or pass --policy")
     agent = Agent(
         args.policy,
         args.qnet,

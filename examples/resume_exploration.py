@@ -76,6 +76,8 @@ def main() -> None:
     parser.add_argument("--fast", action="store_true", help="2 small trees (tests)")
     args = parser.parse_args()
     local = Path(args.policy).is_dir()
+    if args.policy.startswith("runs/") and not local:
+        parser.error(f"no model at {args.policy}: run `qlass demo` first, or pass --policy")
     config = RunConfig.model_validate(
         {
             "name": "resume-example",

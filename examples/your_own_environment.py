@@ -4,6 +4,8 @@
 #
 #   qlass demo                                   # trains runs/demo/policy and runs/demo/qnet
 #   python examples/your_own_environment.py      # greedy vs QLASS on the little house below
+#     (the demo's tiny policy knows only TextWorldExpress and rarely solves this house;
+#     an API model gets the house's actions in its system prompt)
 #   python examples/your_own_environment.py --policy openai/gpt-4o --qnet http://gpu:8765
 #
 # --fast: 2 tasks of at most 3 steps (what the test suite runs).
@@ -17,32 +19,41 @@ from pathlib import Path
 
 from qlass import REACT_SYSTEM_PROMPT, Agent, Observation, StepResult, TaskSpec, configure_logging
 
-ROOMS = ("kitchen", "hallway", "living room", "bedroom")
+ACTIONS = "Actions: look around, move east, move west, take coin."
+ROOMS = ("kitchen", "corridor", "pantry", "living room")
+FURNITURE = ("a stove", "a key holder", "a folding chair", "a sofa")
 
 
 class CoinHouse:
-    """Rooms on a line from west to east, a coin in one of them (chosen by the variation)."""
+    """Rooms on a line from west to east, a coin in one of them (chosen by the variation).
+
+    Worded like TextWorldExpress, the game the demo's small policy was trained on.
+    """
 
     def __init__(self) -> None:
-        self.at, self.coin, self.steps = 0, 1, 0
+        self.at, self.coin = 0, 1
 
     async def reset(self, task: TaskSpec) -> Observation:
-        self.at, self.steps = 0, 0
+        self.at = 0
         self.coin = random.Random(task.variation).randrange(1, len(ROOMS))
-        return Observation(self._look(), "Your task is to find a coin and take it.")
+        instruction = (
+            "Your task is to search the environment and find the coin.  "
+            "Once you find the coin, take it."
+        )
+        return Observation(self._look(), instruction)
 
     def _look(self) -> str:
-        text = f"You are in the {ROOMS[self.at]}."
+        text = f"You are in the {ROOMS[self.at]}. In one part of the room you see {FURNITURE[self.at]}. "
         if self.at == self.coin:
-            text += " You see a coin."
+            text += "There is also a coin. "
+        text += "\n"
         if self.at > 0:
-            text += f" To the West you see the {ROOMS[self.at - 1]}."
+            text += f"To the West you see the {ROOMS[self.at - 1]}. "
         if self.at < len(ROOMS) - 1:
-            text += f" To the East you see the {ROOMS[self.at + 1]}."
-        return text
+            text += f"To the East you see the {ROOMS[self.at + 1]}. "
+        return text.strip()
 
     async def step(self, action: str) -> StepResult:
-        self.steps += 1
         if action == "take coin" and self.at == self.coin:
             return StepResult("You take the coin. You win!", 1.0, True, 1.0, success=True)
         if action in ("move east", "move west"):
@@ -90,10 +101,13 @@ def main() -> None:
     parser.add_argument("--fast", action="store_true", help="2 short tasks (tests)")
     args = parser.parse_args()
     local = Path(args.policy).is_dir()
+    if args.policy.startswith("runs/") and not local:
+        parser.error(f"no model at {args.policy}: run `qlass demo` first, or pass --policy")
     agent = Agent(
         args.policy,
         args.qnet,
-        system_prompt=None if local else REACT_SYSTEM_PROMPT,
+        # a system prompt for your world: the format, and the actions it understands
+        system_prompt=None if local else REACT_SYSTEM_PROMPT + "\n" + ACTIONS,
         max_tokens=16 if local else 128,
         max_turns_in_prompt=args.max_turns,
         api_base=args.api_base,
