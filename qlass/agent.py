@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeAlias, cast
 
 import structlog
+from pydantic import ValidationError
 
 from qlass._seeding import derive_seed
 from qlass.backends.base import Policy
@@ -442,13 +443,20 @@ class Agent:
             )
         options = {k: v for k, v in self._policy_config.items() if v is not None}
         path = Path(spec).expanduser()
-        if isinstance(spec, Path) or path.is_dir():
-            if not path.is_dir():
-                raise ConfigError(f"policy: {path} is not a model directory")
+        local = isinstance(spec, Path) or path.is_dir()
+        if local and not path.is_dir():
+            raise ConfigError(f"policy: {path} is not a model directory")
+        if local:
             options = {k: v for k, v in options.items() if k not in ("api_base", "api_key_env")}
-            config = PolicyConfig(backend="hf", model=str(path), **options)
-        else:
-            config = PolicyConfig(backend="litellm", model=str(spec), **options)
+        try:
+            config = PolicyConfig(
+                backend="hf" if local else "litellm",
+                model=str(path) if local else str(spec),
+                **options,
+            )
+        except ValidationError as exc:
+            fields = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors())
+            raise ConfigError(f"policy_options: invalid {fields}: {exc}") from exc
         try:
             return build_policy(config)
         except ConfigError as exc:

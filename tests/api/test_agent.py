@@ -266,3 +266,10 @@ def test_evaluation_reports_sum_the_episodes_cost() -> None:
     assert report.prompt_tokens == 150 and report.completion_tokens == 15
     stored_before_cost_existed = {k: v for k, v in report.as_dict().items() if k != "cost_usd"}
     assert StrategyReport(**stored_before_cost_existed).cost_usd == 0.0  # type: ignore[arg-type]
+
+
+async def test_bad_policy_options_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="rpm"):
+        await Agent("hosted_vllm/m", None, "greedy", policy_options={"rpm": -1}).open()
+    with pytest.raises(ConfigError, match="no_such_field"):
+        await Agent("hosted_vllm/m", None, "greedy", policy_options={"no_such_field": 1}).open()
