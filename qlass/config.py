@@ -142,6 +142,9 @@ class ExploreConfig(_Section):
     )
     temperature: float = Field(0.7, ge=0)
     concurrency: int = Field(8, ge=1, description="trees grown at once")
+    tasks: int | None = Field(
+        None, ge=1, description="train tasks to grow trees for (None: env.train_tasks)"
+    )
 
 
 class LabelConfig(_Section):

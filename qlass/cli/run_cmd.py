@@ -123,22 +123,14 @@ def _resume_hint(config: RunConfig, *, aborted: bool) -> None:
 
 
 def print_reports(reports: Sequence[StrategyReport], console: Console | None = None) -> None:
-    """A table of evaluation results (avg reward x100 as in the paper, and success)."""
-    table = Table(title="evaluation", show_lines=False)
-    for column in (
-        "strategy",
-        "split",
-        "episodes",
-        "avg reward",
-        "success",
-        "steps",
-        "completion tok/ep",
-        "env steps",
-        "s/episode",
-        "cost $/ep",
-    ):
-        table.add_column(column, justify="left" if column in ("strategy", "split") else "right")
+    """A table of evaluation results: average final reward x100 (the paper's metric),
+    success rate, and per episode: steps, completion tokens, env steps, seconds, cost."""
+    table = Table(title="evaluation (per episode: steps, completion tokens, env steps, s, $)")
+    table.add_column("strategy", no_wrap=True)
+    for column in ("split", "n", "reward", "success", "steps", "tokens", "env", "s", "$"):
+        table.add_column(column, justify="left" if column == "split" else "right")
     for r in reports:
+        per_episode = r.episodes or 1
         table.add_row(
             r.strategy,
             r.split,
@@ -147,9 +139,9 @@ def print_reports(reports: Sequence[StrategyReport], console: Console | None = N
             f"{100 * r.success_rate:.1f}%",
             f"{r.avg_steps:.1f}",
             f"{r.completion_tokens_per_episode:.0f}",
-            str(r.env_steps),
+            f"{r.env_steps / per_episode:.1f}",
             f"{r.seconds_per_episode:.2f}",
-            f"{r.cost_usd / r.episodes:.4f}" if r.episodes else "-",
+            f"{r.cost_usd / per_episode:.4f}",
         )
     (console or Console()).print(table)
 

@@ -420,7 +420,7 @@ class Pipeline:
         async def body() -> dict[str, Any]:
             run = self.run_record
             await self.label_set()  # exists before any leaf: labels stay incremental
-            specs = await self.tasks("train", config.env.train_tasks)
+            specs = await self.tasks("train", config.explore.tasks or config.env.train_tasks)
             await self.store.tasks.add_many(run.id, specs)
             todo = [t for t in await self.store.tasks.of_run(run.id) if t.status != "done"]
             policy, pool = await self.policy(), await self.shared_pool()
