@@ -5,7 +5,7 @@ The public API, for apps that embed qlass. Everything is imported on first use, 
 QNet's dependencies.
 
     Agent, StepDecision           Q-guided search in your own agent (qlass.agent)
-    CallbackEnv, StepCallback     an environment made of an async step callback
+    CallbackEnv, StepCallback     an environment made of an async step callback (integrations)
     Env, Policy, ValueModel       the protocols to implement your own parts
     TaskSpec, History, Trajectory ... the plain data every layer exchanges (qlass.types)
     Greedy, QGuided, BestOfN ...  search strategies (qlass.runtime.strategies)
@@ -32,14 +32,7 @@ from qlass._version import __version__
 
 if TYPE_CHECKING:
     from qlass._log import configure_logging
-    from qlass.agent import (
-        REACT_SYSTEM_PROMPT,
-        Agent,
-        CallbackEnv,
-        StepCallback,
-        StepDecision,
-        StrategySpec,
-    )
+    from qlass.agent import REACT_SYSTEM_PROMPT, Agent, StepDecision, StrategySpec
     from qlass.backends.base import Policy
     from qlass.backends.registry import build_policy, create_policy
     from qlass.config import PolicyConfig, RunConfig, load_config
@@ -66,6 +59,7 @@ if TYPE_CHECKING:
         UserError,
         ValueModelError,
     )
+    from qlass.integrations.callback import CallbackEnv, StepCallback
     from qlass.qnet.base import BaseValueModel, ValueModel, ValueQuery
     from qlass.qnet.registry import create_value_model
     from qlass.runtime.episode import StepwiseStrategy
@@ -159,20 +153,14 @@ __all__ = [
 ]
 
 _MODULES: dict[str, tuple[str, ...]] = {
-    "qlass.agent": (
-        "REACT_SYSTEM_PROMPT",
-        "Agent",
-        "CallbackEnv",
-        "StepCallback",
-        "StepDecision",
-        "StrategySpec",
-    ),
+    "qlass.agent": ("REACT_SYSTEM_PROMPT", "Agent", "StepDecision", "StrategySpec"),
     "qlass._log": ("configure_logging",),
     "qlass.backends.base": ("Policy",),
     "qlass.backends.registry": ("build_policy", "create_policy"),
     "qlass.config": ("PolicyConfig", "RunConfig", "load_config"),
     "qlass.envs.base": ("Env", "EnvPrompt"),
     "qlass.envs.registry": ("create_env", "env_names", "list_tasks"),
+    "qlass.integrations.callback": ("CallbackEnv", "StepCallback"),
     "qlass.errors": (
         "ActionParseError",
         "ConfigError",

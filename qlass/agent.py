@@ -42,6 +42,7 @@ from qlass.backends.base import Policy
 from qlass.config import PolicyConfig
 from qlass.envs.base import Env
 from qlass.errors import ConfigError, UserError
+from qlass.integrations.callback import CallbackEnv, StepCallback
 from qlass.qnet.base import ValueModel
 from qlass.runtime.context import EnvSession, SearchContext, SingleEnvProvider
 from qlass.runtime.episode import EpisodeState, StepwiseStrategy, run_stepwise
@@ -51,7 +52,6 @@ from qlass.types import (
     History,
     Observation,
     ScoredCandidate,
-    StepResult,
     TaskSpec,
     Trajectory,
     Usage,
@@ -63,8 +63,6 @@ if TYPE_CHECKING:
 __all__ = [
     "REACT_SYSTEM_PROMPT",
     "Agent",
-    "CallbackEnv",
-    "StepCallback",
     "StepDecision",
     "StrategySpec",
 ]
@@ -79,10 +77,6 @@ REACT_SYSTEM_PROMPT = (
 )
 """The default system prompt: asks for the ``Thought: ... Action: ...`` format that
 :mod:`qlass.parsing` reads. Pass ``system_prompt=None`` for a policy fine-tuned without one."""
-
-StepCallback: TypeAlias = Callable[[str], Awaitable[str | StepResult]]
-"""``async def step(action) -> observation``: the smallest environment. Return a
-:class:`~qlass.types.StepResult` to report reward, score and the end of the episode."""
 
 StrategySpec: TypeAlias = str | SearchStrategy | StepwiseStrategy
 """A strategy name (``"greedy"``, ``"qlass:2"``, ``"best_of_n:4"``, ``"beam:2"``...) or a
@@ -139,71 +133,6 @@ class StepDecision:
                 "cost_usd": self.usage.cost_usd,
             },
         }
-
-
-class CallbackEnv:
-    """An :class:`~qlass.envs.base.Env` made of an ``async def step(action)`` callback.
-
-    Args:
-        step: called with each action; returns the observation text (the episode then
-            never ends by itself: the agent's step limit ends it) or a
-            :class:`~qlass.types.StepResult`.
-        instruction: the task given to the agent.
-        observation: what the agent sees before its first action.
-        reset: optional ``async def reset() -> str | Observation`` that puts your world
-            back to its start. Strategies that compare whole episodes (``best_of_n``,
-            ``beam``) replay from the start and need it; ``greedy`` and ``qlass`` do not.
-
-    Example:
-        ```python
-        async def step(action: str) -> str:
-            return await my_app.execute(action)
-
-        trajectory = await agent.run(CallbackEnv(step, instruction="Book a table for 2."))
-        ```
-    """
-
-    def __init__(
-        self,
-        step: StepCallback,
-        *,
-        instruction: str,
-        observation: str = "",
-        reset: Callable[[], Awaitable[str | Observation]] | None = None,
-    ) -> None:
-        self._step = step
-        self._reset = reset
-        self.instruction = instruction
-        self.observation = observation
-        self._score = 0.0
-        self._resets = 0
-
-    async def reset(self, task: TaskSpec) -> Observation:
-        """Start the episode (calls the ``reset`` callback from the second time on)."""
-        self._resets += 1
-        self._score = 0.0
-        if self._resets > 1:
-            if self._reset is None:
-                raise UserError(
-                    "this strategy replays the episode from its start, but the CallbackEnv "
-                    "has no reset callback: pass reset=..., or use 'greedy' or 'qlass:M'"
-                )
-            start = await self._reset()
-            if isinstance(start, Observation):
-                return start
-            self.observation = start
-        return Observation(self.observation, self.instruction)
-
-    async def step(self, action: str) -> StepResult:
-        """Run ``action`` through the callback."""
-        result = await self._step(action)
-        if isinstance(result, StepResult):
-            self._score = result.score
-            return result
-        return StepResult(str(result), 0.0, False, self._score)
-
-    async def close(self) -> None:
-        """Nothing to release: the callback's owner closes its world."""
 
 
 class _NoEnvs:
