@@ -100,6 +100,10 @@ def _disconnect(sim: Any) -> None:
     could block whatever thread the collector runs in)."""
     with contextlib.suppress(Exception):
         sim._gateway._gateway_client.is_connected = False
+    with contextlib.suppress(Exception):
+        # Close the idle pooled sockets locally (no JVM traffic): a JVM that died leaves
+        # them open, and they would surface later as ResourceWarnings.
+        sim._gateway._gateway_client.close()
 
 
 def _dispose(sim: Any, proc: subprocess.Popen[bytes], release: Callable[[Any], None]) -> None:
