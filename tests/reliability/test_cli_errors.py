@@ -1,0 +1,185 @@
+"""What a user sees when ``qlass explore`` / ``qlass eval`` is given a bad config or a bad
+store: one clear line naming the field or the problem, exit code 2 for input to fix (1 for
+a store that cannot be used), and nothing created or started before the check."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from qlass.cli import main
+
+BASE = [
+    "--set",
+    "policy.backend=scripted",
+    "--set",
+    "policy.model=look around",
+    "--set",
+    "env.games=[coin]",
+    "--set",
+    "env.train_tasks=1",
+]
+
+
+def _run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["qlass", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    code = exit_info.value.code
+    return code if isinstance(code, int) else 1, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("command", "override", "message"),
+    [
+        ("explore", "env.name=nope", "env.name: unknown env 'nope'; choose one of:"),
+        ("explore", "env.games=[coinn]", "env.games: unknown TextWorldExpress game 'coinn'"),
+        ("explore", "explore.width=0", "explore.width: Input should be greater than"),
+        ("explore", "policy.backend=nope", "policy.backend: unknown policy backend 'nope'"),
+        ("explore", "search.value_model=nope", "search.value_model: unknown value model"),
+        ("explore", "nonsense.field=1", "nonsense: Extra inputs are not permitted"),
+        ("eval", "search.strategies=[qlas:2]", "search.strategies: unknown strategy 'qlas'"),
+        ("eval", "search.strategies=[best_of_n:x]", "search.strategies: strategy 'best_of_n:x'"),
+        ("eval", "self_train.strategy=qlass:0", "self_train.strategy: strategy 'qlass:0'"),
+    ],
+)
+def test_bad_config_is_refused_up_front_naming_the_field(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    override: str,
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "run"
+    code, err = _run(
+        monkeypatch, capsys, command, *BASE, "--set", f"run_dir={run_dir}", "--set", override
+    )
+    assert code == 2
+    assert message in err
+    assert err.strip().startswith("error: ")  # one line, no traceback
+    assert not run_dir.exists()  # checked before the store (or anything) was created
+
+
+def test_simulator_parameters_it_rejects_are_a_user_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = _run(
+        monkeypatch,
+        capsys,
+        "explore",
+        *BASE,
+        "--set",
+        f"run_dir={tmp_path / 'run'}",
+        "--set",
+        "env.params=bogus=3",
+    )
+    assert code == 2  # one clear line, not a traceback from inside the task group
+    assert "error: TextWorldExpress rejected params 'bogus=3'" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--worker-id", "w1"], "--worker-id needs --worker"),
+        (["--worker", "--lease-s", "0"], "Invalid value for '--lease-s'"),
+        (["--resume", "nope", "--db", "missing.db"], "no tree store at missing.db"),
+    ],
+)
+def test_bad_worker_and_resume_options(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, err = _run(monkeypatch, capsys, "explore", *args)
+    assert code in (1, 2)
+    assert message in err
+
+
+def _explore_db(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp: Path, db: str
+) -> tuple[int, str]:
+    monkeypatch.chdir(tmp)
+    return _run(
+        monkeypatch, capsys, "explore", *BASE, "--set", f"run_dir={tmp / 'run'}", "--db", db
+    )
+
+
+def test_corrupt_foreign_and_newer_stores_are_refused_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"this is not a database " * 300)
+    code, err = _explore_db(monkeypatch, capsys, tmp_path, str(corrupt))
+    assert code == 1
+    assert "is not a usable database (not a SQLite file, or corrupt)" in err
+
+    foreign = tmp_path / "foreign.db"  # someone else's tables, no qlass revision
+    with sqlite3.connect(foreign) as connection:
+        connection.execute("CREATE TABLE nodes (id INTEGER PRIMARY KEY, payload TEXT)")
+    code, err = _explore_db(monkeypatch, capsys, tmp_path, str(foreign))
+    assert code == 1
+    assert "not a qlass" in err or "other tables" in err
+
+    newer = tmp_path / "newer.db"  # written by a qlass from the future
+    code, _ = _run(monkeypatch, capsys, "db", "upgrade", "--db", str(newer))
+    assert code == 0
+    with sqlite3.connect(newer) as connection:
+        connection.execute("UPDATE alembic_version SET version_num = '9999'")
+    code, err = _explore_db(monkeypatch, capsys, tmp_path, str(newer))
+    assert code == 1
+    assert "9999" in err and "0001" in err
+    code, err = _run(monkeypatch, capsys, "explore", "--resume", "x", "--db", str(newer))
+    assert code == 1 and "9999" in err
+
+
+def test_unreachable_server_is_clear_and_its_password_masked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = "postgresql+asyncpg://qlass:hunter2-secret@127.0.0.1:1/qlass?ssl=disable"
+    code, err = _explore_db(monkeypatch, capsys, tmp_path, url)
+    assert code == 1
+    assert "cannot reach database postgresql+asyncpg://qlass:***@127.0.0.1:1/qlass" in err
+    assert "hunter2" not in err
+
+
+@pytest.mark.slow
+def test_locked_store_times_out_with_a_clear_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "locked.db"
+    assert _run(monkeypatch, capsys, "db", "upgrade", "--db", str(db))[0] == 0
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # another process's writer that never lets go
+        connection = sqlite3.connect(db, isolation_level=None)
+        connection.execute("BEGIN IMMEDIATE")
+        locked.set()
+        release.wait(120)
+        connection.execute("ROLLBACK")
+        connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        started = time.monotonic()
+        code, err = _explore_db(monkeypatch, capsys, tmp_path, str(db))
+    finally:
+        release.set()
+        holder.join()
+    assert code == 1
+    assert "is locked: another process held the write lock longer than the busy timeout" in err
+    assert time.monotonic() - started >= 25  # it waited for the busy timeout first
