@@ -46,9 +46,21 @@ from qlass.envs.base import Env, require_action
 from qlass.errors import EnvCrashedError, EnvTimeoutError, ReplayMismatchError
 from qlass.types import Observation, StepResult, TaskSpec
 
-__all__ = ["EnvHandle", "EnvPool", "PoolStats"]
+__all__ = ["EnvHandle", "EnvPool", "PoolStats", "same_observation"]
 
 log = structlog.get_logger(__name__)
+
+
+def same_observation(replayed: str, recorded: str) -> bool:
+    """Whether a replayed observation shows the same state as the recorded one.
+
+    Lines may come in another order: ScienceWorld lists a room's objects in hash order,
+    which changes between resets while the state is the same. Any other difference (a
+    line added, removed or changed) is a real divergence.
+    """
+    if replayed == recorded:
+        return True
+    return sorted(replayed.splitlines()) == sorted(recorded.splitlines())
 
 
 @dataclass
@@ -423,7 +435,7 @@ class EnvPool:
         pos = slot.position
         if pos is not None and pos.task == task and pos.actions == path:
             self.stats.exact_reuses += 1
-            if expected and pos.observation != expected[-1]:
+            if expected and not same_observation(pos.observation, expected[-1]):
                 raise self._mismatch(task, path, len(path) - 1, expected[-1], pos.observation)
             return
         if (
@@ -448,7 +460,7 @@ class EnvPool:
         replaying = start == 0
         for i in range(start, len(path)):
             result = await self._step(slot, path[i], caller=False, replay=replaying)
-            if expected is not None and result.observation != expected[i]:
+            if expected is not None and not same_observation(result.observation, expected[i]):
                 raise self._mismatch(task, path, i, expected[i], result.observation)
 
     def _mismatch(

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from qlass.backends.base import Policy
 from qlass.envs.base import Env
+from qlass.envs.pool import same_observation
 from qlass.errors import ReplayMismatchError
 from qlass.prompts import policy_messages
 from qlass.qnet.base import ValueModel, ValueQuery
@@ -94,7 +95,7 @@ class SingleEnvProvider:
                 result = await self.env.step(actions[i])
                 self.env_steps += 1
                 self.path.append(actions[i])
-                if expected is not None and result.observation != expected[i]:
+                if expected is not None and not same_observation(result.observation, expected[i]):
                     self._task = None
                     raise ReplayMismatchError(
                         f"{task.key}: replaying step {i + 1} ({actions[i]!r}) gave a different "

@@ -280,3 +280,14 @@ async def test_idle_env_at_an_end_is_evicted_before_a_live_one() -> None:
         async with pool.at(OTHER, ["x", "y"]):  # still there: continued, not replayed
             pass
         assert pool.stats.continuations == 1
+
+
+def test_same_observation_ignores_line_order_only() -> None:
+    from qlass.envs.pool import same_observation
+
+    a = "In it, you see:\n\ta red cup\n\ta blue cup\nA door."
+    assert same_observation(a, a)
+    assert same_observation("In it, you see:\n\ta blue cup\n\ta red cup\nA door.", a)
+    assert not same_observation("In it, you see:\n\ta red cup\nA door.", a)
+    assert not same_observation("In it, you see:\n\ta red cup\n\ta green cup\nA door.", a)
+    assert not same_observation(a + "\n\ta red cup", a)

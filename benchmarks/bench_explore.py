@@ -1,0 +1,291 @@
+"""Explorer benchmark: qlass's concurrent explorer vs the reference's sequential replay.
+
+Both grow the same exploration trees (the paper's shape: W samples per node, all children
+expanded below the prune depth, beyond it the first expanded and the others rolled out)
+with the runtime's own :class:`~qlass.runtime.explore.TreeExplorer`, the real tree store
+(SQLite) and the same deterministic policy, so only the way environments are positioned
+and work is scheduled differs. The policy is scripted (its choice depends on the last
+observation and the sample index) and answers after ``--policy-latency`` seconds, standing
+in for a served LLM (a vLLM server or an API: a request costs about the same whether or not
+others are in flight); ``--policy-latency 0`` measures env and store overhead alone.
+
+- **qlass**: an :class:`~qlass.envs.pool.EnvPool` of ``--pool`` simulators, ``--concurrency``
+  trees at once, each node reached by continuing an env that stands at its parent (a
+  sibling branch replays);
+- **reference**: one simulator, one tree and one node at a time, every node reached by
+  resetting the env and replaying its whole prefix (what the authors' code did).
+
+Reported per explorer: trees, nodes, env steps (resets apart), env steps per new node,
+wall time, trees per hour, and the ratios. The trees are checked to be identical.
+
+    .venv/bin/python -m benchmarks.bench_explore                      # ScienceWorld
+    .venv/bin/python -m benchmarks.bench_explore --env textworld_express --games coin
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from qlass._log import configure_logging
+from qlass.backends.scripted import ScriptedPolicy
+from qlass.envs.base import Env
+from qlass.envs.pool import EnvPool
+from qlass.envs.registry import create_env, list_tasks
+from qlass.runtime.context import EnvSession, SearchContext
+from qlass.runtime.explore import ExploreSettings, TreeExplorer
+from qlass.runtime.scheduler import bounded_map
+from qlass.storage import TreeStore
+from qlass.types import ChatMessage, Observation, StepResult, TaskSpec
+
+ACTIONS = {
+    "scienceworld": [
+        "look around",
+        "inventory",
+        "open door to hallway",
+        "go to hallway",
+        "open door to kitchen",
+        "go to kitchen",
+        "look at table",
+        "focus on agent",
+    ],
+    "textworld_express": [
+        "look around",
+        "move north",
+        "move south",
+        "move east",
+        "move west",
+        "open door to north",
+        "take coin",
+        "inventory",
+    ],
+}
+
+
+def _rule(actions: Sequence[str]):  # type: ignore[no-untyped-def]
+    """A deterministic policy: the action depends on the last observation and the sample."""
+
+    def choose(messages: Sequence[ChatMessage], index: int) -> str:
+        digest = hashlib.sha256(f"{messages[-1]['content']}|{index}".encode()).digest()
+        return f"Action: {actions[digest[0] % len(actions)]}"
+
+    return choose
+
+
+@dataclass
+class _Session:
+    env: Env
+    initial: Observation
+    counter: list[int]
+
+    async def step(self, action: str) -> StepResult:
+        self.counter[0] += 1
+        return await self.env.step(action)
+
+
+class ReplayFromReset:
+    """The reference's positioning: one env; every node is reached by reset + replay."""
+
+    def __init__(self, env: Env) -> None:
+        self.env = env
+        self.steps = [0]
+        self.resets = 0
+        self._lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def _session(self, task: TaskSpec, actions: Sequence[str]) -> AsyncIterator[EnvSession]:
+        async with self._lock:
+            initial = await self.env.reset(task)
+            self.resets += 1
+            for action in actions:
+                await self.env.step(action)
+                self.steps[0] += 1
+            yield _Session(self.env, initial, self.steps)
+
+    def session(
+        self, task: TaskSpec, actions: Sequence[str] = (), expected: Sequence[str] | None = None
+    ) -> AbstractAsyncContextManager[EnvSession]:
+        return self._session(task, actions)
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    trees: int
+    nodes: int
+    env_steps: int
+    resets: int
+    seconds: float
+    shapes: tuple[frozenset[tuple[tuple[int, ...], str | None, str]], ...]
+
+    @property
+    def steps_per_node(self) -> float:
+        return self.env_steps / max(1, self.nodes - self.trees)
+
+    @property
+    def trees_per_hour(self) -> float:
+        return 3600 * self.trees / self.seconds
+
+
+async def _grow(
+    name: str,
+    provider: object,
+    tasks: Sequence[TaskSpec],
+    settings: ExploreSettings,
+    concurrency: int,
+    actions: Sequence[str],
+    db: Path,
+    latency: float,
+) -> tuple[float, int, tuple[frozenset[tuple[tuple[int, ...], str | None, str]], ...]]:
+    async with await TreeStore.open(db) as store:
+        run = await store.runs.create(name, config={}, seed=0)
+        await store.labels.create_set(run.id)
+        records = await store.tasks.add_many(run.id, list(tasks))
+        policy = ScriptedPolicy(rule=_rule(actions), delay_s=latency)
+        ctx = SearchContext(policy=policy, envs=provider)  # type: ignore[arg-type]
+        explorer = TreeExplorer(store, ctx, settings, seed=0)
+        started = time.perf_counter()
+        await bounded_map(explorer.explore, records, concurrency=concurrency)
+        seconds = time.perf_counter() - started
+        shapes = []
+        nodes = 0
+        for record in records:
+            tree = await store.trees.load(record.id)
+            nodes += len(tree.nodes)
+            shapes.append(
+                frozenset(
+                    (
+                        tuple(n.sample_index for n in tree.path(node.id)[1:]),
+                        node.action,
+                        node.observation,
+                    )
+                    for node in tree.nodes
+                )
+            )
+    return seconds, nodes, tuple(shapes)
+
+
+async def main(args: argparse.Namespace) -> None:
+    configure_logging(level="WARNING")
+    tasks = list_tasks(args.env, "train", games=args.games, limit=args.trees)
+    settings = ExploreSettings(
+        width=args.width,
+        max_depth=args.max_depth,
+        min_prune_depth=args.prune_depth,
+        max_steps=args.max_steps,
+    )
+    actions = ACTIONS[args.env]
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        pool = EnvPool.for_env(args.env, size=args.pool, max_steps=args.max_steps)
+        try:
+            # Warm the JVMs (start-up is not exploration).
+            async def warm(task: TaskSpec) -> None:
+                async with pool.at(task):
+                    pass
+
+            await asyncio.gather(*(warm(t) for t in tasks[: args.pool]))
+            before = pool.stats.snapshot()
+            seconds, nodes, shapes = await _grow(
+                "qlass",
+                pool,
+                tasks,
+                settings,
+                args.concurrency,
+                actions,
+                Path(tmp) / "a.db",
+                args.policy_latency,
+            )
+            stats = pool.stats.since(before)
+            results.append(
+                Result(
+                    "qlass (pool, live continuation)",
+                    len(tasks),
+                    nodes,
+                    stats.steps,
+                    stats.resets,
+                    seconds,
+                    shapes,
+                )
+            )
+        finally:
+            await pool.aclose()
+
+        env = create_env(args.env)
+        try:
+            reference = ReplayFromReset(env)
+            await env.reset(tasks[0])
+            seconds, nodes, shapes = await _grow(
+                "reference",
+                reference,
+                tasks,
+                settings,
+                1,
+                actions,
+                Path(tmp) / "b.db",
+                args.policy_latency,
+            )
+            results.append(
+                Result(
+                    "reference (1 env, replay from reset)",
+                    len(tasks),
+                    nodes,
+                    reference.steps[0],
+                    reference.resets,
+                    seconds,
+                    shapes,
+                )
+            )
+        finally:
+            await env.close()
+
+    fast, slow = results
+    same = fast.shapes == slow.shapes
+    print(
+        f"\n{args.env}: {len(tasks)} trees, W={args.width}, depth {args.max_depth}, "
+        f"prune {args.prune_depth}, step limit {args.max_steps}, pool {args.pool}, "
+        f"{args.concurrency} trees at once; identical trees: {same}\n"
+    )
+    print(
+        f"{'explorer':40} {'nodes':>7} {'env steps':>10} {'resets':>7} {'steps/node':>11} "
+        f"{'seconds':>9} {'trees/hour':>11}"
+    )
+    for r in results:
+        print(
+            f"{r.name:40} {r.nodes:7d} {r.env_steps:10d} {r.resets:7d} {r.steps_per_node:11.2f} "
+            f"{r.seconds:9.1f} {r.trees_per_hour:11.1f}"
+        )
+    print(
+        f"\ntrees per hour: x{fast.trees_per_hour / slow.trees_per_hour:.1f}   "
+        f"env steps per node: {slow.steps_per_node / fast.steps_per_node:.1f}x fewer"
+    )
+    if not same:
+        raise SystemExit("the two explorers built different trees")
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--env", default="scienceworld", choices=sorted(ACTIONS))
+    parser.add_argument("--games", nargs="*", default=None)
+    parser.add_argument("--trees", type=int, default=4)
+    parser.add_argument("--width", type=int, default=2)
+    parser.add_argument("--max-depth", type=int, default=6)
+    parser.add_argument("--prune-depth", type=int, default=3)
+    parser.add_argument("--max-steps", type=int, default=12)
+    parser.add_argument("--pool", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--policy-latency", type=float, default=0.2, help="seconds per policy request"
+    )
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse()))
