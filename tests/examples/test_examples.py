@@ -1,76 +1,20 @@
 """Every example script runs in its fast mode, as a user would run it, and prints what it
-promises. The scripts are started together (one process each) and awaited per test.
+promises. The scripts are started together (one process each, see conftest.py) and
+awaited per test.
 
 The models are small real ones made for the tests (tests/api/models.py): a BC policy for
-TextWorldExpress coin and an untrained QNet; ``guide_api_model.py`` is tested with its
+TextWorldExpress coin and an untrained QNet; ``guide_api_model.py`` is checked with its
 servers in ``test_guide_api_model.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
-
 from qlass.storage import TreeStore
-from tests.api.models import MAX_TURNS, PARAMS
-from tests.examples.conftest import EXAMPLES
-
-Finished = Callable[[str], str]
-
-
-@pytest.fixture(scope="module")
-def finished(
-    policy_dir: Path, qnet_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Finished]:
-    """Start the examples at once; ``finished(name)`` waits for one and returns its stdout."""
-    work = tmp_path_factory.mktemp("examples")
-    models = ["--policy", str(policy_dir), "--max-turns", str(MAX_TURNS)]
-    qnet = ["--qnet", str(qnet_dir)]
-    game = ["--params", PARAMS]
-    commands = {
-        "embed_in_your_app.py": [*models, *qnet, *game],
-        "your_own_environment.py": [*models, *qnet],
-        "langgraph_node.py": [*models, *qnet, *game],
-        "resume_exploration.py": [
-            *models,
-            *game,
-            "--run-dir",
-            str(work / "resume-run"),
-            "--stop-after",
-            "4",
-        ],
-    }
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    processes = {}
-    for name, args in commands.items():
-        processes[name] = subprocess.Popen(
-            [sys.executable, str(EXAMPLES / name), "--fast", *args],
-            cwd=work,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-
-    def wait(name: str) -> str:
-        out, err = processes[name].communicate(timeout=240)
-        assert processes[name].returncode == 0, f"{name} failed:\n{out}\n{err[-3000:]}"
-        return out
-
-    try:
-        yield wait
-    finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.kill()
-            process.communicate()
+from tests.examples.conftest import EXAMPLES, Examples
 
 
 def test_every_example_has_a_header_and_a_fast_mode() -> None:
@@ -91,8 +35,8 @@ def test_every_example_has_a_header_and_a_fast_mode() -> None:
         assert len(lines) <= 130, f"{script.name} is {len(lines)} lines long"
 
 
-def test_embed_in_your_app(finished: Finished) -> None:
-    out = finished("embed_in_your_app.py")
+def test_embed_in_your_app(examples: Examples) -> None:
+    out = examples.wait("embed_in_your_app.py").stdout
     assert out.startswith("task: Your task is to")
     turns = re.findall(r"^turn (\d+): '([^']+)' -> score ([\d.]+) \((\d+) completion", out, re.M)
     assert 1 <= len(turns) <= 4
@@ -108,8 +52,8 @@ def test_embed_in_your_app(finished: Finished) -> None:
     assert re.search(r"^done: success=(True|False) after \d turns$", out, re.M)
 
 
-def test_your_own_environment(finished: Finished) -> None:
-    out = finished("your_own_environment.py")
+def test_your_own_environment(examples: Examples) -> None:
+    out = examples.wait("your_own_environment.py").stdout
     rows = dict(re.findall(r"^(greedy|qlass:2) +(avg score .*)$", out, re.M))
     assert set(rows) == {"greedy", "qlass:2"}, out
     for row in rows.values():
@@ -119,8 +63,8 @@ def test_your_own_environment(finished: Finished) -> None:
     assert re.search(r"^callback  score [\d.]+  steps [1-3]$", out, re.M)
 
 
-def test_langgraph_node(finished: Finished) -> None:
-    out = finished("langgraph_node.py")
+def test_langgraph_node(examples: Examples) -> None:
+    out = examples.wait("langgraph_node.py").stdout
     steps = re.findall(r"^step (\d+): (\S.*) from \[(.*)\]$", out, re.M)
     final = re.search(r"^final: score ([\d.]+) success (True|False) steps (\d+)$", out, re.M)
     assert final is not None, out
@@ -130,8 +74,8 @@ def test_langgraph_node(finished: Finished) -> None:
         assert re.fullmatch(r"(.+=-?[\d.]+)(, .+=-?[\d.]+)*", scored)
 
 
-def test_resume_exploration(finished: Finished, tmp_path_factory: pytest.TempPathFactory) -> None:
-    out = finished("resume_exploration.py")
+def test_resume_exploration(examples: Examples) -> None:
+    out = examples.wait("resume_exploration.py").stdout
     first = re.search(r"^interrupted: (\d+) nodes committed, stopped=True$", out, re.M)
     resumed = re.search(
         r"^resumed: (\d+) new nodes, total (\d+); first run's nodes kept unchanged: True;",

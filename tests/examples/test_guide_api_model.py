@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import litellm  # imported here, not on the event loop: it reads files
 import pytest
@@ -22,12 +20,8 @@ from qlass import Agent, ScoredCandidate, TaskSpec
 from qlass.envs.textworld_express import TextWorldExpressEnv
 from qlass.runtime.episode import INVALID_OBSERVATION
 from tests.api.models import GAME, MAX_TURNS, PARAMS
-from tests.examples.conftest import RunExample
-from tests.examples.servers import Served, policy_and_qnet_servers
-
-# The stand-in serves our tiny model under the name of a priced OpenAI model, so LiteLLM
-# prices its usage from its bundled price table as it would for the real API.
-PRICED = "gpt-4o-mini"
+from tests.examples.conftest import PRICED, Examples
+from tests.examples.servers import Served
 
 
 def price(prompt_tokens: int, completion_tokens: int) -> float:
@@ -38,16 +32,10 @@ def price(prompt_tokens: int, completion_tokens: int) -> float:
     )
 
 
-@pytest.fixture(scope="module")
-def servers(
-    policy_dir: Path, qnet_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Served, Served]]:
-    logs = tmp_path_factory.mktemp("server-logs")
-    with policy_and_qnet_servers(policy_dir, qnet_dir, logs, model_name=PRICED) as both:
-        yield both
-
-
-async def test_agent_guides_a_served_model_over_http(servers: tuple[Served, Served]) -> None:
+async def test_agent_guides_a_served_model_over_http(
+    servers: tuple[Served, Served], examples: Examples
+) -> None:
+    await asyncio.to_thread(examples.wait, Examples.GUIDE)  # the servers are ours alone now
     policy, qnet = servers
     before = await asyncio.to_thread(policy.get, "/stats")
     queries_before = (await asyncio.to_thread(qnet.get, "/health"))["stats"]["queries"]
@@ -103,22 +91,9 @@ async def test_agent_guides_a_served_model_over_http(servers: tuple[Served, Serv
     assert 0 < len(trajectory.steps) <= 5
 
 
-def test_guide_api_model_example(servers: tuple[Served, Served], run_example: RunExample) -> None:
-    policy, qnet = servers
-    before = policy.get("/stats")
-    process = run_example(
-        "guide_api_model.py",
-        "--fast",
-        *("--set", f"policy.model=openai/{policy.name}"),
-        *("--set", f"policy.api_base={policy.url}"),
-        *("--set", "policy.prompt=none"),
-        *("--set", f"policy.max_turns_in_prompt={MAX_TURNS}"),
-        *("--set", "policy.max_tokens=16"),
-        *("--set", f"env.params={PARAMS}"),
-        *("--set", f"search.value_model_path={qnet.url}"),
-    )
-    after = policy.get("/stats")
-    out = process.stdout
+def test_guide_api_model_example(examples: Examples) -> None:
+    finished = examples.wait(Examples.GUIDE)
+    out, billed = finished.stdout, finished.server_delta
     episodes = re.findall(
         r"^episode +(\S+) +\S+ +score ([\d.]+) +steps +(\d+) +tokens (\d+)\+(\d+) +cost \$([\d.]+)$",
         out,
@@ -130,10 +105,8 @@ def test_guide_api_model_example(servers: tuple[Served, Served], run_example: Ru
     for e in episodes:  # cost per episode, printed to 4 decimals
         assert float(e[5]) == pytest.approx(price(int(e[3]), int(e[4])), abs=5.1e-5)
     # the tokens reported per episode are exactly what the server billed
-    assert sum(int(e[3]) for e in episodes) == after["prompt_tokens"] - before["prompt_tokens"]
-    assert sum(int(e[4]) for e in episodes) == (
-        after["completion_tokens"] - before["completion_tokens"]
-    )
+    assert sum(int(e[3]) for e in episodes) == billed["prompt_tokens"]
+    assert sum(int(e[4]) for e in episodes) == billed["completion_tokens"]
     # the comparison table, one row per strategy, with tokens and cost per episode
     rows = re.findall(
         r"^\| (\S+) \| 2 \| ([\d.]+) \| (\d+)% \| (\d+)\+(\d+) \| ([\d.]+) \|$", out, re.M
