@@ -59,7 +59,7 @@ class WorkerSettings:
     ``lease_s``: how long a claim lasts without a heartbeat (a dead worker's task comes back
     after at most this long). ``heartbeat_s``: how often the lease is renewed (default a
     third of the lease). ``poll_s``: how long to wait, when nothing is claimable but other
-    workers hold leases, before looking again (default ``min(lease_s / 2, 5)``).
+    workers hold leases, before looking again (default ``min(lease_s / 4, 1)``).
     """
 
     worker_id: str = field(default_factory=default_worker_id)
@@ -84,7 +84,7 @@ class WorkerSettings:
 
     @property
     def poll(self) -> float:
-        return self.poll_s if self.poll_s is not None else min(self.lease_s / 2, 5.0)
+        return self.poll_s if self.poll_s is not None else min(self.lease_s / 4, 1.0)
 
 
 class LinkedStop(StopSignal):
