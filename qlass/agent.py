@@ -471,7 +471,10 @@ class Agent:
         stepwise = cast(StepwiseStrategy, chosen)
         state = EpisodeState(task=_STEP_TASK, history=_as_history(history))
         ctx = self._context(_NoEnvs())
-        seed = derive_seed(self.seed, "step", state.history) if seed is None else seed
+        if seed is None:
+            h = state.history
+            turns = [(t.text, t.action, t.observation) for t in h.turns]
+            seed = derive_seed(self.seed, "step", h.instruction, h.initial_observation, turns)
         decision = await stepwise.decide(ctx, state, seed)
         considered = decision.considered or (ScoredCandidate(decision.chosen),)
         return StepDecision(

@@ -29,9 +29,10 @@ from qlass.agent import Agent, StepDecision
 from qlass.envs.base import Env
 from qlass.errors import MissingDependencyError
 from qlass.runtime.episode import INVALID_OBSERVATION
-from qlass.types import History, TaskSpec, Turn
+from qlass.types import Candidate, History, ScoredCandidate, TaskSpec, Turn, Usage
 
 try:
+    from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
     from langgraph.graph import END, START, StateGraph
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise MissingDependencyError("langgraph", "langgraph", "the LangGraph adapter") from exc
@@ -39,7 +40,17 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 if TYPE_CHECKING:
     from langgraph.graph.state import CompiledStateGraph
 
-__all__ = ["Node", "QlassState", "build_graph", "env_node", "qlass_node", "reset_node", "run_graph"]
+__all__ = [
+    "STATE_TYPES",
+    "Node",
+    "QlassState",
+    "build_graph",
+    "checkpoint_serde",
+    "env_node",
+    "qlass_node",
+    "reset_node",
+    "run_graph",
+]
 
 
 class QlassState(TypedDict, total=False):
@@ -71,6 +82,35 @@ Node = Callable[[QlassState], Awaitable[dict[str, Any]]]
 """An async LangGraph node over :class:`QlassState`: reads the state, returns an update."""
 
 
+STATE_TYPES: tuple[type, ...] = (
+    TaskSpec,
+    History,
+    Turn,
+    StepDecision,
+    ScoredCandidate,
+    Candidate,
+    Usage,
+)
+"""The qlass types a :class:`QlassState` holds (what a checkpointer must deserialize)."""
+
+
+def checkpoint_serde() -> JsonPlusSerializer:
+    """A checkpoint serializer that allows the qlass types of the state.
+
+    LangGraph refuses (or, for now, warns about) unregistered types in checkpoints; use it as
+    ``graph.compile(checkpointer=InMemorySaver(serde=checkpoint_serde()))`` (any saver).
+    """
+    return JsonPlusSerializer(allowed_msgpack_modules=STATE_TYPES)
+
+
+def _history(value: Any) -> Any:
+    """A History restored from a checkpoint has its turns as a list: make it a tuple again
+    (the agent derives its sampling seed from the history, so the type must not change)."""
+    if isinstance(value, History) and not isinstance(value.turns, tuple):
+        return History(value.instruction, value.initial_observation, tuple(value.turns))
+    return value
+
+
 def qlass_node(agent: Agent, *, history_key: str = "history") -> Node:
     """A node that chooses the next action with ``agent.step(state[history_key])``.
 
@@ -78,7 +118,7 @@ def qlass_node(agent: Agent, *, history_key: str = "history") -> Node:
     """
 
     async def decide(state: QlassState) -> dict[str, Any]:
-        decision = await agent.step(cast(Mapping[str, Any], state)[history_key])
+        decision = await agent.step(_history(cast(Mapping[str, Any], state)[history_key]))
         return {"decision": decision, "action": decision.action}
 
     return decide
@@ -104,7 +144,7 @@ def env_node(env: Env) -> Node:
 
     async def act(state: QlassState) -> dict[str, Any]:
         decision = state["decision"]
-        history = state["history"]
+        history: History = _history(state["history"])
         update: dict[str, Any] = {"steps": state.get("steps", 0) + 1}
         if decision.action is None:
             turn = Turn(decision.text, None, INVALID_OBSERVATION)

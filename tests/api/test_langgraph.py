@@ -3,16 +3,19 @@ and an unparsable decision costs a step without reaching the env."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
+from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.errors import GraphRecursionError
 
 from qlass import Agent
 from qlass.backends.scripted import ScriptedPolicy
-from qlass.integrations.langgraph import build_graph, run_graph
+from qlass.integrations.langgraph import build_graph, checkpoint_serde, qlass_node, run_graph
 from qlass.runtime.episode import INVALID_OBSERVATION
-from qlass.types import ChatMessage
+from qlass.types import ChatMessage, History, Turn
 from tests.runtime.toys import TASK, Corridor, FunctionValueModel
 
 
@@ -52,3 +55,36 @@ async def test_graph_stops_at_the_step_limit_and_skips_unparsable_turns() -> Non
     assert env.steps == 3  # the unparsable turn never reached the env
     with pytest.raises(GraphRecursionError):
         await run_graph(build_graph(agent, env, max_steps=10), TASK, max_steps=2)
+
+
+async def test_checkpointed_graph_keeps_qlass_state(caplog: pytest.LogCaptureFixture) -> None:
+    agent = Agent(
+        ScriptedPolicy(rule=_left_then_right),
+        FunctionValueModel(lambda text: 1.0 if "right" in text else 0.0),
+        system_prompt=None,
+    )
+    env = Corridor(2)
+    graph = build_graph(agent, env, max_steps=5)
+    saver = InMemorySaver(serde=checkpoint_serde())
+    checkpointed = graph.builder.compile(checkpointer=saver)
+    config: Any = {"configurable": {"thread_id": "episode-1"}, "recursion_limit": 20}
+    with caplog.at_level(logging.WARNING):
+        final = await checkpointed.ainvoke({"task": TASK}, config)
+        stored = (await checkpointed.aget_state(config)).values
+    assert final["success"] and final["history"].actions == ("move right",) * 2
+    # msgpack brings tuples back as lists; the nodes normalise what they read
+    assert stored["history"].actions == final["history"].actions
+    assert stored["decision"].as_dict() == final["decision"].as_dict()
+    assert stored["task"] == TASK
+    assert not [r for r in caplog.records if "unregistered" in r.getMessage()]
+
+
+async def test_a_restored_history_decides_like_the_original() -> None:
+    texts = [f"Action: move {d} {i}" for d in ("left", "right") for i in range(20)]
+    agent = Agent(ScriptedPolicy(texts), FunctionValueModel(len), "qlass:2")  # seed-picked
+    history = History("Reach 3.", "at 0", (Turn("Action: move right", "move right", "at 1"),))
+    restored = History(history.instruction, history.initial_observation, list(history.turns))  # type: ignore[arg-type]
+    decide = qlass_node(agent)
+    original = await decide({"history": history})
+    again = await decide({"history": restored})
+    assert again["decision"] == original["decision"]  # same seed, same candidates
