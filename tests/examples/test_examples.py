@@ -102,3 +102,16 @@ def test_resume_exploration(examples: Examples) -> None:
     found = asyncio.run(positions())
     assert len(found) == int(resumed[2])
     assert len(set(found)) == len(found)
+
+
+def test_example_configs_load() -> None:
+    from qlass.config import load_config
+
+    configs = sorted((EXAMPLES / "configs").glob("*.toml"))
+    assert "api-gpt4o.toml" in {c.name for c in configs}
+    for path in configs:
+        config = load_config(path)
+        assert config.search.strategies, path.name
+    api = load_config(EXAMPLES / "configs" / "api-gpt4o.toml")
+    assert api.policy.backend == "litellm" and api.policy.api_key_env == "OPENAI_API_KEY"
+    assert api.search.strategies == ("greedy", "best_of_n:2", "qlass:2")
