@@ -144,6 +144,16 @@ def test_corrupt_foreign_and_newer_stores_are_refused_clearly(
     code, err = _run(monkeypatch, capsys, "explore", "--resume", "x", "--db", str(newer))
     assert code == 1 and "9999" in err
 
+    # Behind the newest schema (an empty file is at no revision): --resume, which must not
+    # change the store it reads the config from, asks for the upgrade; the upgrade works.
+    older = tmp_path / "older.db"
+    sqlite3.connect(older).close()
+    code, err = _run(monkeypatch, capsys, "explore", "--resume", "x", "--db", str(older))
+    assert code == 1 and "qlass db upgrade" in err
+    assert _run(monkeypatch, capsys, "db", "upgrade", "--db", str(older))[0] == 0
+    code, err = _run(monkeypatch, capsys, "explore", "--resume", "x", "--db", str(older))
+    assert code == 2 and "no run 'x' in the store" in err
+
 
 def test_unreachable_server_is_clear_and_its_password_masked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

@@ -112,9 +112,14 @@ def test_llm_faults_are_retried_or_recorded_and_the_key_never_leaks(tmp_path: Pa
     assert set(final.task_status.values()) == {"done"}
     assert duplicate_siblings(final) == []
     assert asyncio.run(_labels_exact(db)) == 0
-    # Every fault was served; bad completions are recorded invalid steps, never env steps.
+    # Every fault was served. Transient ones were retried (each retry is logged) ...
     for fault in [*TRANSIENT, *CONTENT, "401-echo"]:
         assert fault in served
+    retried = " ".join(e.get("detail", "") for e in first.events() if e["event"] == "policy.retry")
+    for sign in ("injected 429", "injected 500", "no answer within 1.5 s", "Connection error"):
+        assert sign in retried
+    assert "Expecting property name" in retried  # the body that was not JSON
+    # ... and bad completions are recorded invalid steps, never env steps.
     invalid = [row for row in final.nodes.values() if row["status"] == "invalid"]
     errors = {row["error"] for row in invalid}
     assert "the provider returned an empty completion" in errors
