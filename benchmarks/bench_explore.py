@@ -35,7 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qlass._log import configure_logging
+from qlass.backends.base import Policy
+from qlass.backends.hf import HFPolicy
 from qlass.backends.scripted import ScriptedPolicy
+from qlass.backends.wrappers import ConcurrencyLimitedPolicy
 from qlass.envs.base import Env
 from qlass.envs.pool import EnvPool
 from qlass.envs.registry import create_env, list_tasks
@@ -73,7 +76,9 @@ def _rule(actions: Sequence[str]):  # type: ignore[no-untyped-def]
     """A deterministic policy: the action depends on the last observation and the sample."""
 
     def choose(messages: Sequence[ChatMessage], index: int) -> str:
-        digest = hashlib.sha256(f"{messages[-1]['content']}|{index}".encode()).digest()
+        # Lines sorted: ScienceWorld lists objects in an order that changes between resets.
+        state = "\n".join(sorted(messages[-1]["content"].splitlines()))
+        digest = hashlib.sha256(f"{state}|{index}".encode()).digest()
         return f"Action: {actions[digest[0] % len(actions)]}"
 
     return choose
@@ -143,17 +148,25 @@ async def _grow(
     actions: Sequence[str],
     db: Path,
     latency: float,
+    policy_dir: Path | None,
 ) -> tuple[float, int, tuple[frozenset[tuple[tuple[int, ...], str | None, str]], ...]]:
     async with await TreeStore.open(db) as store:
         run = await store.runs.create(name, config={}, seed=0)
         await store.labels.create_set(run.id)
         records = await store.tasks.add_many(run.id, list(tasks))
-        policy = ScriptedPolicy(rule=_rule(actions), delay_s=latency)
+        policy: Policy
+        if policy_dir is not None:
+            policy = await asyncio.to_thread(HFPolicy, str(policy_dir), device="cpu")
+        else:
+            policy = ScriptedPolicy(rule=_rule(actions), delay_s=latency)
+        if concurrency == 1:  # the reference: one request at a time, as its loop did
+            policy = ConcurrencyLimitedPolicy(policy, 1)
         ctx = SearchContext(policy=policy, envs=provider)  # type: ignore[arg-type]
         explorer = TreeExplorer(store, ctx, settings, seed=0)
         started = time.perf_counter()
         await bounded_map(explorer.explore, records, concurrency=concurrency)
         seconds = time.perf_counter() - started
+        await policy.aclose()
         shapes = []
         nodes = 0
         for record in records:
@@ -202,6 +215,7 @@ async def main(args: argparse.Namespace) -> None:
                 actions,
                 Path(tmp) / "a.db",
                 args.policy_latency,
+                args.policy_dir,
             )
             stats = pool.stats.since(before)
             results.append(
@@ -283,6 +297,12 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument(
         "--policy-latency", type=float, default=0.2, help="seconds per policy request"
+    )
+    parser.add_argument(
+        "--policy-dir",
+        type=Path,
+        default=None,
+        help="use this local model (e.g. runs/demo/policy) instead of the scripted policy",
     )
     return parser.parse_args()
 
