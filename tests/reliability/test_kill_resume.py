@@ -49,3 +49,30 @@ def test_twenty_kills_lose_nothing_and_repeat_nothing(tmp_path: Path) -> None:
     )
     assert report.kills >= 20
     _assert_clean(report)
+
+
+@pytest.mark.slow
+def test_twenty_kills_with_a_local_model_lose_nothing_and_repeat_nothing(
+    tmp_path: Path, bc_policy_dir: Path
+) -> None:
+    """The same with a real (tiny, BC-trained) transformers policy: its seeded samples come
+    from the cache after a kill, or are drawn again identically (batched == alone)."""
+    extra = [
+        *SMALL,
+        "policy.backend=hf",
+        f"policy.model={bc_policy_dir}",
+        "policy.device=cpu",
+        "policy.max_tokens=12",
+        "policy.max_turns_in_prompt=2",
+    ]
+    proc, db = start_reference(tmp_path, "crash", extra)
+    report = kill_campaign(
+        tmp_path,
+        kills=20,
+        seed=3,
+        extra=extra,
+        per_run=6,
+        reference=lambda: finish_reference(proc, db, "crash"),
+    )
+    assert report.kills >= 20
+    _assert_clean(report)
