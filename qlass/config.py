@@ -172,6 +172,9 @@ class QNetConfig(_Section):
     lr: float = Field(1e-5, gt=0)
     warmup_ratio: float = Field(0.03, ge=0, le=1)
     max_length: int = Field(4096, ge=16)
+    max_turns: int | None = Field(
+        None, ge=0, description="history turns the QNet reads (None: all, as in the paper)"
+    )
     dev_fraction: float = Field(0.1, ge=0, lt=1, description="tasks held out for dev MSE")
     max_batch: int = Field(32, ge=1, description="scorer micro-batch size")
 

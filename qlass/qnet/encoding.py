@@ -48,10 +48,18 @@ def ensure_chat_template(tokenizer: Any) -> None:
         tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
 
 
-def render(tokenizer: Any, history: History, candidate_text: str) -> str:
-    """The exact text the QNet reads for ``candidate_text`` after ``history``."""
+def render(
+    tokenizer: Any, history: History, candidate_text: str, max_turns: int | None = None
+) -> str:
+    """The exact text the QNet reads for ``candidate_text`` after ``history``.
+
+    ``max_turns`` keeps the task and only the most recent turns (None: the whole history,
+    as in the paper); it is part of the checkpoint so scoring renders what training did.
+    """
     text = tokenizer.apply_chat_template(
-        value_messages(history, candidate_text), tokenize=False, add_generation_prompt=False
+        value_messages(history, candidate_text, max_turns=max_turns),
+        tokenize=False,
+        add_generation_prompt=False,
     )
     assert isinstance(text, str)
     return text

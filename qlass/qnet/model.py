@@ -56,6 +56,7 @@ class QNetSpec:
     head_dim: int
     max_length: int
     base_model: str | None = None
+    max_turns: int | None = None
     qlass_version: str = __version__
     format: int = CHECKPOINT_FORMAT
 
@@ -191,12 +192,14 @@ class QNet(nn.Module):
         *,
         head_dim: int = 1024,
         max_length: int = 4096,
+        max_turns: int | None = None,
         dtype: torch.dtype = torch.float32,
         seed: int = 0,
     ) -> QNet:
         """A new QNet: the backbone of a local checkpoint (e.g. the BC policy) + a fresh head.
 
-        ``max_length`` is capped at the backbone's position limit where it has one.
+        ``max_length`` is capped at the backbone's position limit where it has one;
+        ``max_turns`` is the history window of its input (see :func:`~qlass.qnet.encoding.render`).
         """
         backbone = _load_backbone(Path(model_dir), dtype)
         limit = _max_positions(backbone.config)
@@ -204,7 +207,8 @@ class QNet(nn.Module):
             log.warning("max_length capped at the backbone's limit", asked=max_length, limit=limit)
             max_length = limit
         torch.manual_seed(seed)
-        return cls(backbone, QNetSpec(head_dim, max_length, base_model=str(model_dir)))
+        spec = QNetSpec(head_dim, max_length, base_model=str(model_dir), max_turns=max_turns)
+        return cls(backbone, spec)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, dtype: torch.dtype = torch.float32) -> QNet:

@@ -175,7 +175,8 @@ class QNetScorer:
 
         Useful on its own in scripts and benchmarks; inside an event loop call ``score``.
         """
-        texts = [render(self.tokenizer, q.history, q.candidate_text) for q in queries]
+        window = self.qnet.spec.max_turns
+        texts = [render(self.tokenizer, q.history, q.candidate_text, window) for q in queries]
         keys = [text_key(text) for text in texts]
         results: dict[str, float] = {}
         with self._lock:

@@ -74,6 +74,7 @@ class TrainSettings:
     lr: float = 1e-5
     warmup_ratio: float = 0.03
     max_length: int = 4096
+    max_turns: int | None = None
     dev_fraction: float = 0.1
     seed: int = 0
     max_steps: int | None = None
@@ -176,17 +177,24 @@ def regression_metrics(predictions: Any, labels: Any) -> dict[str, float]:
 class LabelledStepDataset(Dataset[dict[str, Any]]):
     """Renders and tokenizes each labelled step on access (no whole-set token copy in RAM)."""
 
-    def __init__(self, steps: Sequence[LabelledStep], tokenizer: Any, max_length: int) -> None:
+    def __init__(
+        self,
+        steps: Sequence[LabelledStep],
+        tokenizer: Any,
+        max_length: int,
+        max_turns: int | None = None,
+    ) -> None:
         self.steps = list(steps)
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.max_turns = max_turns
 
     def __len__(self) -> int:
         return len(self.steps)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         step = self.steps[index]
-        text = render(self.tokenizer, step.history, step.candidate_text)
+        text = render(self.tokenizer, step.history, step.candidate_text, self.max_turns)
         (ids,) = encode_texts(self.tokenizer, [text], self.max_length)
         return {"input_ids": ids, "labels": step.q}
 
@@ -307,6 +315,7 @@ def train_qnet(
             init_dir,
             head_dim=settings.head_dim,
             max_length=settings.max_length,
+            max_turns=settings.max_turns,
             seed=settings.seed,
         )
     tokenizer = load_tokenizer(init_dir)
@@ -322,12 +331,15 @@ def train_qnet(
         max_length=qnet.max_length,
     )
     progress = _ProgressCallback(on_progress) if on_progress is not None else None
-    dev_set = LabelledStepDataset(split.dev, tokenizer, qnet.max_length) if split.dev else None
+    window = qnet.spec.max_turns
+    dev_set = (
+        LabelledStepDataset(split.dev, tokenizer, qnet.max_length, window) if split.dev else None
+    )
     trainer = Trainer(
         model=qnet,
         args=_training_arguments(settings, quiet=progress is not None),
         data_collator=QNetCollator(tokenizer.pad_token_id),
-        train_dataset=LabelledStepDataset(split.train, tokenizer, qnet.max_length),
+        train_dataset=LabelledStepDataset(split.train, tokenizer, qnet.max_length, window),
         eval_dataset=dev_set,
         compute_metrics=_compute_metrics,
         callbacks=[progress] if progress is not None else None,

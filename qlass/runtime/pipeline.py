@@ -79,6 +79,7 @@ def qnet_train_settings(config: RunConfig, **overrides: Any) -> TrainSettings:
         "lr": q.lr,
         "warmup_ratio": q.warmup_ratio,
         "max_length": q.max_length,
+        "max_turns": q.max_turns,
         "dev_fraction": q.dev_fraction,
         "seed": config.seed,
     }
