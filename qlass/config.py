@@ -204,7 +204,9 @@ class EvalConfig(_Section):
     """Evaluation split and sizes. Tune on dev; test is for the final report only."""
 
     split: Literal["dev", "test"] = Field("dev")
-    concurrency: int = Field(8, ge=1, description="episodes at once")
+    concurrency: int = Field(
+        8, ge=1, description="episodes at once per strategy (strategies run side by side)"
+    )
 
 
 class SelfTrainConfig(_Section):

@@ -125,24 +125,28 @@ def _resume_hint(config: RunConfig, *, aborted: bool) -> None:
 def print_reports(reports: Sequence[StrategyReport], console: Console | None = None) -> None:
     """A table of evaluation results: average final reward x100 (the paper's metric),
     success rate, and per episode: steps, completion tokens, env steps, seconds, cost."""
-    table = Table(title="evaluation (per episode: steps, completion tokens, env steps, s, $)")
+    splits = ", ".join(sorted({r.split for r in reports}))
+    priced = any(r.cost_usd for r in reports)
+    table = Table(title=f"evaluation on {splits} (per episode: steps, tokens, env steps, s)")
     table.add_column("strategy", no_wrap=True)
-    for column in ("split", "n", "reward", "success", "steps", "tokens", "env", "s", "$"):
-        table.add_column(column, justify="left" if column == "split" else "right")
+    columns = ["n", "reward", "success", "steps", "tokens", "env", "s"] + (["$"] if priced else [])
+    for column in columns:
+        table.add_column(column, justify="right")
     for r in reports:
         per_episode = r.episodes or 1
-        table.add_row(
+        row = [
             r.strategy,
-            r.split,
             str(r.episodes),
             f"{100 * r.avg_reward:.1f}",
-            f"{100 * r.success_rate:.1f}%",
+            f"{100 * r.success_rate:.0f}%",
             f"{r.avg_steps:.1f}",
             f"{r.completion_tokens_per_episode:.0f}",
             f"{r.env_steps / per_episode:.1f}",
-            f"{r.seconds_per_episode:.2f}",
-            f"{r.cost_usd / per_episode:.4f}",
-        )
+            f"{r.seconds_per_episode:.1f}",
+        ]
+        if priced:
+            row.append(f"{r.cost_usd / per_episode:.4f}")
+        table.add_row(*row)
     (console or Console()).print(table)
 
 

@@ -588,13 +588,11 @@ class Pipeline:
         value = await self.shared_value_model() if needs_value else None
         ctx = self.context(policy, pool, value)
         stage = stage or f"eval:{split}:{self.fingerprint('eval')}"
-        reports = []
-        for strategy in parsed:
-            await self._play(strategy, tasks, ctx, stage)
-            if self.stop.requested:
-                break
-            reports.append(await self._report(stage, strategy.name, split))
-        return reports
+        # Strategies run side by side: the local policy and the QNet batch their requests.
+        await asyncio.gather(*(self._play(strategy, tasks, ctx, stage) for strategy in parsed))
+        if self.stop.requested:
+            return []
+        return [await self._report(stage, strategy.name, split) for strategy in parsed]
 
     async def _play(
         self, strategy: SearchStrategy, tasks: Sequence[TaskSpec], ctx: SearchContext, stage: str
