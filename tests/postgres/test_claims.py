@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -16,8 +16,8 @@ from qlass.backends.scripted import ScriptedPolicy
 from qlass.runtime.context import SearchContext, SingleEnvProvider
 from qlass.runtime.explore import ExploreSettings, TreeExplorer
 from qlass.storage import Tree, TreeStore
-from qlass.types import ChatMessage, TaskSpec
-from tests.runtime.toys import TASK, Corridor
+from qlass.types import TaskSpec
+from tests.runtime.toys import Corridor
 
 from .conftest import PostgresServer
 
@@ -111,11 +111,14 @@ async def test_release_max_attempts_and_failed_tasks(stores: list[TreeStore]) ->
     assert (await store.claims.claim(run_id, "B", lease_s=60, max_attempts=2)).id == second.id  # type: ignore[union-attr]
 
 
-def _right_then_left(messages: Sequence[ChatMessage], index: int) -> str:
-    return "Action: move right" if index % 2 == 0 else "Action: move left"
-
-
 SETTINGS = ExploreSettings(width=2, max_depth=3, min_prune_depth=1, max_steps=6)
+RACED = [TaskSpec("corridor", "walk", i, "dev") for i in range(3)]
+
+
+def _policy(delay_s: float) -> ScriptedPolicy:
+    # Seed-driven samples (not index-driven rules): sample i of a call is the same whether
+    # it is drawn in the call or alone after a partial cache hit, as with real backends.
+    return ScriptedPolicy(actions=["move right", "move left"], delay_s=delay_s)
 
 
 def _shape(tree: Tree) -> dict[tuple[int, ...], tuple[object, ...]]:
@@ -130,36 +133,40 @@ def _shape(tree: Tree) -> dict[tuple[int, ...], tuple[object, ...]]:
     }
 
 
-async def _explore(store: TreeStore, task_id: int, delay_s: float) -> tuple[int, Corridor]:
-    env = Corridor(3)
-    policy = CachedPolicy(ScriptedPolicy(rule=_right_then_left, delay_s=delay_s), store.call_cache)
-    ctx = SearchContext(policy=policy, envs=SingleEnvProvider(env))
+async def _explore(store: TreeStore, task_id: int, delay_s: float) -> int:
+    ctx = SearchContext(
+        policy=CachedPolicy(_policy(delay_s), store.call_cache),
+        envs=SingleEnvProvider(Corridor(3)),
+    )
     task = await store.tasks.get(task_id)
     stats = await TreeExplorer(store, ctx, SETTINGS, seed=0).explore(task)
-    return stats.new_nodes, env
+    return stats.new_nodes
 
 
 async def test_two_explorers_of_one_tree_store_each_sample_once(stores: list[TreeStore]) -> None:
     a, b = stores[0], stores[1]
     run = await a.runs.create("r", config={}, seed=0)
     labels = await a.labels.create_set(run.id, gamma=0.9, normalize=False)
-    (task,) = await a.tasks.add_many(run.id, [TASK])
-    (made_a, _), (made_b, _) = await asyncio.gather(
-        _explore(a, task.id, 0.002), _explore(b, task.id, 0.003)
-    )
-    tree = await a.trees.load(task.id)
-    siblings = Counter((n.parent_id, n.sample_index) for n in tree.nodes if n.parent_id)
-    assert max(siblings.values()) == 1
-    assert made_a + made_b == len(tree.nodes)  # each node created by exactly one of them
-    assert made_a and made_b  # both really worked on the tree
-
-    assert _shape(tree) == _shape(await _reference_tree())
+    tasks = await a.tasks.add_many(run.id, RACED)
+    made = {"a": 0, "b": 0}
+    for task in tasks:  # each tree grown by both at once, racing on every node
+        made_a, made_b = await asyncio.gather(
+            _explore(a, task.id, 0.002), _explore(b, task.id, 0.003)
+        )
+        tree = await a.trees.load(task.id)
+        siblings = Counter((n.parent_id, n.sample_index) for n in tree.nodes if n.parent_id)
+        assert max(siblings.values()) == 1
+        assert made_a + made_b == len(tree.nodes)  # each node created by exactly one of them
+        assert _shape(tree) == _shape(await _reference_tree(task.spec))
+        made["a"] += made_a
+        made["b"] += made_b
+    assert made["a"] and made["b"]  # both really worked on the trees
     assert await a.labels.recompute(labels.id) == 0  # incremental labels stayed exact
 
 
-async def _reference_tree() -> Tree:
+async def _reference_tree(spec: TaskSpec) -> Tree:
     async with await TreeStore.open("sqlite+aiosqlite:///:memory:") as store:
         run = await store.runs.create("r", config={}, seed=0)
-        (task,) = await store.tasks.add_many(run.id, [TASK])
+        (task,) = await store.tasks.add_many(run.id, [spec])
         await _explore(store, task.id, 0.0)
         return await store.trees.load(task.id)

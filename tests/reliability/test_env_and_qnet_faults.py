@@ -10,8 +10,10 @@ fails with a clear error, keeps its finished episodes, and resumes.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -129,6 +131,11 @@ async def test_crashed_hung_and_confused_simulators_are_recorded_and_nothing_lea
     assert result.metrics["failed_tasks"] == 0
     assert changed == 0  # labels stayed exact around the failed leaves
     assert max(Counter((n.parent_id, n.sample_index) for n in nodes if n.parent_id).values()) == 1
+    # py4j leaks the socket of a failed connect to a dead JVM (GatewayConnection.start
+    # does not close it on error); collected later, it would warn in some other test.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
     # Every JVM, crashed, frozen or healthy, is gone.
     left = set(await asyncio.to_thread(java_child_pids)) - before
     for _ in range(50):
@@ -140,7 +147,7 @@ async def test_crashed_hung_and_confused_simulators_are_recorded_and_nothing_lea
 
 
 async def test_value_model_faults_fail_clearly_and_evaluation_resumes(tmp_path: Path) -> None:
-    with ScorerServer("ok") as scorer:
+    with ScorerServer("ok", slow_s=0.1) as scorer:
         config = _config(
             tmp_path,
             f"policy.model={'|'.join(NORMAL)}",
