@@ -102,7 +102,7 @@ async def test_crashed_hung_and_confused_simulators_are_recorded_and_nothing_lea
         f"policy.model={actions}",
         "env.train_tasks=3",
         "env.max_steps=4",
-        "env.step_timeout_s=2",
+        "env.step_timeout_s=1.5",
         "explore.max_depth=3",
     )
     async with Pipeline(config) as pipeline:
