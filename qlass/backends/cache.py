@@ -181,7 +181,7 @@ class CachedPolicy(PolicyWrapper):
             await self.cache.put(keys[i], _record(candidate, model))
         hits = n - len(missing)
         if hits:
-            log.info("policy.cache", model=model, n=n, cached=hits, fresh=len(missing))
+            log.debug("policy.cache", model=model, n=n, cached=hits, fresh=len(missing))
         return [
             fresh[i] if record is None else _from_record(record) for i, record in enumerate(stored)
         ]

@@ -40,12 +40,13 @@ from packaging.version import Version
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from qlass._batching import BatchStats, MicroBatcher
+from qlass._torch import default_dtype, resolve_device
 from qlass.backends.cache import sample_seed
 from qlass.errors import ConfigError, MissingDataError, PolicyCallError
 from qlass.parsing import candidate_from_text
 from qlass.types import Candidate, ChatMessage, Usage
 
-__all__ = ["Generation", "HFPolicy", "PromptTooLongError", "resolve_device"]
+__all__ = ["Generation", "HFPolicy", "PromptTooLongError"]
 
 log = structlog.get_logger(__name__)
 
@@ -79,19 +80,6 @@ class _Request:
     seed: int
 
 
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` is CUDA when available, else CPU; anything else is passed to torch."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise ConfigError(f"policy.device: {device!r} is not a torch device") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("policy.device: CUDA was asked for but is not available")
-    return resolved
-
-
 class HFPolicy:
     """A transformers causal LM with a chat template, sampled in micro-batches.
 
@@ -118,9 +106,9 @@ class HFPolicy:
         path = Path(model_dir)
         if not (path / "config.json").is_file():
             raise MissingDataError(f"no model at {path} (config.json not found)")
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, error=ConfigError, field="policy.device")
         if dtype is None:
-            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+            dtype = default_dtype(self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if not getattr(self.tokenizer, "chat_template", None):
             raise ConfigError(f"the tokenizer in {path} has no chat template")
@@ -238,7 +226,7 @@ class HFPolicy:
         for i, gen in enumerate(generations):
             usage = Usage(gen.prompt_tokens if i == 0 else 0, gen.completion_tokens)
             candidates.append(candidate_from_text(gen.text, usage))
-        log.info(
+        log.debug(
             "policy.call",
             model=self._model_name,
             n=n,

@@ -285,7 +285,7 @@ class LiteLLMPolicy:
         prompt = int(getattr(usage_obj, "prompt_tokens", 0) or 0)
         completion = int(getattr(usage_obj, "completion_tokens", 0) or 0)
         cost = self._cost(response)
-        log.info(
+        log.debug(
             "policy.call",
             model=self._model_name,
             n=n,

@@ -85,6 +85,9 @@ def _summary(result: TrainResult, recorded: int | None) -> Table:
     )
     table.add_row("dev MSE of predicting the mean", _fmt(result.dev_mse_mean_baseline))
     table.add_row("dev Spearman", _fmt(result.dev_spearman, 3))
+    table.add_row(
+        "dev sibling order right (what search needs)", _fmt(result.dev_sibling_accuracy, 3)
+    )
     table.add_row("train time", f"{result.train_seconds:.1f} s")
     if recorded is not None:
         table.add_row("recorded in the store", f"checkpoint id {recorded}")

@@ -163,6 +163,7 @@ def print_stages(results: Sequence[StageResult]) -> None:
         "env_steps_per_node",
         "dev_mse",
         "dev_spearman",
+        "dev_sibling_accuracy",
         "completion_tokens",
     )
     for result in results:

@@ -31,27 +31,15 @@ import structlog
 import torch
 
 from qlass._batching import MicroBatcher
+from qlass._torch import default_dtype, resolve_device
 from qlass.errors import ValueModelError
 from qlass.qnet.base import ValueQuery
 from qlass.qnet.encoding import bucket_by_length, encode_texts, pad_right, render, text_key
 from qlass.qnet.model import QNet, load_tokenizer
 
-__all__ = ["QNetScorer", "ScorerStats", "resolve_device"]
+__all__ = ["QNetScorer", "ScorerStats"]
 
 log = structlog.get_logger(__name__)
-
-
-def resolve_device(device: str) -> torch.device:
-    """``'auto'`` is CUDA when available, else CPU; ``'cpu'``/``'cuda[:n]'`` are taken as is."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueModelError(f"unknown device {device!r}") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueModelError("device 'cuda' was asked for but no CUDA GPU is available")
-    return resolved
 
 
 @dataclass
@@ -111,7 +99,7 @@ class QNetScorer:
     ) -> None:
         if max_batch < 1 or (token_budget is not None and token_budget < 1) or cache_size < 0:
             raise ValueError("max_batch and token_budget must be >= 1, cache_size >= 0")
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, error=ValueModelError)
         if token_budget is None:
             token_budget = 32768 if self.device.type == "cuda" else 4096
         self.qnet = qnet.to(self.device).eval()
@@ -134,9 +122,9 @@ class QNetScorer:
         cls, directory: str | Path, *, device: str = "auto", dtype: str = "auto", **options: Any
     ) -> QNetScorer:
         """Load a QNet checkpoint directory; ``dtype='auto'`` is bf16 on CUDA, fp32 on CPU."""
-        resolved = resolve_device(device)
+        resolved = resolve_device(device, error=ValueModelError)
         if dtype == "auto":
-            torch_dtype = torch.bfloat16 if resolved.type == "cuda" else torch.float32
+            torch_dtype = default_dtype(resolved)
         elif dtype in {"float32", "bfloat16", "float16"}:
             torch_dtype = getattr(torch, dtype)
         else:

@@ -13,12 +13,15 @@ between it and ``micro_batch_size x processes``.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import math
 import os
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,7 @@ __all__ = [
     "TrainResult",
     "TrainSettings",
     "regression_metrics",
+    "sibling_accuracy",
     "spearman",
     "split_by_task",
     "train_qnet",
@@ -112,6 +116,7 @@ class TrainResult:
     dev_mse_before: float | None
     dev_mse: float | None
     dev_spearman: float | None
+    dev_sibling_accuracy: float | None
     dev_mse_mean_baseline: float | None
     train_seconds: float
     eval_seconds: float
@@ -232,8 +237,13 @@ def _finite_or_none(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
-def _compute_metrics(prediction: Any) -> dict[str, float]:
-    return regression_metrics(prediction.predictions, prediction.label_ids)
+def _compute_metrics(prediction: Any, states: Sequence[Hashable]) -> dict[str, float]:
+    # The Trainer evaluates the dev set in order, so predictions line up with ``states``.
+    metrics = regression_metrics(prediction.predictions, prediction.label_ids)
+    metrics["sibling_accuracy"] = sibling_accuracy(
+        prediction.predictions, prediction.label_ids, states
+    )
+    return metrics
 
 
 def _version_specific_arguments(settings: TrainSettings) -> dict[str, Any]:
@@ -285,6 +295,31 @@ def _training_arguments(settings: TrainSettings, quiet: bool) -> TrainingArgumen
         use_cpu=settings.use_cpu,
         **_version_specific_arguments(settings),
     )
+
+
+def sibling_accuracy(predictions: Any, labels: Any, states: Sequence[Hashable]) -> float:
+    """How often two candidates of one state are ordered by the predictions as by the labels.
+
+    This is what Q-guided search needs from a QNet (it only compares siblings), and what MSE
+    and a correlation over all states do not show. Pairs with equal labels are skipped; a
+    tie in the predictions counts one half. NaN when no state has two candidates with
+    different labels.
+    """
+    pred = np.asarray(predictions, dtype=np.float64).reshape(-1)
+    gold = np.asarray(labels, dtype=np.float64).reshape(-1)
+    by_state: dict[Hashable, list[int]] = defaultdict(list)
+    for index, state in enumerate(states):
+        by_state[state].append(index)
+    agree = pairs = 0.0
+    for indices in by_state.values():
+        for a, b in itertools.combinations(indices, 2):
+            label_gap = gold[a] - gold[b]
+            if abs(label_gap) < 1e-9:
+                continue
+            pairs += 1
+            pred_gap = pred[a] - pred[b]
+            agree += 0.5 if pred_gap == 0 else float((pred_gap > 0) == (label_gap > 0))
+    return agree / pairs if pairs else math.nan
 
 
 def train_qnet(
@@ -341,7 +376,9 @@ def train_qnet(
         data_collator=QNetCollator(tokenizer.pad_token_id),
         train_dataset=LabelledStepDataset(split.train, tokenizer, qnet.max_length, window),
         eval_dataset=dev_set,
-        compute_metrics=_compute_metrics,
+        compute_metrics=functools.partial(
+            _compute_metrics, states=[(step.tree_id, step.history) for step in split.dev]
+        ),
         callbacks=[progress] if progress is not None else None,
     )
     if progress is not None:  # the caller shows progress; don't also print raw log dicts
@@ -375,6 +412,7 @@ def train_qnet(
         dev_mse_before=_finite_or_none(before.get("eval_mse")),
         dev_mse=_finite_or_none(after.get("eval_mse")),
         dev_spearman=_finite_or_none(after.get("eval_spearman")),
+        dev_sibling_accuracy=_finite_or_none(after.get("eval_sibling_accuracy")),
         dev_mse_mean_baseline=baseline,
         train_seconds=train_seconds,
         eval_seconds=eval_seconds,
@@ -392,6 +430,7 @@ def train_qnet(
             steps=result.steps,
             dev_mse=result.dev_mse,
             dev_spearman=result.dev_spearman,
+            dev_sibling_accuracy=result.dev_sibling_accuracy,
             seconds=round(train_seconds, 1),
         )
     return result

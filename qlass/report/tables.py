@@ -70,6 +70,7 @@ _KEY_FIGURES = (
     "dev_mse",
     "dev_mse_mean_baseline",
     "dev_spearman",
+    "dev_sibling_accuracy",
     "round",
     "collected",
     "kept",

@@ -5,7 +5,8 @@ For each tree of the label set's run, every labelled non-root node whose action 
 of the path root→parent (the state the action was taken from), the node's raw model text
 as the candidate, and its Q value (normalised per tree if the label set says so; min and
 max are taken over all the tree's labelled non-root nodes, before sampling). At most
-``max_per_tree`` triples are kept per tree, chosen by an RNG seeded from ``seed`` and the
+``max_per_tree`` triples are kept per tree: whole sibling groups (the candidates of one
+state), states with several candidates first, chosen by an RNG seeded from ``seed`` and the
 task key, so a tree's sample does not depend on which other trees are exported. Trees are
 read whole, up to 50 per query; histories are built by walking the loaded tree.
 """
@@ -133,9 +134,7 @@ def _tree_triples(
         and row.status == "ok"
     ]
     if len(candidates) > max_per_tree:
-        rng = random.Random(f"{seed}/{task.key}")
-        keep = sorted(rng.sample(range(len(candidates)), max_per_tree))
-        candidates = [candidates[i] for i in keep]
+        candidates = _sample_by_state(candidates, max_per_tree, random.Random(f"{seed}/{task.key}"))
     histories: dict[int, History] = {}
 
     def history_at(node_id: int) -> History:
@@ -165,3 +164,25 @@ def _tree_triples(
         )
         for row in candidates
     ]
+
+
+def _sample_by_state(candidates: Sequence[Any], limit: int, rng: random.Random) -> list[Any]:
+    """``limit`` of a tree's candidates, whole sibling groups at a time, branching states first.
+
+    Q-guided search only ever compares the candidates of one state, and only the states
+    where exploration sampled several candidates show the QNet how they differ; sampling
+    nodes one by one would split most sibling groups and leave those contrasts out.
+    """
+    by_state: dict[int, list[Any]] = {}
+    for row in candidates:
+        by_state.setdefault(row.parent_id, []).append(row)
+    groups = list(by_state.values())
+    rng.shuffle(groups)
+    groups.sort(key=lambda group: len(group) < 2)  # stable: shuffled within each kind
+    kept: list[Any] = []
+    for group in groups:
+        room = limit - len(kept)
+        if room <= 0:
+            break
+        kept.extend(group if len(group) <= room else rng.sample(group, room))
+    return sorted(kept, key=lambda row: row.id)

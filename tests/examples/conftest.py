@@ -3,7 +3,6 @@ and every ``examples/*.py`` script started at once in fast mode."""
 
 from __future__ import annotations
 
-import inspect
 import os
 import subprocess
 import sys
@@ -12,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from blockbuster import blockbuster_ctx
 
 from tests.api.models import MAX_TURNS, PARAMS, trained_policy, untrained_qnet
 from tests.conftest import _KEY_NAMES, FAKE_API_KEY
@@ -20,29 +18,6 @@ from tests.examples.servers import Served, policy_and_qnet_servers
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
-
-# LiteLLM's first request on an event loop builds its HTTP client, which checks that the CA
-# bundle file exists (one os.stat; qlass loads the bundle itself off the loop). Allowed by
-# function name, as in tests/backends/conftest.py; every other blocking call still fails.
-_LITELLM_ONE_OFF_BLOCKING = [
-    (
-        "os.stat",
-        "litellm/llms/custom_httpx/http_handler.py",
-        {"get_ssl_verify", "get_ssl_configuration"},
-    ),
-]
-
-
-@pytest.fixture(autouse=True)
-def _no_blocking_calls_in_event_loop(request: pytest.FixtureRequest) -> Iterator[None]:
-    if not inspect.iscoroutinefunction(getattr(request.node, "function", None)):
-        yield
-        return
-    with blockbuster_ctx(["qlass"]) as blockbuster:
-        blockbuster.functions["os.path.abspath"].deactivate()  # path arithmetic
-        for name, filename, functions in _LITELLM_ONE_OFF_BLOCKING:
-            blockbuster.functions[name].can_block_in(filename, functions)
-        yield
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@ that runs an ASGI app under a real uvicorn server on a loopback port."""
 
 from __future__ import annotations
 
-import inspect
 import socket
 import threading
 import time
@@ -13,30 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from blockbuster import blockbuster_ctx
-
-# LiteLLM's first request on an event loop builds its HTTP client, which checks that the CA
-# bundle file exists (one os.stat; the judge loads the bundle itself off the loop). That
-# third-party one-off is allowed by function name; every other blocking call from qlass
-# code on the loop still fails the test (same override as tests/backends/conftest.py).
-_LITELLM_ONE_OFF_BLOCKING = [
-    (
-        "os.stat",
-        "litellm/llms/custom_httpx/http_handler.py",
-        {"get_ssl_verify", "get_ssl_configuration"},
-    ),
-]
-
-
-@pytest.fixture(autouse=True)
-def _no_blocking_calls_in_event_loop(request: pytest.FixtureRequest) -> Iterator[None]:
-    if not inspect.iscoroutinefunction(getattr(request.node, "function", None)):
-        yield
-        return
-    with blockbuster_ctx(["qlass"]) as blockbuster:
-        for name, filename, functions in _LITELLM_ONE_OFF_BLOCKING:
-            blockbuster.functions[name].can_block_in(filename, functions)
-        yield
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from qlass.qnet.scorer import QNetScorer
 from qlass.qnet.train import (
     TrainSettings,
     regression_metrics,
+    sibling_accuracy,
     spearman,
     split_by_task,
     train_qnet,
@@ -47,6 +49,19 @@ def test_spearman_and_mse() -> None:
     assert spearman([1, 1, 1], [1, 2, 3]) != spearman([1, 1, 1], [1, 2, 3])  # NaN
     metrics = regression_metrics([0.0, 1.0], [1.0, 1.0])
     assert metrics["mse"] == pytest.approx(0.5)
+
+
+def test_sibling_accuracy_compares_candidates_of_one_state_only() -> None:
+    states = ["a", "a", "a", "b", "b"]
+    labels = [1.0, 0.0, 0.5, 0.3, 0.3]  # state b: equal labels, no pair counted
+    assert sibling_accuracy([0.9, 0.1, 0.5, 0.0, 1.0], labels, states) == 1.0
+    # a: (1, 0) ordered right, (1, 0.5) wrong, (0, 0.5) right.
+    assert sibling_accuracy([0.6, 0.1, 0.9, 0.0, 1.0], labels, states) == pytest.approx(2 / 3)
+    # A tied prediction counts one half: (1, 0) right, (1, 0.5) right, (0, 0.5) tied.
+    assert sibling_accuracy([0.9, 0.6, 0.6, 0.0, 1.0], labels, states) == pytest.approx(2.5 / 3)
+    # A prediction that is right across states but flat within them orders no sibling.
+    assert sibling_accuracy([0.5, 0.5], [1.0, 0.0], ["s", "s"]) == 0.5
+    assert math.isnan(sibling_accuracy([1.0, 0.0], [1.0, 0.0], ["s", "t"]))  # no pairs
 
 
 def test_triples_jsonl_round_trip(tmp_path: Path) -> None:
@@ -95,6 +110,7 @@ async def test_training_lowers_the_loss_and_learns_the_ranking(
     first, last = result.train_losses[0], sum(result.train_losses[-4:]) / 4
     assert last < first
     assert result.dev_spearman is not None and result.dev_spearman > 0.5
+    assert result.dev_sibling_accuracy is not None and result.dev_sibling_accuracy > 0.8
     saved = json.loads((settings.output_dir / "train_metrics.json").read_text())
     assert saved["dev_mse"] == pytest.approx(result.dev_mse)
     # The saved checkpoint scores an unseen task: the good move above the bad one.

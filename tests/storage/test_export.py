@@ -98,6 +98,31 @@ async def test_cap_per_tree_is_deterministic_and_normalised(store: TreeStore) ->
     assert only_first == [t for t in capped if t.tree_id == tasks[0].id]
 
 
+async def test_cap_keeps_sibling_groups_and_takes_branching_states_first(
+    store: TreeStore,
+) -> None:
+    run, (task,) = await new_run(store, "siblings")
+    label_set = await store.labels.create_set(run.id, gamma=0.9, normalize=False)
+    root = await store.trees.add_root(task.id, "start", instruction="goal")
+    # Three branching states (root, a, b: 2 candidates each) and six single-child chains.
+    a, b = await store.trees.add_children(root.id, [_node("a"), _node("b")])
+    for parent, tag in ((a, "a"), (b, "b")):
+        kids = await store.trees.add_children(parent.id, [_node(f"{tag}1"), _node(f"{tag}2")])
+        for kid in kids:
+            chain = [_node(f"{kid.id}.{i}") for i in range(2)]
+            chain.append(_node(f"{kid.id}.end", final_reward=float(kid.id % 2)))
+            await store.trees.add_path(kid.id, chain)
+    capped = await store.export_triples(label_set.id, max_per_tree=7, seed=3)
+    assert len(capped) == 7
+    groups: dict[object, int] = {}
+    for triple in capped:
+        groups[triple.history] = groups.get(triple.history, 0) + 1
+    # All six candidates of the three branching states, then one chain step.
+    assert sorted(groups.values()) == [1, 2, 2, 2]
+    # A cap that splits a group still keeps part of it, and exactly the cap.
+    assert len(await store.export_triples(label_set.id, max_per_tree=5, seed=3)) == 5
+
+
 async def test_export_filters_by_split_and_skips_unlabelled(store: TreeStore) -> None:
     run = await store.runs.create("splits", config={}, seed=0)
     train, dev = await store.tasks.add_many(
