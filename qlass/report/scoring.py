@@ -77,16 +77,15 @@ async def dev_steps(
     """The dev triples exactly as training split them, plus notes on any doubt.
 
     Export and split repeat the pipeline's ``train_qnet`` stage: the label set's triples
-    with ``labels.max_triples_per_tree`` and the run seed, split by task with the
+    with the checkpoint's recorded per-tree cap and the run seed, split by task with the
     checkpoint's recorded ``dev_fraction`` and seed (the config's when not recorded).
     """
     train = await _import_off_loop("qlass.qnet.train")
     settings = checkpoint.metrics.get("settings") or {}
     dev_fraction = float(settings.get("dev_fraction", config.qnet.dev_fraction))
     seed = int(settings.get("seed", config.seed))
-    triples = await store.export_triples(
-        label_set_id, max_per_tree=config.labels.max_triples_per_tree, seed=config.seed
-    )
+    cap = checkpoint.metrics.get("max_triples_per_tree", config.labels.max_triples_per_tree)
+    triples = await store.export_triples(label_set_id, max_per_tree=int(cap), seed=config.seed)
     split = train.split_by_task(triples, dev_fraction, seed)
     notes = []
     recorded = checkpoint.metrics.get("dev_examples")

@@ -224,6 +224,11 @@ class Pipeline:
             await asyncio.shield(self.store.stages.finish(run_id, name, failed=True))
             raise
         metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
+        # The run keeps the config it was created with; a rerun may change the sections of
+        # later stages, so each stage records the settings it ran with.
+        metrics["settings"] = self.config.model_dump(
+            mode="json", include=set(DEPENDS[fingerprint_of or name])
+        )
         stopped = self.stop.requested
         if stopped or metrics.get("unfinished_tasks"):  # stays running, to be resumed
             if stopped:
@@ -552,7 +557,9 @@ class Pipeline:
                     total=total, completed=step, loss=loss if loss is not None else float("nan")
                 ),
             )
-            metrics = result.metrics()
+            metrics = result.metrics() | {
+                "max_triples_per_tree": config.labels.max_triples_per_tree
+            }
             await self.store.checkpoints.add(
                 self.run_record.id,
                 await asyncio.to_thread(config.qnet_dir.resolve),

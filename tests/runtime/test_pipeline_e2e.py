@@ -119,6 +119,9 @@ async def test_every_stage_runs_and_stores_consistent_results(config) -> None:
         assert all(stages[name].status == "done" for name in STAGES)
         assert stages["explore"].metrics["completion_tokens"] > 0
         assert all("wall_time_s" in stages[name].metrics for name in STAGES)
+        # ... and the settings it ran with (a rerun may change those of later stages).
+        assert stages["train_qnet"].metrics["settings"]["qnet"]["lr"] == config.qnet.lr
+        assert set(stages["bc"].metrics["settings"]) == {"env", "bc", "policy"}
 
 
 async def test_rerun_skips_finished_stages(config) -> None:
