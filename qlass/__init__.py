@@ -28,6 +28,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from qlass import errors as _errors
 from qlass._version import __version__
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
         RuntimeFailure,
         SchemaVersionError,
         StoreError,
+        TrainingStopped,
         UnknownNameError,
         UserError,
         ValueModelError,
@@ -132,6 +134,7 @@ __all__ = [
     "StoreError",
     "StrategySpec",
     "TaskSpec",
+    "TrainingStopped",
     "Trajectory",
     "Turn",
     "UnknownNameError",
@@ -161,27 +164,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "qlass.envs.base": ("Env", "EnvPrompt"),
     "qlass.envs.registry": ("create_env", "env_names", "list_tasks"),
     "qlass.integrations.callback": ("CallbackEnv", "StepCallback"),
-    "qlass.errors": (
-        "ActionParseError",
-        "ConfigError",
-        "DatabaseUnavailableError",
-        "EnvCrashedError",
-        "EnvError",
-        "EnvTimeoutError",
-        "MissingDataError",
-        "MissingDependencyError",
-        "PolicyCallError",
-        "PolicyError",
-        "PolicyTimeoutError",
-        "QlassError",
-        "ReplayMismatchError",
-        "RuntimeFailure",
-        "SchemaVersionError",
-        "StoreError",
-        "UnknownNameError",
-        "UserError",
-        "ValueModelError",
-    ),
+    "qlass.errors": tuple(_errors.__all__),  # a small module: read its list
     "qlass.qnet.base": ("BaseValueModel", "ValueModel", "ValueQuery"),
     "qlass.qnet.registry": ("create_value_model",),
     "qlass.runtime.episode": ("StepwiseStrategy",),

@@ -6,6 +6,7 @@ simulators, SQLAlchemy and HTTP clients are translated into these at the boundar
 they occur, with the original kept as ``__cause__``.
 
     QlassError
+    ├── TrainingStopped               a stop was asked for mid-training; nothing was saved
     ├── UserError                     bad input: fix the command, config or data
     │   ├── ConfigError               invalid or unreadable configuration (names the field)
     │   ├── UnknownNameError          unknown env, task, backend, strategy or run
@@ -45,6 +46,7 @@ __all__ = [
     "RuntimeFailure",
     "SchemaVersionError",
     "StoreError",
+    "TrainingStopped",
     "UnknownNameError",
     "UserError",
     "ValueModelError",
@@ -53,6 +55,10 @@ __all__ = [
 
 class QlassError(Exception):
     """Base of every error qlass raises on purpose."""
+
+
+class TrainingStopped(QlassError):
+    """A graceful stop (Ctrl-C, SIGTERM) ended training early; the model was not saved."""
 
 
 class UserError(QlassError):

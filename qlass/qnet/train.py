@@ -32,7 +32,8 @@ import torch
 from torch.utils.data import Dataset
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from qlass.errors import UserError
+from qlass._training import StopCallback
+from qlass.errors import TrainingStopped, UserError
 from qlass.qnet.encoding import encode_texts, ensure_chat_template, pad_right, render
 from qlass.qnet.model import CONFIG_FILE, QNet, load_tokenizer
 from qlass.types import LabelledStep
@@ -328,6 +329,7 @@ def train_qnet(
     settings: TrainSettings,
     *,
     on_progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Train a QNet on ``steps`` and save it to ``settings.output_dir``.
 
@@ -338,6 +340,7 @@ def train_qnet(
     Raises:
         UserError: no training examples (after the task split).
         MissingDataError: ``init_dir`` holds no usable model or tokenizer.
+        TrainingStopped: ``should_stop()`` became true; training ended early, nothing saved.
     """
     split = split_by_task(steps, settings.dev_fraction, settings.seed)
     if not split.train:
@@ -366,6 +369,7 @@ def train_qnet(
         max_length=qnet.max_length,
     )
     progress = _ProgressCallback(on_progress) if on_progress is not None else None
+    stopper = StopCallback(should_stop or (lambda: False))
     window = qnet.spec.max_turns
     dev_set = (
         LabelledStepDataset(split.dev, tokenizer, qnet.max_length, window) if split.dev else None
@@ -379,7 +383,7 @@ def train_qnet(
         compute_metrics=functools.partial(
             _compute_metrics, states=[(step.tree_id, step.history) for step in split.dev]
         ),
-        callbacks=[progress] if progress is not None else None,
+        callbacks=[stopper] if progress is None else [progress, stopper],
     )
     if progress is not None:  # the caller shows progress; don't also print raw log dicts
         trainer.remove_callback(PrinterCallback)
@@ -392,6 +396,10 @@ def train_qnet(
     started = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - started
+    if stopper.stopped:
+        raise TrainingStopped(
+            f"QNet training stopped after {trainer.state.global_step} steps; nothing saved"
+        )
     after: dict[str, float] = {}
     if dev_set is not None:
         started = time.perf_counter()

@@ -33,9 +33,10 @@ from transformers import (
     TrainingArguments,
 )
 
+from qlass._training import StopCallback
 from qlass.backends.tiny import new_tiny_model, save_model, train_tokenizer
 from qlass.config import BCConfig
-from qlass.errors import ConfigError, MissingDataError
+from qlass.errors import ConfigError, MissingDataError, TrainingStopped
 from qlass.types import ChatMessage
 
 __all__ = [
@@ -229,8 +230,13 @@ def train_policy(
     max_turns: int | None,
     seed: int = 0,
     progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> BCResult:
-    """Train the policy on ``conversations`` and save it as a model directory."""
+    """Train the policy on ``conversations`` and save it as a model directory.
+
+    Raises:
+        TrainingStopped: ``should_stop()`` became true; training ended early, nothing saved.
+    """
     if not conversations:
         raise MissingDataError("no expert conversations to train on")
     started = time.perf_counter()
@@ -274,15 +280,18 @@ def train_policy(
         **_length_grouping(),
     )
     callback = _Progress(progress or (lambda *_: None))
+    stopper = StopCallback(should_stop or (lambda: False))
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=examples,
         data_collator=_RightPadCollator(tokenizer.pad_token_id),
-        callbacks=[callback],
+        callbacks=[callback, stopper],
     )
     trainer.remove_callback(PrinterCallback)  # progress goes to our callback, not stdout
     output = trainer.train()
+    if stopper.stopped:
+        raise TrainingStopped(f"BC stopped after {output.global_step} steps; nothing saved")
     save_model(trainer.model, tokenizer, output_dir)  # type: ignore[arg-type]
     result = BCResult(
         model_dir=output_dir,

@@ -29,7 +29,13 @@ from qlass.config import RunConfig
 from qlass.envs.gold import export_gold
 from qlass.envs.pool import EnvPool
 from qlass.envs.registry import env_prompt, list_tasks, task_max_steps
-from qlass.errors import ConfigError, MissingDataError, PolicyError, StoreError
+from qlass.errors import (
+    ConfigError,
+    MissingDataError,
+    PolicyError,
+    StoreError,
+    TrainingStopped,
+)
 from qlass.qnet.base import ValueModel
 from qlass.qnet.registry import create_value_model
 from qlass.runtime.checks import check_config
@@ -389,18 +395,24 @@ class Pipeline:
                 load_conversations, self.expert_file(), config.bc.examples
             )
             bar = self.progress.bar("behaviour cloning", None)
-            result = await asyncio.to_thread(
-                train_policy,
-                conversations,
-                config.bc,
-                output_dir=config.policy_dir,
-                system_prompt=self.system_prompt(),
-                max_turns=config.policy.max_turns_in_prompt,
-                seed=config.seed,
-                progress=lambda step, total, loss: bar.update(
-                    total=total, completed=step, loss=loss if loss is not None else float("nan")
-                ),
-            )
+            try:
+                result = await asyncio.to_thread(
+                    train_policy,
+                    conversations,
+                    config.bc,
+                    output_dir=config.policy_dir,
+                    system_prompt=self.system_prompt(),
+                    max_turns=config.policy.max_turns_in_prompt,
+                    seed=config.seed,
+                    progress=lambda step, total, loss: bar.update(
+                        total=total,
+                        completed=step,
+                        loss=loss if loss is not None else float("nan"),
+                    ),
+                    should_stop=lambda: self.stop.requested,
+                )
+            except TrainingStopped as stopped:
+                return {"note": str(stopped)}
             return {
                 "conversations": result.conversations,
                 "examples": result.examples,
@@ -548,15 +560,21 @@ class Pipeline:
             init = config.qnet.base_model or str(config.policy_dir)
             settings = qnet_train_settings(config)
             bar = self.progress.bar("training the QNet", None)
-            result = await asyncio.to_thread(
-                train_qnet,
-                triples,
-                init,
-                settings,
-                on_progress=lambda step, total, loss: bar.update(
-                    total=total, completed=step, loss=loss if loss is not None else float("nan")
-                ),
-            )
+            try:
+                result = await asyncio.to_thread(
+                    train_qnet,
+                    triples,
+                    init,
+                    settings,
+                    on_progress=lambda step, total, loss: bar.update(
+                        total=total,
+                        completed=step,
+                        loss=loss if loss is not None else float("nan"),
+                    ),
+                    should_stop=lambda: self.stop.requested,
+                )
+            except TrainingStopped as stopped:
+                return {"note": str(stopped)}
             metrics = result.metrics() | {
                 "max_triples_per_tree": config.labels.max_triples_per_tree
             }

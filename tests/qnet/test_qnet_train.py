@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from qnet_helpers import BAD, GOOD, make_history, synthetic_steps
 
-from qlass.errors import UserError
+from qlass.errors import TrainingStopped, UserError
 from qlass.qnet._wire import read_triples_jsonl, write_triples_jsonl
 from qlass.qnet.base import ValueQuery
 from qlass.qnet.scorer import QNetScorer
@@ -129,3 +129,28 @@ def test_no_training_examples_is_a_user_error(tiny_model_dir: Path, tmp_path: Pa
     steps: list[LabelledStep] = []
     with pytest.raises(UserError, match="no training examples"):
         train_qnet(steps, tiny_model_dir, TrainSettings(output_dir=tmp_path))
+
+
+def test_a_stop_request_ends_training_early_and_saves_nothing(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    settings = TrainSettings(
+        output_dir=tmp_path / "qnet",
+        head_dim=16,
+        batch_size=4,
+        micro_batch_size=4,
+        max_steps=50,
+        max_length=256,
+        dev_fraction=0.25,
+        use_cpu=True,
+    )
+    asked: list[int] = []
+
+    def should_stop() -> bool:  # asked after every optimizer step; says stop at the third
+        asked.append(1)
+        return len(asked) >= 3
+
+    with pytest.raises(TrainingStopped, match="after 3 steps"):
+        train_qnet(synthetic_steps(4), tiny_model_dir, settings, should_stop=should_stop)
+    assert len(asked) == 3
+    assert not (tmp_path / "qnet" / "qnet_config.json").exists()
