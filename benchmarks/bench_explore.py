@@ -177,7 +177,8 @@ async def _grow(
                     (
                         tuple(n.sample_index for n in tree.path(node.id)[1:]),
                         node.action,
-                        node.observation,
+                        # ScienceWorld's object order changes between resets (same state).
+                        "\n".join(sorted(node.observation.splitlines())),
                     )
                     for node in tree.nodes
                 )
@@ -245,6 +246,7 @@ async def main(args: argparse.Namespace) -> None:
                 actions,
                 Path(tmp) / "b.db",
                 args.policy_latency,
+                args.policy_dir,
             )
             results.append(
                 Result(
