@@ -42,7 +42,7 @@ from qlass.runtime.checks import check_config
 from qlass.runtime.context import SearchContext, Tally
 from qlass.runtime.evaluate import StrategyReport, evaluate_strategy, summarise
 from qlass.runtime.explore import ExploreSettings, TreeExplorer, TreeStats
-from qlass.runtime.progress import NullProgress, Progress
+from qlass.runtime.progress import NullProgress, Progress, ProgressBar
 from qlass.runtime.scheduler import StopSignal, bounded_map
 from qlass.runtime.stages import DEPENDS, FROZEN, OPTIONAL_STAGES, STAGES
 from qlass.runtime.strategies import SearchStrategy, make_strategy
@@ -90,6 +90,15 @@ def qnet_train_settings(config: RunConfig, **overrides: Any) -> TrainSettings:
         "seed": config.seed,
     }
     return TrainSettings(**(settings | overrides))
+
+
+def _bar_progress(bar: ProgressBar) -> Callable[[int, int, float | None], None]:
+    """A trainer's progress callback (step, total, loss) that moves a progress bar."""
+
+    def update(step: int, total: int, loss: float | None) -> None:
+        bar.update(total=total, completed=step, loss=loss if loss is not None else float("nan"))
+
+    return update
 
 
 async def _import(module: str) -> None:
@@ -404,11 +413,7 @@ class Pipeline:
                     system_prompt=self.system_prompt(),
                     max_turns=config.policy.max_turns_in_prompt,
                     seed=config.seed,
-                    progress=lambda step, total, loss: bar.update(
-                        total=total,
-                        completed=step,
-                        loss=loss if loss is not None else float("nan"),
-                    ),
+                    progress=_bar_progress(bar),
                     should_stop=lambda: self.stop.requested,
                 )
             except TrainingStopped as stopped:
@@ -566,11 +571,7 @@ class Pipeline:
                     triples,
                     init,
                     settings,
-                    on_progress=lambda step, total, loss: bar.update(
-                        total=total,
-                        completed=step,
-                        loss=loss if loss is not None else float("nan"),
-                    ),
+                    on_progress=_bar_progress(bar),
                     should_stop=lambda: self.stop.requested,
                 )
             except TrainingStopped as stopped:
