@@ -45,6 +45,11 @@ ResumeOption = Annotated[
 ]
 
 
+ForceOption = Annotated[
+    bool, typer.Option(help="Run the stage even if it is done for this config.")
+]
+
+
 def load_run_config(
     config: Path | None, overrides: list[str] | None, db: str | None, resume: str | None
 ) -> RunConfig:
@@ -225,9 +230,7 @@ def register(app: typer.Typer) -> None:
             set_: SetOption = None,
             db: DbOption = None,
             resume: ResumeOption = None,
-            force: Annotated[
-                bool, typer.Option(help="Run the stage even if it is done for this config.")
-            ] = False,
+            force: ForceOption = False,
         ) -> None:
             resolved = load_run_config(config, set_, db, resume)
 
@@ -252,9 +255,7 @@ def register(app: typer.Typer) -> None:
         set_: SetOption = None,
         db: DbOption = None,
         resume: ResumeOption = None,
-        force: Annotated[
-            bool, typer.Option(help="Run the stage even if it is done for this config.")
-        ] = False,
+        force: ForceOption = False,
         worker: Annotated[
             bool,
             typer.Option(
