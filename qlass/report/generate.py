@@ -294,7 +294,10 @@ async def build_viewer(
             "trees.html" if task_key is None or not views else f"tree-{views[0].tree.task.id}.html"
         )
         out_file = config.directory / name
-    page = render_viewer(record.name, views, label_set=label_set, qnet_note=qnet_note, notes=notes)
+    # Rendering is CPU work (and the first one reads the templates): off the event loop.
+    page = await asyncio.to_thread(
+        render_viewer, record.name, views, label_set=label_set, qnet_note=qnet_note, notes=notes
+    )
     await asyncio.to_thread(_write_text, out_file, page)
     return ViewerResult(
         path=out_file,
