@@ -3,7 +3,7 @@
 CPU only, no network, no downloaded weights: expert trajectories from the simulator's gold
 paths, a small policy trained from scratch (BC), exploration trees in SQLite, Q labels, a
 small QNet, and greedy / Best-of-N / QLASS evaluated on held-out tasks, followed by the
-results table, the plots and the tree viewer in the run folder.
+results table, the plots, the tree viewer and the episode viewer in the run folder.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from qlass.config import RunConfig, load_config
 from qlass.runtime.evaluate import StrategyReport
 
 if TYPE_CHECKING:
-    from qlass.report.generate import ReportResult, ViewerResult
+    from qlass.report.generate import ReportResult
     from qlass.runtime.pipeline import Pipeline, StageResult
 
 __all__ = ["PRESETS", "preset_config", "register"]
@@ -60,26 +60,27 @@ def register(app: typer.Typer) -> None:
 
         Rerunning continues where an interrupted demo stopped. The run folder (printed at
         the end) holds the SQLite store, the models, results.md/csv, the plots and the
-        tree viewer (trees.html).
+        tree and episode viewers (trees.html, episodes.html).
         """
         config = preset_config(env, quick=quick, overrides=set_)
 
         async def work(
             pipeline: Pipeline,
-        ) -> tuple[list[StageResult], ReportResult | None, ViewerResult | None]:
-            from qlass.report.generate import build_report, build_viewer
+        ) -> tuple[list[StageResult], ReportResult | None, list[Path]]:
+            from qlass.report.generate import build_episode_viewer, build_report, build_viewer
 
             results = await pipeline.run()
             if pipeline.stop.requested:
-                return results, None, None
+                return results, None, []
             store, run = pipeline.store, pipeline.run_record.name
             report = await build_report(store, run, progress=pipeline.progress)
             viewer = await build_viewer(
                 store, run, scores=viewer_scores, max_trees=20, progress=pipeline.progress
             )
-            return results, report, viewer
+            episodes = await build_episode_viewer(store, run)
+            return results, report, [viewer.path, episodes.path]
 
-        results, report, viewer = run_pipeline(config, work)
+        results, report, pages = run_pipeline(config, work)
         print_stages(results)
         for result in results:
             if result.name == "eval" and "reports" in result.metrics:
@@ -91,5 +92,5 @@ def register(app: typer.Typer) -> None:
             console.print(f"\nrun folder: [bold]{report.directory}[/bold]")
             for path in report.files:
                 console.print(f"  {path}")
-        if viewer is not None:
-            console.print(f"  {viewer.path}  (open in a browser)")
+        for page in pages:
+            console.print(f"  {page}  (open in a browser)")

@@ -1,9 +1,9 @@
-"""``qlass report`` and ``qlass view``: tables, plots and the HTML tree viewer of a stored run.
+"""``qlass report`` and ``qlass view``: tables, plots and the HTML viewers of a stored run.
 
 Both read the run's tree store only (nothing is re-run): ``report`` regenerates the
 results table (terminal, Markdown, CSV), the compute table per stage and the PNG plots;
-``view`` writes a self-contained HTML page of the exploration trees that opens in a
-browser with no server.
+``view`` writes a self-contained HTML page of the exploration trees (or, with
+``--episodes``, of the evaluation episodes) that opens in a browser with no server.
 """
 
 from __future__ import annotations
@@ -136,10 +136,19 @@ def register(app: typer.Typer) -> None:
     def view(
         run: RunArgument,
         db: DbOption = None,
+        episodes: Annotated[
+            bool,
+            typer.Option(
+                "--episodes",
+                help="Write the evaluation episodes' page (episodes.html: every step with "
+                "the candidates and their values, filters, two strategies side by side) "
+                "instead of the trees.",
+            ),
+        ] = False,
         task: Annotated[
             str | None,
             typer.Option(
-                help="Only this task's tree (its key, e.g. "
+                help="Only this task's tree or episodes (its key, e.g. "
                 "textworld_express/coin[numLocations=5,includeDoors=0]/train/3)."
             ),
         ] = None,
@@ -148,22 +157,37 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--out",
                 "-o",
-                help="HTML file to write (default: runs/RUN/trees.html, or "
-                "tree-<task id>.html with --task).",
+                help="HTML file to write (default: runs/RUN/trees.html, tree-<task id>.html "
+                "with --task, runs/RUN/episodes.html with --episodes).",
                 dir_okay=False,
             ),
         ] = None,
+        stage: Annotated[
+            str | None,
+            typer.Option(
+                help="With --episodes: the episode stage to show, e.g. "
+                "eval:dev:<fingerprint> (default: the latest evaluation)."
+            ),
+        ] = None,
+        max_tasks: Annotated[
+            int,
+            typer.Option(
+                min=1,
+                help="With --episodes: tasks in the page at most, each with every "
+                "strategy's episode (the page says how many were left out).",
+            ),
+        ] = 200,
         scores: Annotated[
             bool,
             typer.Option(
                 "--scores/--no-scores",
-                help="Score every shown node with the newest QNet checkpoint (costs a model "
-                "load and a forward pass per batch of nodes).",
+                help="Trees: score every shown node with the newest QNet checkpoint (costs a "
+                "model load and a forward pass per batch of nodes).",
             ),
         ] = True,
         label_set: Annotated[
             int | None,
-            typer.Option(help="Q-label set id to show (default: the run config's set)."),
+            typer.Option(help="Trees: Q-label set id to show (default: the run config's set)."),
         ] = None,
         max_trees: Annotated[
             int, typer.Option(min=1, help="Trees put in the page at most (the page says so).")
@@ -181,15 +205,34 @@ def register(app: typer.Typer) -> None:
         ] = False,
         device: DeviceOption = "auto",
     ) -> None:
-        """Write a static HTML viewer of a run's exploration trees (no server needed).
+        """Write a static HTML viewer of a run's exploration trees, or with --episodes of
+        its evaluation episodes (no server needed).
 
-        Nodes expand and collapse on click and show the action (or the invalid output),
-        observation, rewards, Q label (raw and normalised) and QNet score. The chosen path,
-        from the root following the highest-Q child at each step, is highlighted and open.
-        Prints the file's path.
+        Trees: nodes expand and collapse on click and show the action (or the invalid
+        output), observation, rewards, Q label (raw and normalised) and QNet score; the
+        chosen path, from the root following the highest-Q child, is highlighted and open.
+        Episodes: every step of every strategy's episode with the candidates proposed and
+        their values, filters by strategy and outcome, and two strategies' episodes of one
+        task side by side. Prints the file's path.
         """
-        from qlass.report.generate import build_viewer
+        from qlass.report.generate import build_episode_viewer, build_viewer
 
+        if episodes:
+            page = _with_store(
+                run,
+                db,
+                lambda store, _: build_episode_viewer(
+                    store, run, out_file=out, stage=stage, task_key=task, max_tasks=max_tasks
+                ),
+            )
+            for note in page.notes:
+                console.print(f"[dim]note: {escape(note)}")
+            console.print(
+                f"{page.episodes} episode(s) of {page.tasks} task(s), stage {page.stage}: "
+                f"{', '.join(page.strategies) or 'no strategies'}"
+            )
+            _print_path(page.path, open_)
+            return
         result = _with_store(
             run,
             db,
@@ -212,6 +255,11 @@ def register(app: typer.Typer) -> None:
             f"{result.trees} tree(s), {result.nodes_shown} nodes shown, "
             f"{result.scored_nodes} scored by the QNet"
         )
-        typer.echo(str(result.path))
-        if open_:
-            webbrowser.open(result.path.resolve().as_uri())
+        _print_path(result.path, open_)
+
+
+def _print_path(path: Path, open_: bool) -> None:
+    """The page's path as the last line of output (scripts read it), then open it."""
+    typer.echo(str(path))
+    if open_:
+        webbrowser.open(path.resolve().as_uri())

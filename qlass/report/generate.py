@@ -3,6 +3,7 @@
     async with await TreeStore.open("runs/demo/qlass.db") as store:
         report = await build_report(store, "demo")        # runs/demo/results.md, *.csv, *.png
         viewer = await build_viewer(store, "demo")        # runs/demo/trees.html
+        episodes = await build_episode_viewer(store, "demo")  # runs/demo/episodes.html
 
 Files go to the run's folder (``RunConfig.directory`` of the stored config) unless told
 otherwise. Reading the store is async; file writing and plotting run in worker threads.
@@ -21,6 +22,7 @@ from qlass.config import RunConfig
 from qlass.errors import MissingDataError
 from qlass.qnet.base import ValueModel
 from qlass.report.data import load_episodes, pick_label_set, stored_config
+from qlass.report.episodes import render_episodes, select_episodes, summarise_strategies
 from qlass.report.plots import (
     QNET_DEV_PNG,
     REWARD_VS_TOKENS_PNG,
@@ -48,7 +50,15 @@ from qlass.report.viewer import add_qnet_scores, load_tree_views, render_viewer
 from qlass.runtime.progress import Progress
 from qlass.storage import TreeStore
 
-__all__ = ["ReportResult", "ViewerResult", "build_report", "build_viewer", "describe"]
+__all__ = [
+    "EpisodeViewerResult",
+    "ReportResult",
+    "ViewerResult",
+    "build_episode_viewer",
+    "build_report",
+    "build_viewer",
+    "describe",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -79,6 +89,18 @@ class ViewerResult:
     trees: int
     nodes_shown: int
     scored_nodes: int
+    notes: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class EpisodeViewerResult:
+    """Where :func:`build_episode_viewer` wrote the page and what is in it."""
+
+    path: Path
+    stage: str | None
+    episodes: int
+    tasks: int
+    strategies: tuple[str, ...]
     notes: tuple[str, ...] = field(default=())
 
 
@@ -304,6 +326,58 @@ async def build_viewer(
         trees=len(views),
         nodes_shown=sum(len(v.shown) for v in views),
         scored_nodes=sum(len(v.qnet) for v in views),
+        notes=tuple(notes),
+    )
+
+
+async def build_episode_viewer(
+    store: TreeStore,
+    run: str | int,
+    *,
+    out_file: Path | None = None,
+    stage: str | None = None,
+    task_key: str | None = None,
+    max_tasks: int = 200,
+) -> EpisodeViewerResult:
+    """Write the HTML page of a run's episodes (every step, candidate values, two
+    strategies side by side) and return where.
+
+    Args:
+        out_file: default ``<run folder>/episodes.html``.
+        stage: the episode stage to show (default: the latest evaluation stage, as
+            :func:`build_report`); the page notes the other stored stages.
+        task_key: only this task's episodes.
+        max_tasks: tasks shown at most (each with all its strategies' episodes).
+
+    Raises:
+        UnknownNameError: no such run or stage.
+    """
+    record = await store.runs.get(run)
+    config = stored_config(record)
+    episodes = await load_episodes(store, record.id)
+    chosen, records = episodes.select(stage)
+    notes: list[str] = []
+    other_stages = [s for s in episodes.stages if s != chosen]
+    if other_stages:
+        notes.append(f"other episode stages in the store (use --stage): {', '.join(other_stages)}")
+    if task_key is not None and not any(r.task_key == task_key for r in records):
+        notes.append(f"no episode of task {task_key} in this stage")
+    views, selection_notes = await asyncio.to_thread(
+        select_episodes, records, task_key=task_key, max_tasks=max_tasks
+    )
+    notes.extend(selection_notes)
+    summaries = summarise_strategies(records)
+    page = await asyncio.to_thread(
+        render_episodes, record.name, chosen, views, summaries=summaries, notes=notes
+    )
+    path = out_file if out_file is not None else config.directory / "episodes.html"
+    await asyncio.to_thread(_write_text, path, page)
+    return EpisodeViewerResult(
+        path=path,
+        stage=chosen,
+        episodes=len(views),
+        tasks=len({view.task.key for view in views}),
+        strategies=tuple(summary.strategy for summary in summaries),
         notes=tuple(notes),
     )
 

@@ -5,6 +5,7 @@ reports draw follows the store."""
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,15 @@ from pathlib import Path
 from qlass.config import QNetConfig, RunConfig
 from qlass.runtime.evaluate import StrategyReport
 from qlass.storage import NewNode, TreeStore
-from qlass.types import Candidate, Step, StepResult, TaskSpec, Trajectory, Usage
+from qlass.types import (
+    Candidate,
+    ScoredCandidate,
+    Step,
+    StepResult,
+    TaskSpec,
+    Trajectory,
+    Usage,
+)
 
 RUN = "demo"
 STRATEGIES = ("greedy", "best_of_n:2", "best_of_n:4", "qlass:2", "qlass:4")
@@ -88,24 +97,68 @@ def episode_specs(variant: int) -> list[EpisodeSpec]:
     return specs
 
 
+EPISODE_HTML = " <b>locked</b> door & <script>alert('ep')</script>"
+"""Markup in the first observation of every episode (the episode viewer must escape it)."""
+
+
+def _considered(spec: EpisodeSpec, i: int, chosen: Candidate) -> tuple[ScoredCandidate, ...]:
+    """QLASS:M steps: M candidates, the chosen one valued highest; step 0 has an invalid
+    candidate (unscored) and, with M >= 4, a repeat of the chosen text."""
+    budget = int(spec.strategy.partition(":")[2])
+    value = round(0.9 - 0.1 * i - 0.01 * spec.variation, 4)
+    others: list[ScoredCandidate] = []
+    for k in range(1, budget):
+        if i == 0 and k == 1:
+            others.append(
+                ScoredCandidate(Candidate("I am lost <here>", None, parse_error="no action"))
+            )
+        elif i == 0 and k == 2:
+            others.append(ScoredCandidate(chosen, value))
+        else:
+            other = Candidate(f"Thought: maybe {k}.\nAction: move south", "move south")
+            others.append(ScoredCandidate(other, round(value - 0.05 * k, 4)))
+    return (ScoredCandidate(chosen, value), *others)
+
+
 def trajectory(spec: EpisodeSpec) -> Trajectory:
     task = TaskSpec("textworld_express", "coin", spec.variation, "dev")
     per_step = spec.completion_tokens // spec.steps
+    guided = spec.strategy.startswith("qlass")
     steps = []
     for i in range(spec.steps):
         last = i == spec.steps - 1
         completion = spec.completion_tokens - per_step * (spec.steps - 1) if last else per_step
+        candidate = Candidate(
+            f"Thought: step {i}.\nAction: move north", "move north", usage=Usage(0, completion)
+        )
+        considered = _considered(spec, i, candidate) if guided else ()
         steps.append(
             Step(
-                candidate=Candidate(
-                    f"Thought: step {i}.\nAction: move north",
-                    "move north",
-                    usage=Usage(0, completion),
+                candidate=candidate,
+                result=StepResult(
+                    f"room {i}" + (EPISODE_HTML if i == 0 else ""),
+                    0.0,
+                    last,
+                    spec.score if last else 0.0,
                 ),
-                result=StepResult(f"room {i}", 0.0, last, spec.score if last else 0.0),
+                considered=considered,
+                value=considered[0].value if considered else None,
             )
         )
-    info = {"oracle_best_score": spec.oracle, "chosen": 0} if spec.oracle is not None else {}
+    info: dict[str, object] = {}
+    if spec.oracle is not None:
+        n = int(spec.strategy.partition(":")[2])
+        values = [round(0.2 + 0.1 * k, 3) for k in range(n)]
+        values[0] = -math.inf  # an invalid rollout
+        chosen = n - 1
+        scores = [spec.score if k == chosen else spec.oracle for k in range(n)]
+        info = {
+            "strategy": spec.strategy,
+            "values": values,
+            "scores": scores,
+            "chosen": chosen,
+            "oracle_best_score": spec.oracle,
+        }
     return Trajectory(
         task=task,
         instruction="Find the coin.",
