@@ -73,6 +73,7 @@ def main() -> None:
     """Console entry point: run the app and turn qlass errors into clear messages."""
     # qlass shows its own progress bars; the libraries' per-file bars would interleave.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     try:

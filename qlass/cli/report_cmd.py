@@ -1,9 +1,11 @@
-"""``qlass report`` and ``qlass view``: tables, plots and the HTML viewers of a stored run.
+"""``qlass report``, ``qlass view`` and ``qlass export``: tables, plots, the HTML viewers and
+Hugging Face datasets of a stored run.
 
-Both read the run's tree store only (nothing is re-run): ``report`` regenerates the
+All read the run's tree store only (nothing is re-run): ``report`` regenerates the
 results table (terminal, Markdown, CSV), the compute table per stage and the PNG plots;
 ``view`` writes a self-contained HTML page of the exploration trees (or, with
-``--episodes``, of the evaluation episodes) that opens in a browser with no server.
+``--episodes``, of the evaluation episodes) that opens in a browser with no server;
+``export`` writes expert trajectories, Q-labelled triples and episodes as parquet datasets.
 """
 
 from __future__ import annotations
@@ -256,6 +258,60 @@ def register(app: typer.Typer) -> None:
             f"{result.scored_nodes} scored by the QNet"
         )
         _print_path(result.path, open_)
+
+    @app.command("export")
+    def export(
+        run: RunArgument,
+        db: DbOption = None,
+        out: Annotated[
+            Path | None,
+            typer.Option(
+                "--out",
+                "-o",
+                help="Folder for the parquet files (default: runs/RUN/datasets).",
+                file_okay=False,
+            ),
+        ] = None,
+        label_set: Annotated[
+            int | None,
+            typer.Option(help="Q-label set of the triples (default: the run config's set)."),
+        ] = None,
+        max_triples_per_tree: Annotated[
+            int | None,
+            typer.Option(
+                min=1,
+                help="Triples per tree at most (default: the run's "
+                "labels.max_triples_per_tree, what QNet training used).",
+            ),
+        ] = None,
+    ) -> None:
+        """Write the run's data as Hugging Face datasets (parquet) for training elsewhere.
+
+        expert.parquet (the expert trajectories of behaviour cloning, as chat messages),
+        triples.parquet (the QNet's Q-labelled state/candidate triples) and episodes.parquet
+        (every stored episode with its steps, candidates and values), plus a README.md
+        dataset card. Load one with datasets.load_dataset("parquet", data_files=...).
+        Needs pip install 'qlass[datasets]'.
+        """
+        from qlass.report.datasets import export_datasets, load_datasets_module
+
+        load_datasets_module()  # the missing-extra error before the store is opened
+        result = _with_store(
+            run,
+            db,
+            lambda store, _: export_datasets(
+                store,
+                run,
+                out_dir=out,
+                label_set_id=label_set,
+                max_triples_per_tree=max_triples_per_tree,
+            ),
+        )
+        for note in result.notes:
+            console.print(f"[dim]note: {escape(note)}")
+        for name, path in result.files.items():
+            console.print(f"{name}: {result.rows[name]} rows  {escape(str(path))}")
+        typer.echo(str(result.directory))
 
 
 def _print_path(path: Path, open_: bool) -> None:
