@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -44,8 +45,9 @@ def db_url(db: str) -> str:
 
 
 def resolve_config(config: Path | None, overrides: list[str] | None, db: str | None) -> RunConfig:
-    """Load the config file, apply ``--set`` overrides, then ``--db``."""
+    """Load the config file, apply the ``QLASS_*`` environment variables, the ``--set``
+    overrides, then ``--db``."""
     items = list(overrides or [])
     if db is not None:
         items.append(f"store.url={db_url(db)}")
-    return load_config(config, items)
+    return load_config(config, items, environ=os.environ)

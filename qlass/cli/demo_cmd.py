@@ -8,6 +8,7 @@ results table, the plots, the tree viewer and the episode viewer in the run fold
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -33,12 +34,13 @@ PRESETS = {
 
 
 def preset_config(env: str, *, quick: bool, overrides: list[str] | None = None) -> RunConfig:
-    """The packaged demo config for ``env`` (``--quick``: the 2-minute one) plus overrides."""
+    """The packaged demo config for ``env`` (``--quick``: the 2-minute one), then the
+    ``QLASS_*`` environment variables and the overrides."""
     if env not in PRESETS:
         raise typer.BadParameter(f"choose one of {', '.join(PRESETS)}", param_hint="--env")
     name = PRESETS[env][1 if quick else 0]
     with resources.as_file(resources.files("qlass") / "configs" / name) as path:
-        return load_config(Path(path), overrides or [])
+        return load_config(Path(path), overrides or [], environ=os.environ)
 
 
 def register(app: typer.Typer) -> None:

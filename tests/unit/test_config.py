@@ -1,8 +1,10 @@
+import json
+import re
 from pathlib import Path
 
 import pytest
 
-from qlass.config import RunConfig, apply_overrides, load_config
+from qlass.config import RunConfig, apply_overrides, env_overrides, load_config
 from qlass.errors import ConfigError
 
 
@@ -67,3 +69,89 @@ def test_override_syntax_error() -> None:
 def test_fingerprint_changes_with_config() -> None:
     assert RunConfig().fingerprint() == RunConfig().fingerprint()
     assert RunConfig().fingerprint() != load_config(None, ["labels.gamma=0.5"]).fingerprint()
+
+
+def test_environment_sits_between_the_file_and_set(tmp_path: Path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text("seed = 1\n[explore]\nwidth = 3\nmax_depth = 5\n")
+    environ = {
+        "QLASS_EXPLORE__WIDTH": "4",
+        "qlass_labels__gamma": "0.5",  # names are case-insensitive
+        "QLASS_ENV__GAMES": "[coin, sorting]",  # values are read as --set reads them
+        "QLASS_SEED": "7",
+        "QLASS_DB": "postgresql+asyncpg://db/qlass",  # not a config field: left alone
+        "QLASS_TEST_ARTIFACTS": "/tmp/x",
+        "PATH": "/usr/bin",
+    }
+    from_env = load_config(path, environ=environ)
+    assert (from_env.explore.width, from_env.explore.max_depth) == (4, 5)
+    assert (from_env.labels.gamma, from_env.seed) == (0.5, 7)
+    assert from_env.env.games == ("coin", "sorting")
+    assert load_config(path, ["explore.width=6"], environ=environ).explore.width == 6
+    assert load_config(path).explore.width == 3  # no environ given: the file's value
+    assert [(o.variable, o.field) for o in env_overrides(environ)] == [
+        ("QLASS_ENV__GAMES", "env.games"),
+        ("QLASS_EXPLORE__WIDTH", "explore.width"),
+        ("QLASS_SEED", "seed"),
+        ("qlass_labels__gamma", "labels.gamma"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("variable", "message"),
+    [
+        ("QLASS_EXPLORE__WIDHT", "QLASS_EXPLORE__WIDHT: explore has no field 'widht'"),
+        ("QLASS_NOPE__WIDTH", "QLASS_NOPE__WIDTH: the config has no field 'nope'"),
+        ("QLASS_SEED__X", "QLASS_SEED__X: seed is a value, not a section"),
+        ("QLASS_EXPLORE", "QLASS_EXPLORE: explore is a section"),
+        ("QLASS_EXPLORE__", "QLASS_EXPLORE__: empty name"),
+    ],
+)
+def test_unknown_environment_fields_name_the_variable(variable: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, environ={variable: "3"})
+
+
+def test_a_bad_value_from_the_environment_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match=r"explore\.width: .* \(from QLASS_EXPLORE__WIDTH\)"):
+        load_config(None, environ={"QLASS_EXPLORE__WIDTH": "0"})
+
+
+def test_config_show_lists_what_came_from_the_environment() -> None:
+    from typer.testing import CliRunner
+
+    from qlass.cli import app
+
+    runner = CliRunner()
+    env = {"QLASS_EXPLORE__WIDTH": "3", "QLASS_LABELS__GAMMA": "0.5"}
+    result = runner.invoke(app, ["config", "show"], env=env)
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert (shown["explore"]["width"], shown["labels"]["gamma"]) == (3, 0.5)
+    assert "from the environment: explore.width (QLASS_EXPLORE__WIDTH)\n" in result.stderr
+    assert "from the environment: labels.gamma (QLASS_LABELS__GAMMA)\n" in result.stderr
+    result = runner.invoke(app, ["config", "show", "--set", "explore.width=5"], env=env)
+    assert json.loads(result.stdout)["explore"]["width"] == 5
+    assert "explore.width (QLASS_EXPLORE__WIDTH) (overridden on the command line)" in (
+        result.stderr
+    )
+    result = runner.invoke(app, ["config", "show"], env={"QLASS_EXPLORE__WIDHT": "3"})
+    assert isinstance(result.exception, ConfigError)
+    assert "QLASS_EXPLORE__WIDHT" in str(result.exception)
+
+
+def test_an_unknown_variable_is_one_line_and_exit_code_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    from qlass.cli import main
+
+    monkeypatch.setenv("QLASS_EXPLORE__WIDHT", "3")
+    monkeypatch.setattr(sys, "argv", ["qlass", "config", "show"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: environment variable QLASS_EXPLORE__WIDHT: explore has no")
+    assert err.count("\n") == 1 and "Traceback" not in err
