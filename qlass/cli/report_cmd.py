@@ -151,7 +151,7 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(
                 help="Only this task's tree or episodes (its key, e.g. "
-                "textworld_express/coin[numLocations=5,includeDoors=0]/train/3)."
+                "textworld_express/coin\\[numLocations=5,includeDoors=0]/train/3)."
             ),
         ] = None,
         out: Annotated[
@@ -291,7 +291,7 @@ def register(app: typer.Typer) -> None:
         triples.parquet (the QNet's Q-labelled state/candidate triples) and episodes.parquet
         (every stored episode with its steps, candidates and values), plus a README.md
         dataset card. Load one with datasets.load_dataset("parquet", data_files=...).
-        Needs pip install 'qlass[datasets]'.
+        Needs pip install 'qlass\\[datasets]'.
         """
         from qlass.report.datasets import export_datasets, load_datasets_module
 

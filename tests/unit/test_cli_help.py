@@ -48,3 +48,15 @@ def test_flags_show_no_type_and_values_show_click_names() -> None:
     lines = {line.split()[1]: line for line in result.output.splitlines() if "│ --" in line}
     assert lines["--quick"].split()[2] == "A"  # flag: its help text follows the name
     assert "TEXT" in lines["--env"].split()
+
+
+@pytest.mark.parametrize(
+    ("path", "text"),
+    [
+        (("view",), "coin[numLocations=5,includeDoors=0]/train/3"),
+        (("export",), "pip install 'qlass[datasets]'"),
+    ],
+)
+def test_square_brackets_in_help_are_text_not_rich_markup(path: tuple[str, ...], text: str) -> None:
+    result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "250"})
+    assert text in result.output
