@@ -7,8 +7,10 @@ over ``--reps``):
 
 - reading every tree with its Q labels (raw and normalised): the viewer's baseline;
 - ``build_viewer`` without QNet scores (read + render + write), and rendering alone;
-- reading every episode of the run: the report's baseline;
+- reading every episode of the run: the baseline of the report and the episode viewer;
 - ``build_report`` without the QNet scatter (tables + Figure 3 + CSV/Markdown);
+- ``build_episode_viewer`` of every task (read + render + write; QLASS episodes carry their
+  M scored candidates per step, Best-of-N its N rollout values);
 - scoring ``--queries`` node queries with a tiny QNet (built from scratch) the way the
   viewer does (batched chunks through the micro-batching scorer) against one query per
   ``score`` call.
@@ -29,11 +31,19 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from qlass.config import RunConfig
-from qlass.report import build_report, build_viewer, render_viewer
+from qlass.report import build_episode_viewer, build_report, build_viewer, render_viewer
 from qlass.report.scoring import node_queries, score_queries
 from qlass.report.viewer import load_tree_views
 from qlass.storage import NewNode, TreeStore
-from qlass.types import Candidate, Step, StepResult, TaskSpec, Trajectory, Usage
+from qlass.types import (
+    Candidate,
+    ScoredCandidate,
+    Step,
+    StepResult,
+    TaskSpec,
+    Trajectory,
+    Usage,
+)
 
 STRATEGIES = ("greedy", "best_of_n:2", "best_of_n:4", "qlass:2", "qlass:4")
 CHAIN = 11  # 1 + 2 + 4 + 8 nodes to depth 3, then 8 chains of 11: 103 nodes per tree
@@ -68,26 +78,46 @@ async def _tree(store: TreeStore, task_id: int, rng: random.Random) -> None:
         await store.trees.add_path(parent.id, chain)
 
 
-def _trajectory(rng: random.Random, variation: int, budget: int) -> Trajectory:
+def _trajectory(rng: random.Random, strategy: str, variation: int, budget: int) -> Trajectory:
     steps = rng.randint(3, 12)
     score = rng.choice([0.0, 0.5, 1.0])
+    guided = strategy.startswith("qlass")
+
+    def step(i: int) -> Step:
+        chosen = Candidate(f"Thought: {i}\nAction: move north", "move north", usage=Usage(400, 18))
+        considered = (
+            tuple(
+                ScoredCandidate(
+                    chosen if k == 0 else Candidate(f"Thought: {k}\nAction: look", "look"),
+                    0.9 - 0.1 * k,
+                )
+                for k in range(budget)
+            )
+            if guided
+            else ()
+        )
+        result = StepResult("You are in a room. " * 10, 0.0, i == steps - 1, score)
+        return Step(chosen, result, considered, 0.9 if guided else None)
+
+    info: dict[str, object] = {}
+    if strategy.startswith("best_of_n"):
+        info = {
+            "values": [0.1 * k for k in range(budget)],
+            "scores": [score] * budget,
+            "chosen": budget - 1,
+            "oracle_best_score": 1.0,
+        }
     return Trajectory(
         task=TaskSpec("textworld_express", "coin", variation, "dev"),
         instruction="Find the coin.",
         initial_observation="kitchen " * 20,
-        steps=tuple(
-            Step(
-                Candidate(f"Thought: {i}\nAction: move north", "move north", usage=Usage(400, 18)),
-                StepResult("You are in a room. " * 10, 0.0, i == steps - 1, score),
-            )
-            for i in range(steps)
-        ),
+        steps=tuple(step(i) for i in range(steps)),
         final_score=score,
         success=score == 1.0,
         usage=Usage(400 * steps * budget, 18 * steps * budget),
         env_steps=steps * budget,
         wall_time_s=rng.uniform(0.5, 3.0),
-        info={"oracle_best_score": 1.0} if budget > 1 else {},
+        info=info,
     )
 
 
@@ -102,7 +132,7 @@ async def _populate(store: TreeStore, run_dir: Path, trees: int, episodes: int) 
     for i in range(episodes):
         strategy = STRATEGIES[i % len(STRATEGIES)]
         budget = int(strategy.partition(":")[2] or 1)
-        trajectory = _trajectory(rng, i // len(STRATEGIES), budget)
+        trajectory = _trajectory(rng, strategy, i // len(STRATEGIES), budget)
         await store.episodes.add(run.id, "eval:dev:bench", strategy, trajectory)
 
 
@@ -165,6 +195,9 @@ async def main(args: argparse.Namespace) -> None:
             async def report() -> object:
                 return await build_report(store, "bench", qnet_scatter=False)
 
+            async def episode_page() -> object:
+                return await build_episode_viewer(store, "bench", max_tasks=args.episodes)
+
             rows = []
             base_trees = await _median(read_trees, args.reps)
             rows.append(("read trees + Q labels (baseline)", base_trees, base_trees))
@@ -175,7 +208,15 @@ async def main(args: argparse.Namespace) -> None:
             base_eps = await _median(read_episodes, args.reps)
             rows.append(("read episodes (baseline)", base_eps, base_eps))
             rows.append(("build_report (tables+plots)", await _median(report, args.reps), base_eps))
+            rows.append(
+                (
+                    "build_episode_viewer (read+render+write)",
+                    await _median(episode_page, args.reps),
+                    base_eps,
+                )
+            )
             size = (base / "run" / "trees.html").stat().st_size
+            episodes_size = (base / "run" / "episodes.html").stat().st_size
 
             if args.queries:
                 scorer = await _tiny_scorer(base)
@@ -210,6 +251,7 @@ async def main(args: argparse.Namespace) -> None:
     for name, seconds, baseline in rows:
         print(f"{name:<{width}}  {seconds:>9.3f}  {seconds / baseline:>10.2f}")
     print(f"\ntrees.html: {size / 1e6:.1f} MB for {len(views)} trees")
+    print(f"episodes.html: {episodes_size / 1e6:.1f} MB for {args.episodes} episodes")
 
 
 if __name__ == "__main__":
