@@ -27,6 +27,7 @@ from typing import Any
 
 from qlass.report.data import episode_trajectory, split_strategy, strategy_sort_key
 from qlass.report.templating import render_page
+from qlass.runtime.evaluate import StrategyReport
 from qlass.storage import EpisodeRecord
 from qlass.types import Step, TaskSpec, Trajectory
 
@@ -35,12 +36,10 @@ __all__ = [
     "EpisodeView",
     "RolloutView",
     "StepView",
-    "StrategySummary",
     "default_pair",
     "episode_view",
     "render_episodes",
     "select_episodes",
-    "summarise_strategies",
 ]
 
 _ROLLOUT_KEYS = ("values", "scores", "chosen", "oracle_best_score", "strategy")
@@ -115,16 +114,6 @@ class EpisodeView:
     @property
     def outcome(self) -> str:
         return "success" if self.success else "failure"
-
-
-@dataclass(frozen=True, slots=True)
-class StrategySummary:
-    """Per-strategy figures over all episodes of the stage (not only those shown)."""
-
-    strategy: str
-    episodes: int
-    avg_reward: float
-    success_rate: float
 
 
 def _candidates(step: Step) -> tuple[CandidateView, ...]:
@@ -253,22 +242,6 @@ def select_episodes(
     return [episode_view(record) for record in chosen], notes
 
 
-def summarise_strategies(records: Sequence[EpisodeRecord]) -> list[StrategySummary]:
-    """Episodes, average final reward and success rate per strategy."""
-    by_strategy: dict[str, list[EpisodeRecord]] = {}
-    for record in records:
-        by_strategy.setdefault(record.strategy, []).append(record)
-    return [
-        StrategySummary(
-            strategy=name,
-            episodes=len(items),
-            avg_reward=sum(r.final_score for r in items) / len(items),
-            success_rate=sum(r.success for r in items) / len(items),
-        )
-        for name, items in sorted(by_strategy.items(), key=lambda kv: strategy_sort_key(kv[0]))
-    ]
-
-
 def default_pair(strategies: Sequence[str]) -> tuple[str | None, str | None]:
     """The two strategies the panes open with: QLASS on the left (else the first), and
     Best-of-N of the same budget on the right (else any Best-of-N, else the next one)."""
@@ -289,11 +262,12 @@ def render_episodes(
     stage: str | None,
     episodes: Sequence[EpisodeView],
     *,
-    summaries: Sequence[StrategySummary] = (),
+    summaries: Sequence[StrategyReport] = (),
     notes: Sequence[str] = (),
     generated_at: datetime | None = None,
 ) -> str:
-    """The whole page."""
+    """The whole page; ``summaries`` are the per-strategy figures of the whole stage (as
+    ``qlass report`` tables them)."""
     strategies = sorted({e.strategy for e in episodes}, key=strategy_sort_key)
     left, right = default_pair(strategies)
     first = next((e for e in episodes if e.strategy == left), episodes[0] if episodes else None)

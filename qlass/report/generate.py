@@ -22,7 +22,7 @@ from qlass.config import RunConfig
 from qlass.errors import MissingDataError
 from qlass.qnet.base import ValueModel
 from qlass.report.data import load_episodes, pick_label_set, stored_config
-from qlass.report.episodes import render_episodes, select_episodes, summarise_strategies
+from qlass.report.episodes import render_episodes, select_episodes
 from qlass.report.plots import (
     QNET_DEV_PNG,
     REWARD_VS_TOKENS_PNG,
@@ -40,6 +40,7 @@ from qlass.report.tables import (
     StageRow,
     episode_stage_rows,
     episode_stages_csv,
+    result_rows,
     results_csv,
     results_markdown,
     rows_for,
@@ -366,7 +367,8 @@ async def build_episode_viewer(
         select_episodes, records, task_key=task_key, max_tasks=max_tasks
     )
     notes.extend(selection_notes)
-    summaries = summarise_strategies(records)
+    rows = await asyncio.to_thread(result_rows, chosen, records) if chosen is not None else []
+    summaries = [row.report for row in rows]
     page = await asyncio.to_thread(
         render_episodes, record.name, chosen, views, summaries=summaries, notes=notes
     )

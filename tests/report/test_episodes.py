@@ -16,6 +16,7 @@ from qlass.config import RunConfig
 from qlass.errors import UnknownNameError
 from qlass.report import build_episode_viewer
 from qlass.report.episodes import default_pair
+from qlass.report.tables import result_rows
 from qlass.report.templating import number
 from qlass.runtime.context import SearchContext, SingleEnvProvider
 from qlass.runtime.evaluate import evaluate_strategy
@@ -71,6 +72,13 @@ async def test_every_episode_of_the_stage_with_its_steps_and_values(
         assert "&lt;b&gt;locked&lt;/b&gt; door &amp; &lt;script&gt;" in template
     assert "<b>locked</b>" not in page and "<script>alert" not in page
     assert "I am lost &lt;here&gt;" in page and "same text as #1" in page
+    # The per-strategy table holds what `qlass report` tables for the stage.
+    for row in result_rows(NEW_STAGE, records):
+        report = row.report
+        assert (
+            f"<tr><td>{report.strategy}</td><td>{report.episodes}</td>"
+            f"<td>{100 * report.avg_reward:.1f}</td><td>{100 * report.success_rate:.0f}%</td>"
+        ) in page
 
 
 async def test_best_of_n_shows_every_rollouts_value_and_score(stored: Stored) -> None:
