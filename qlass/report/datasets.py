@@ -3,15 +3,17 @@
 ``export_datasets`` writes into ``<run folder>/datasets/`` (or ``out_dir``):
 
 - ``expert.parquet``: the expert trajectories behaviour cloning trained on (the run's
-  ``expert.jsonl``), one conversation per row in the chat ``messages`` format trl's
-  ``SFTTrainer`` reads, with the task and its final score;
+  ``expert.jsonl`` with the run's system prompt, as BC swaps it in), one conversation per
+  row in the chat ``messages`` format trl's ``SFTTrainer`` reads, with the task and its
+  final score;
 - ``triples.parquet``: the Q-labelled (state, candidate, Q) triples the QNet trains on,
   exactly as ``train_qnet`` exports them (:func:`qlass.storage.export.export_triples`, the
   run's label set, ``labels.max_triples_per_tree`` and seed), with the state both as fields
   (instruction, first observation, turns) and as the chat ``messages`` the QNet scores;
 - ``episodes.parquet``: every stored evaluation (and self-training) episode with its stage,
   strategy, outcome, cost, every step with the candidates the search considered and their
-  values, and the episode as chat ``messages`` (the policy's view, system prompt included);
+  values, and the whole episode as chat ``messages`` with the run's system prompt (the
+  policy itself saw only the last ``policy.max_turns_in_prompt`` turns when that is set);
 - ``README.md``: a dataset card naming the columns, with a ``configs`` header so that
   ``datasets.load_dataset(<folder>, "triples")`` works as well as
   ``load_dataset("parquet", data_files=...)``.
@@ -149,7 +151,10 @@ def _features(datasets: ModuleType) -> dict[str, Any]:
     }
 
 
-def _read_expert(path: Path) -> list[dict[str, Any]]:
+def _read_expert(path: Path, system_prompt: str | None) -> list[dict[str, Any]]:
+    """The expert file's conversations with the run's system prompt in place of the file's,
+    as behaviour cloning trains on them (``qlass.runtime.bc`` swaps it the same way)."""
+    head = [{"role": "system", "content": system_prompt}] if system_prompt else []
     rows = []
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
@@ -166,8 +171,11 @@ def _read_expert(path: Path) -> list[dict[str, Any]]:
                         "variation": task["variation"],
                         "split": task["split"],
                         "params": task.get("params") or "",
-                        "messages": [
-                            {"role": m["role"], "content": m["content"]} for m in record["messages"]
+                        "messages": head
+                        + [
+                            {"role": m["role"], "content": m["content"]}
+                            for m in record["messages"]
+                            if m["role"] != "system"
                         ],
                         "final_score": record["final_score"],
                         "success": record["success"],
@@ -251,7 +259,7 @@ def _system_prompt(config: RunConfig, notes: list[str]) -> str | None:
     try:
         return env_prompt(config.env.name).render(with_example=config.policy.prompt == "full")
     except UnknownNameError:
-        notes.append(f"no prompt for env {config.env.name!r}: episode messages have no system")
+        notes.append(f"no prompt for env {config.env.name!r}: the messages have no system")
         return None
 
 
@@ -273,8 +281,9 @@ triples = load_dataset("parquet", data_files="{directory}/triples.parquet", spli
 """
 
 _SECTIONS = {
-    "expert": "Expert trajectories behaviour cloning trained on: `messages` (system, user "
-    "task + first observation, then assistant `Action: ...` / user `Observation: ...`), task "
+    "expert": "Expert trajectories behaviour cloning trained on: `messages` (the run's system "
+    "prompt if it has one, user task + first observation, then assistant `Action: ...` / user "
+    "`Observation: ...`), task "
     "fields, `final_score`, `success`, `steps`. For trl's SFTTrainer.",
     "triples": "QNet training triples of label set #{label_set} (gamma {gamma}, "
     "normalised per tree: {normalize}): the state (`instruction`, `initial_observation`, "
@@ -285,7 +294,8 @@ _SECTIONS = {
     "`self_train:<k>:...`): strategy, outcome (`final_score`, `success`), cost, and `steps` "
     "with the executed turn, its value, the `candidates` the search considered with their "
     "values, and the environment's answer; `info` is the strategy's JSON (Best-of-N: each "
-    "rollout's value and true score); `messages` is the episode as the policy saw it.",
+    "rollout's value and true score); `messages` is the whole episode with the run's "
+    "system prompt.",
 }
 
 
@@ -354,10 +364,11 @@ async def export_datasets(
     directory = out_dir if out_dir is not None else config.directory / "datasets"
     notes: list[str] = []
     tables: dict[str, list[dict[str, Any]]] = {}
+    system = await asyncio.to_thread(_system_prompt, config, notes)
 
     expert_file = config.bc.expert_file or config.directory / "expert.jsonl"
     if await asyncio.to_thread(expert_file.exists):
-        tables["expert"] = await asyncio.to_thread(_read_expert, expert_file)
+        tables["expert"] = await asyncio.to_thread(_read_expert, expert_file, system)
     else:
         notes.append(f"no expert trajectories at {expert_file}: no expert.parquet")
 
@@ -371,7 +382,6 @@ async def export_datasets(
 
     episodes = await store.episodes.of_run(record.id)
     if episodes:
-        system = await asyncio.to_thread(_system_prompt, config, notes)
         tables["episodes"] = await asyncio.to_thread(
             lambda: [_episode_row(e, system) for e in episodes]
         )

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from qlass.cli import app
 from qlass.envs.gold import export_gold
-from qlass.envs.registry import list_tasks
+from qlass.envs.registry import env_prompt, list_tasks
 from qlass.errors import MissingDependencyError
 from qlass.prompts import value_messages
 from qlass.report.datasets import export_datasets
@@ -53,8 +53,13 @@ async def test_export_round_trips_through_load_dataset(stored: Stored, tmp_path:
     loaded = await asyncio.to_thread(_load, dict(result.files), tmp_path / "hf")
     assert {name: len(rows) for name, rows in loaded.items()} == dict(result.rows)
 
-    # Expert trajectories: the BC conversations, message for message.
-    assert [row["messages"] for row in loaded["expert"]] == [r["messages"] for r in expert]
+    # Expert trajectories: the BC conversations, with the run's system prompt in place of
+    # the file's ("full": instructions and the in-context example), as BC trains on them.
+    system = env_prompt("textworld_express").render(with_example=True)
+    assert expert[0]["messages"][0]["content"] != system
+    assert [row["messages"] for row in loaded["expert"]] == [
+        [{"role": "system", "content": system}, *r["messages"][1:]] for r in expert
+    ]
     assert [row["task_key"] for row in loaded["expert"]] == [r["task"]["key"] for r in expert]
     assert all(row["success"] and row["final_score"] == 1.0 for row in loaded["expert"])
 
