@@ -42,8 +42,8 @@ __all__ = [
     "select_episodes",
 ]
 
-_ROLLOUT_KEYS = ("values", "scores", "chosen", "oracle_best_score", "strategy")
-"""``info`` keys shown as the Best-of-N rollout table (or, for ``strategy``, not at all)."""
+_ROLLOUT_KEYS = ("values", "scores", "chosen", "oracle_best_score")
+"""Best-of-N's ``info`` keys, shown as its rollout table rather than as facts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,11 +163,11 @@ def _float_or_none(value: object) -> float | None:
 
 
 def _rollouts(info: Mapping[str, Any]) -> tuple[RolloutView, ...]:
+    """Best-of-N's rollouts (its ``info`` has a value and a true score per rollout; beam
+    search's ``values`` alone are beams, shown as a fact)."""
     values, scores = info.get("values"), info.get("scores")
-    if not isinstance(values, list) and not isinstance(scores, list):
+    if not isinstance(values, list) or not isinstance(scores, list):
         return ()
-    values = values if isinstance(values, list) else []
-    scores = scores if isinstance(scores, list) else []
     chosen = info.get("chosen")
     return tuple(
         RolloutView(
@@ -184,6 +184,7 @@ def episode_view(record: EpisodeRecord) -> EpisodeView:
     """What the page shows of one stored episode."""
     trajectory: Trajectory = episode_trajectory(record)
     info = trajectory.info
+    rollouts = _rollouts(info)
     return EpisodeView(
         id=record.id,
         strategy=record.strategy,
@@ -198,12 +199,12 @@ def episode_view(record: EpisodeRecord) -> EpisodeView:
         instruction=trajectory.instruction,
         initial_observation=trajectory.initial_observation,
         steps=tuple(_step(number, step) for number, step in enumerate(trajectory.steps, 1)),
-        rollouts=_rollouts(info),
+        rollouts=rollouts,
         oracle_best_score=_float_or_none(info.get("oracle_best_score")),
         info=tuple(
             (key, json.dumps(value, default=str))
             for key, value in info.items()
-            if key not in _ROLLOUT_KEYS
+            if key != "strategy" and not (rollouts and key in _ROLLOUT_KEYS)
         ),
     )
 

@@ -5,6 +5,7 @@ Chromium) the filters, the side-by-side panes and a screenshot artifact."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 from pathlib import Path
@@ -143,7 +144,7 @@ async def test_episodes_played_by_the_real_strategies_show_what_they_considered(
     config = RunConfig(name="played", run_dir=tmp_path)
     async with await TreeStore.open(tmp_path / "qlass.db") as store:
         run = await store.runs.create("played", config=config.model_dump(mode="json"))
-        for name in ("greedy", "best_of_n:3", "qlass:2"):
+        for name in ("greedy", "best_of_n:3", "qlass:2", "beam:2"):
             strategy = make_strategy(name)
             _, trajectories = await evaluate_strategy(strategy, tasks, ctx, concurrency=1, seed=7)
             for trajectory in trajectories:
@@ -151,7 +152,7 @@ async def test_episodes_played_by_the_real_strategies_show_what_they_considered(
         result = await build_episode_viewer(store, "played")
         records = await store.episodes.of_run(run.id)
     page = await asyncio.to_thread(result.path.read_text)
-    assert result.episodes == 6
+    assert result.episodes == 8
     guided = 0
     for record in records:
         trajectory = trajectory_from_json(record.trajectory)
@@ -169,6 +170,10 @@ async def test_episodes_played_by_the_real_strategies_show_what_they_considered(
                 r'<tr class="rollout[^"]*">.*?<td class="value">([^<]*)</td>', template, re.S
             )
             assert shown_values == [number(v) for v in info["values"]]
+        if record.strategy == "beam:2":  # its values are beams, not Best-of-N rollouts
+            assert 'class="rollout' not in template
+            values = record.trajectory["info"]["values"]
+            assert f"<i>values</i> {json.dumps(values)}" in template
     assert guided >= 4  # QLASS scored two candidates at each of its steps
     assert "0.7500" in page and "0.2500" in page
 
