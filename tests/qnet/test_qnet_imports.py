@@ -2,14 +2,22 @@ import subprocess
 import sys
 
 # GPU boxes may have only torch + transformers: the model, scorer and trainer must import
-# without the web, database and LLM-client stacks.
+# without the web, database and LLM-client stacks. Importing a blocked package fails; only
+# looking it up (importlib.util.find_spec, as `datasets` does for sqlalchemy when
+# transformers' Trainer imports it) does not raise, as on a box where it is absent.
 _CHECK = """
-import importlib.abc, sys
+import importlib.abc, importlib.machinery, sys
 BLOCKED = {"pydantic", "fastapi", "sqlalchemy", "litellm", "httpx", "uvicorn", "aiosqlite"}
+class Blocked(importlib.abc.Loader):
+    def create_module(self, spec):
+        raise ImportError(f"blocked: {spec.name}")
+    def exec_module(self, module):
+        raise ImportError(f"blocked: {module.__name__}")
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in BLOCKED:
-            raise ImportError(f"blocked: {name}")
+            return importlib.machinery.ModuleSpec(name, Blocked())
+        return None
 sys.meta_path.insert(0, Block())
 import qlass.qnet, qlass.qnet.model, qlass.qnet.scorer, qlass.qnet.train, qlass.qnet.constant
 print("ok")
