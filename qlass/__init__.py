@@ -28,7 +28,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from qlass import errors as _errors
 from qlass._version import __version__
 
 if TYPE_CHECKING:
@@ -164,7 +163,30 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "qlass.envs.base": ("Env", "EnvPrompt"),
     "qlass.envs.registry": ("create_env", "env_names", "list_tasks"),
     "qlass.integrations.callback": ("CallbackEnv", "StepCallback"),
-    "qlass.errors": tuple(_errors.__all__),  # a small module: read its list
+    # The tree of qlass.errors; its two programming-error leaves (an empty action reaching an
+    # env, a prompt too long for a local model) are caught inside qlass, not by apps.
+    "qlass.errors": (
+        "ActionParseError",
+        "ConfigError",
+        "DatabaseUnavailableError",
+        "EnvCrashedError",
+        "EnvError",
+        "EnvTimeoutError",
+        "MissingDataError",
+        "MissingDependencyError",
+        "PolicyCallError",
+        "PolicyError",
+        "PolicyTimeoutError",
+        "QlassError",
+        "ReplayMismatchError",
+        "RuntimeFailure",
+        "SchemaVersionError",
+        "StoreError",
+        "TrainingStopped",
+        "UnknownNameError",
+        "UserError",
+        "ValueModelError",
+    ),
     "qlass.qnet.base": ("BaseValueModel", "ValueModel", "ValueQuery"),
     "qlass.qnet.registry": ("create_value_model",),
     "qlass.runtime.episode": ("StepwiseStrategy",),

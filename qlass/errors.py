@@ -7,6 +7,7 @@ they occur, with the original kept as ``__cause__``.
 
     QlassError
     ├── TrainingStopped               a stop was asked for mid-training; nothing was saved
+    ├── InvalidActionError            (also a ValueError) an empty action reached Env.step: a bug
     ├── UserError                     bad input: fix the command, config or data
     │   ├── ConfigError               invalid or unreadable configuration (names the field)
     │   ├── UnknownNameError          unknown env, task, backend, strategy or run
@@ -19,6 +20,7 @@ they occur, with the original kept as ``__cause__``.
         │   └── ReplayMismatchError   replaying a prefix did not reach the recorded state
         ├── PolicyError               a policy backend failed
         │   ├── PolicyCallError       the call failed after all retries
+        │   │   └── PromptTooLongError  the prompt cannot fit the model's context
         │   └── PolicyTimeoutError    the call timed out after all retries
         ├── ActionParseError          model output holds no parsable action
         ├── ValueModelError           a value model (QNet, scorer server, judge) failed
@@ -36,11 +38,13 @@ __all__ = [
     "EnvCrashedError",
     "EnvError",
     "EnvTimeoutError",
+    "InvalidActionError",
     "MissingDataError",
     "MissingDependencyError",
     "PolicyCallError",
     "PolicyError",
     "PolicyTimeoutError",
+    "PromptTooLongError",
     "QlassError",
     "ReplayMismatchError",
     "RuntimeFailure",
@@ -59,6 +63,14 @@ class QlassError(Exception):
 
 class TrainingStopped(QlassError):
     """A graceful stop (Ctrl-C, SIGTERM) ended training early; the model was not saved."""
+
+
+class InvalidActionError(QlassError, ValueError):
+    """An empty or whitespace-only action was passed to ``Env.step``.
+
+    A programming error: model output with no parsable action is an invalid *step* of the
+    episode (see :mod:`qlass.parsing`) and must never reach a simulator.
+    """
 
 
 class UserError(QlassError):
@@ -116,6 +128,10 @@ class PolicyError(RuntimeFailure):
 
 class PolicyCallError(PolicyError):
     """A policy call failed after all retries (HTTP error, rate limit, bad response)."""
+
+
+class PromptTooLongError(PolicyCallError):
+    """The prompt cannot fit the model's context beside ``max_tokens`` (even truncated)."""
 
 
 class PolicyTimeoutError(PolicyError):

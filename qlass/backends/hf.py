@@ -42,7 +42,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from qlass._batching import BatchStats, MicroBatcher
 from qlass._torch import default_dtype, resolve_device
 from qlass.backends.cache import sample_seed
-from qlass.errors import ConfigError, MissingDataError, PolicyCallError
+from qlass.errors import ConfigError, MissingDataError, PolicyCallError, PromptTooLongError
 from qlass.parsing import candidate_from_text
 from qlass.types import Candidate, ChatMessage, Usage
 
@@ -52,10 +52,6 @@ log = structlog.get_logger(__name__)
 
 # transformers 4.56 renamed from_pretrained's torch_dtype argument to dtype.
 _DTYPE_ARG = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
-
-
-class PromptTooLongError(PolicyCallError):
-    """The prompt cannot fit the model's context beside ``max_tokens`` (even truncated)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from qlass.errors import InvalidActionError
 from qlass.types import Observation, StepResult, TaskSpec
 
 __all__ = ["Env", "EnvPrompt", "GoldPathEnv", "InvalidActionError", "require_action"]
@@ -55,14 +56,6 @@ class GoldPathEnv(Env, Protocol):
     async def gold_actions(self, task: TaskSpec) -> list[str]:
         """Reset to ``task`` and return its gold action sequence (the env stands at reset)."""
         ...
-
-
-class InvalidActionError(ValueError):
-    """An empty or whitespace-only action was passed to ``Env.step``.
-
-    A programming error: model output with no parsable action is an invalid *step* of the
-    episode (see :mod:`qlass.parsing`) and must never reach a simulator.
-    """
 
 
 def require_action(action: str) -> str:
