@@ -81,11 +81,6 @@ class PoolStats:
     replays: int = 0
 
     @property
-    def positioning_steps(self) -> int:
-        """Steps spent reaching requested nodes (advancing plus replaying)."""
-        return self.advanced_steps + self.replayed_steps
-
-    @property
     def steps_per_caller_step(self) -> float:
         """All env steps divided by the steps callers asked for (1.0 = no overhead)."""
         return self.steps / self.caller_steps if self.caller_steps else 0.0

@@ -71,10 +71,8 @@ class TreeStats:
     """What growing one tree cost and produced."""
 
     new_nodes: int = 0
-    reused_nodes: int = 0
     leaves: int = 0
     best_score: float = 0.0
-    failed_steps: int = 0
     stopped: bool = False
     tally: Tally = field(default_factory=Tally)
     wall_time_s: float = 0.0
@@ -168,7 +166,7 @@ class _Grower:
         self._store = store
         self._stop = stop
         self._ctx = ctx
-        self._s = settings
+        self._settings = settings
         self._seed = seed
         self._task = task
         self._tree = tree
@@ -178,11 +176,11 @@ class _Grower:
         if node.record.is_leaf:
             return
         depth = node.record.depth
-        if depth >= self._s.max_depth:
+        if depth >= self._settings.max_depth:
             await self._rollout(node)
             return
-        children = await self._children(node, self._s.width)
-        if depth < self._s.min_prune_depth:
+        children = await self._children(node, self._settings.width)
+        if depth < self._settings.min_prune_depth:
             await asyncio.gather(*(self.grow(child) for child in children))
         elif children:
             await asyncio.gather(
@@ -206,7 +204,7 @@ class _Grower:
         if missing:
             seed = derive_seed(self._seed, "explore", self._task.key, node.path, count)
             candidates = await self._ctx.propose(
-                node.state.history, n=count, temperature=self._s.temperature, seed=seed
+                node.state.history, n=count, temperature=self._settings.temperature, seed=seed
             )
             for i, candidate in enumerate(candidates):
                 if not candidate.cached:
@@ -215,7 +213,6 @@ class _Grower:
                 *(self._execute(node, candidates[i], i) for i in missing)
             )
             made = {i: r for i, r in zip(missing, records, strict=True) if r is not None}
-        self._stats.reused_nodes += len(stored)
         children = []
         for i in range(count):
             record = stored.get(i) or made.get(i)
@@ -242,7 +239,7 @@ class _Grower:
     async def _execute(self, node: _Node, candidate: Candidate, index: int) -> NodeRecord | None:
         """Run one candidate from ``node`` and commit the child (None if the env failed)."""
         error: Exception | None = None
-        for _attempt in range(self._s.env_retries + 1):
+        for _attempt in range(self._settings.env_retries + 1):
             started = time.perf_counter()
             try:
                 after = await advance(self._ctx, node.state, Decision(candidate))
@@ -254,7 +251,7 @@ class _Grower:
             path = [*node.path, index]
             if candidate.action is not None:  # an invalid output costs no env step
                 log.debug("explore.step", task=self._task.key, path=path)
-            leaf = after.done or node.record.depth + 1 >= self._s.max_steps
+            leaf = after.done or node.record.depth + 1 >= self._settings.max_steps
             record, created = await self._store.trees.add_child_if_absent(
                 node.record.id,
                 NewNode(
@@ -282,10 +279,7 @@ class _Grower:
                 self._stats.new_nodes += 1
                 self._stats.leaves += leaf
                 self._stats.best_score = max(self._stats.best_score, after.score if leaf else 0.0)
-            else:
-                self._stats.reused_nodes += 1
             return record
-        self._stats.failed_steps += 1
         await self._store.trees.add_child_if_absent(
             node.record.id,
             NewNode(

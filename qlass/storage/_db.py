@@ -46,10 +46,6 @@ class Database:
         self._shared_connection = sqlite and sqlite_file(engine.url) is None
 
     @property
-    def is_sqlite(self) -> bool:
-        return self.dialect == "sqlite"
-
-    @property
     def is_postgres(self) -> bool:
         return self.dialect == "postgresql"
 
