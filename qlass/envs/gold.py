@@ -7,7 +7,7 @@ Each line is one episode::
                   user ("Observation: ..."), ..., assistant (last action)],
      "final_score": 1.0, "success": true, "steps": 14}
 
-``messages`` come from :func:`qlass.prompts.policy_messages` with the env family's prompt
+``messages`` come from :func:`qlass.chat.policy_messages` with the env family's prompt
 as system message and the turns formatted by :func:`qlass.parsing.format_turn`, so BC
 trains on exactly what the policy sees at inference. The observation after the last
 action is not included (nothing is learnt from it). Gold paths carry no thoughts, so the
@@ -28,11 +28,11 @@ from typing import Any
 
 import structlog
 
+from qlass.chat import policy_messages
 from qlass.envs.base import Env
 from qlass.envs.registry import create_env, env_prompt, gold_actions
 from qlass.errors import EnvError
 from qlass.parsing import format_turn
-from qlass.prompts import policy_messages
 from qlass.types import ChatMessage, History, TaskSpec, Turn
 
 __all__ = ["GoldExportReport", "GoldTrajectory", "export_gold", "replay_gold", "trajectory_record"]

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from qlass.chat import OBSERVATION_PREFIX
 from qlass.envs.base import EnvPrompt
 from qlass.errors import UnknownNameError
-from qlass.prompts import OBSERVATION_PREFIX
 
 __all__ = ["EXAMPLE_EPISODES", "ExampleEpisode", "prompt_for", "render_example"]
 

@@ -1,6 +1,6 @@
 """How a (history, candidate) pair becomes QNet input, shared by training and scoring.
 
-The text is the tokenizer's chat template applied to :func:`qlass.prompts.value_messages`
+The text is the tokenizer's chat template applied to :func:`qlass.chat.value_messages`
 (task, history, candidate turn; no system prompt). Sequences longer than ``max_length``
 are cut from the left, so the candidate and the most recent turns are always kept.
 Batches are padded on the right to the longest sequence in the batch; the QNet reads the
@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 import torch
 
-from qlass.prompts import value_messages
+from qlass.chat import value_messages
 from qlass.types import History
 
 __all__ = [

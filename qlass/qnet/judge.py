@@ -21,8 +21,8 @@ from typing import Any
 
 import structlog
 
+from qlass.chat import OBSERVATION_PREFIX
 from qlass.errors import MissingDependencyError, ValueModelError
-from qlass.prompts import OBSERVATION_PREFIX
 from qlass.qnet.base import BaseValueModel, ValueQuery
 from qlass.types import History, Usage
 

@@ -6,7 +6,7 @@ local checkpoint (a Llama, say) that is fine-tuned with the same code. Training 
 transformers ``Trainer``, so ``accelerate launch``/``torchrun`` spread it over GPUs.
 
 Each training sequence is rendered exactly as the policy will see it at inference:
-``qlass.prompts``' layout through the tokenizer's chat template, with the run's system
+:mod:`qlass.chat`'s layout through the tokenizer's chat template, with the run's system
 prompt and, when ``max_turns`` is set, one example per agent turn with only the most
 recent ``max_turns`` turns of history (the target turn is the only one with loss).
 """

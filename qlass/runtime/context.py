@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from qlass.backends.base import Policy
+from qlass.chat import policy_messages
 from qlass.envs.base import Env
 from qlass.envs.pool import same_observation
 from qlass.errors import ReplayMismatchError
-from qlass.prompts import policy_messages
 from qlass.qnet.base import ValueModel, ValueQuery
 from qlass.types import Candidate, History, Observation, StepResult, TaskSpec, Usage
 

@@ -16,7 +16,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from qlass.prompts import policy_messages
+from qlass.chat import policy_messages
 from qlass.runtime.bc import load_conversations, train_policy
 from qlass.runtime.pipeline import Pipeline, StageResult
 from qlass.runtime.strategies import make_strategy

@@ -22,7 +22,7 @@ from qlass.storage.export import export_triples
 from qlass.storage.labels import LabelRepository
 from qlass.storage.runs import RunRepository
 from qlass.storage.schema import SchemaState, ensure_schema
-from qlass.storage.stages import StageRepository
+from qlass.storage.stage_status import StageRepository
 from qlass.storage.tasks import TaskRepository
 from qlass.storage.trees import TreeRepository
 from qlass.types import LabelledStep

@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 from typing import ClassVar
 
+from qlass.chat import OBSERVATION_PREFIX
 from qlass.envs.gold import export_gold, replay_gold
 from qlass.envs.registry import create_env, env_prompt, list_tasks
 from qlass.parsing import parse_output
-from qlass.prompts import OBSERVATION_PREFIX
 from qlass.types import Observation, StepResult, TaskSpec
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from qnet_helpers import make_history
 
-from qlass.prompts import value_messages
+from qlass.chat import value_messages
 from qlass.qnet.encoding import (
     FALLBACK_CHAT_TEMPLATE,
     bucket_by_length,

@@ -1,4 +1,4 @@
-"""Pipeline stages of a run, so that a rerun skips a stage finished with the same config.
+"""Stage status of a run (the ``stages`` table): a rerun skips a stage done with the same config.
 
 A stage is keyed by (run, name); its ``fingerprint`` is the hash of the configuration that
 matters to it. :meth:`StageRepository.is_done` is true only for a stage finished with the
