@@ -1,17 +1,21 @@
 """The ``Policy`` protocol: sample candidate next turns for a conversation.
 
 Backends (LiteLLM, local transformers, scripted) implement ``sample``. Cross-cutting
-concerns (request cache, concurrency limits) wrap a backend instead of living inside it.
+concerns (request cache, concurrency and rate limits, retries) wrap a backend instead of
+living inside it (:mod:`qlass.backends.wrappers`); a backend steers them through the hooks
+declared by :class:`PolicyHooks` (inherit :class:`BasePolicy` to override them).
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from qlass.errors import PolicyTimeoutError
 from qlass.types import Candidate, ChatMessage
 
-__all__ = ["CallCache", "Policy"]
+__all__ = ["BasePolicy", "CallCache", "Policy", "PolicyHooks", "hooks_of"]
 
 
 @runtime_checkable
@@ -39,6 +43,63 @@ class Policy(Protocol):
     async def aclose(self) -> None:
         """Release connections, threads and models. Idempotent."""
         ...
+
+
+class PolicyHooks:
+    """What the wrappers ask a backend; these defaults suit a backend that declares nothing.
+
+    A backend overrides them by inheriting :class:`BasePolicy`. A policy that does not
+    inherit it gets these answers (see :func:`hooks_of`).
+    """
+
+    def should_retry(self, exc: BaseException) -> bool:
+        """Whether the failure ``exc`` is transient (429, 5xx, timeout, connection).
+
+        By default only :class:`~qlass.errors.PolicyTimeoutError` is.
+        """
+        return isinstance(exc, PolicyTimeoutError)
+
+    def retry_after(self, exc: BaseException) -> float | None:
+        """The wait the provider asked for (its ``Retry-After``), if any."""
+        return None
+
+    def requests_for(self, n: int) -> int:
+        """How many requests a call with ``n`` samples makes (limits count requests)."""
+        return 1
+
+
+class BasePolicy(PolicyHooks, ABC):
+    """Base of a policy backend: implement :meth:`sample` and :attr:`model_name`, override
+    the :class:`PolicyHooks` the backend knows better."""
+
+    @property
+    @abstractmethod
+    def model_name(self) -> str:
+        """The model's name as recorded in the DB and reports."""
+
+    @abstractmethod
+    async def sample(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        n: int = 1,
+        temperature: float = 0.7,
+        max_tokens: int = 256,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+    ) -> list[Candidate]:
+        """Return ``n`` candidates for the next assistant turn after ``messages``."""
+
+    async def aclose(self) -> None:
+        """Release connections, threads and models (nothing by default). Idempotent."""
+
+
+_DEFAULT_HOOKS = PolicyHooks()
+
+
+def hooks_of(policy: Policy) -> PolicyHooks:
+    """The hooks ``policy`` declares (the defaults for a policy without them)."""
+    return policy if isinstance(policy, PolicyHooks) else _DEFAULT_HOOKS
 
 
 @runtime_checkable

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import structlog
 
 from qlass._log import redact, secret_values
+from qlass.backends.base import BasePolicy
 from qlass.backends.cache import sample_seed
 from qlass.errors import (
     ConfigError,
@@ -101,7 +102,7 @@ async def _gather_or_cancel(*coros: Awaitable[T]) -> list[T]:
         raise
 
 
-class LiteLLMPolicy:
+class LiteLLMPolicy(BasePolicy):
     """A policy behind ``litellm.acompletion`` (or a ``Router`` over several servers).
 
     Args:

@@ -13,6 +13,7 @@ import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from qlass.backends.base import BasePolicy
 from qlass.backends.cache import sample_seed
 from qlass.parsing import candidate_from_text, format_turn
 from qlass.types import Candidate, ChatMessage, Usage
@@ -38,7 +39,7 @@ def _words(text: str) -> int:
     return len(text.split())
 
 
-class ScriptedPolicy:
+class ScriptedPolicy(BasePolicy):
     """Answer from a script.
 
     Exactly one of:

@@ -1,10 +1,11 @@
 """Cross-cutting concerns as wrappers around any :class:`~qlass.backends.base.Policy`.
 
-No backend re-implements concurrency limits, rate limits or retries; it declares hooks and
-these wrappers act on them:
+No backend re-implements concurrency limits, rate limits or retries; it declares the hooks
+of :class:`~qlass.backends.base.PolicyHooks` (by inheriting
+:class:`~qlass.backends.base.BasePolicy`) and these wrappers act on them:
 
 - ``should_retry(exc) -> bool``: is this failure transient (429, 5xx, timeout, connection)?
-  Without the hook only :class:`~qlass.errors.PolicyTimeoutError` is retried.
+  By default only :class:`~qlass.errors.PolicyTimeoutError` is retried.
 - ``retry_after(exc) -> float | None``: the wait the provider asked for (``Retry-After``).
 - ``requests_for(n) -> int``: how many HTTP requests a call with ``n`` samples makes (1 with
   a provider's native ``n``, ``n`` otherwise); limits count requests, not calls.
@@ -31,8 +32,8 @@ from tenacity import (
     stop_after_attempt,
 )
 
-from qlass.backends.base import Policy
-from qlass.errors import PolicyError, PolicyTimeoutError
+from qlass.backends.base import BasePolicy, Policy, hooks_of
+from qlass.errors import PolicyError
 from qlass.types import Candidate, ChatMessage
 
 __all__ = [
@@ -50,7 +51,7 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 
-class PolicyWrapper:
+class PolicyWrapper(BasePolicy):
     """A policy that delegates to ``inner``; subclasses override :meth:`sample`.
 
     The backend hooks (``should_retry``, ``retry_after``, ``requests_for``) are forwarded,
@@ -59,6 +60,7 @@ class PolicyWrapper:
 
     def __init__(self, inner: Policy) -> None:
         self.inner = inner
+        self._hooks = hooks_of(inner)
 
     @property
     def model_name(self) -> str:
@@ -79,16 +81,13 @@ class PolicyWrapper:
         )
 
     def should_retry(self, exc: BaseException) -> bool:
-        hook = getattr(self.inner, "should_retry", None)
-        return bool(hook(exc)) if hook is not None else isinstance(exc, PolicyTimeoutError)
+        return self._hooks.should_retry(exc)
 
     def retry_after(self, exc: BaseException) -> float | None:
-        hook = getattr(self.inner, "retry_after", None)
-        return hook(exc) if hook is not None else None
+        return self._hooks.retry_after(exc)
 
     def requests_for(self, n: int) -> int:
-        hook = getattr(self.inner, "requests_for", None)
-        return int(hook(n)) if hook is not None else 1
+        return self._hooks.requests_for(n)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

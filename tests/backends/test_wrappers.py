@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from qlass.backends.base import BasePolicy
 from qlass.backends.cache import CachedPolicy, InMemoryCallCache
 from qlass.backends.scripted import ScriptedPolicy
 from qlass.backends.wrappers import (
@@ -23,7 +24,7 @@ from qlass.types import Candidate, ChatMessage, Usage
 MESSAGES: list[ChatMessage] = [{"role": "user", "content": "Observation: " + "word " * 40}]
 
 
-class Gauge:
+class Gauge(BasePolicy):
     """A policy that records how many calls are inside it at once."""
 
     def __init__(self, requests_per_sample: bool = False, delay_s: float = 0.01) -> None:
@@ -189,3 +190,21 @@ async def test_hooks_reach_through_a_wrapper_stack() -> None:
     plain = RetryingPolicy(ScriptedPolicy(actions=["a"]))
     assert plain.should_retry(PolicyTimeoutError("t")) and not plain.should_retry(KeyError())
     assert plain.requests_for(4) == 1
+
+
+async def test_a_policy_without_the_base_class_gets_the_default_hooks() -> None:
+    class Structural:  # a Policy by shape only: its look-alike hook is not a declared one
+        model_name = "structural"
+
+        def should_retry(self, exc: BaseException) -> bool:
+            return True
+
+        async def sample(self, messages: Sequence[ChatMessage], **_: object) -> list[Candidate]:
+            return [candidate_from_text("Action: wait", Usage(1, 1))]
+
+        async def aclose(self) -> None:
+            pass
+
+    wrapped = RetryingPolicy(Structural())
+    assert wrapped.should_retry(PolicyTimeoutError("t")) and not wrapped.should_retry(KeyError())
+    assert wrapped.requests_for(3) == 1 and wrapped.retry_after(KeyError()) is None
