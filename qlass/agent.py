@@ -41,10 +41,11 @@ from qlass._seeding import derive_seed
 from qlass.backends.base import Policy
 from qlass.config import PolicyConfig
 from qlass.envs.base import Env
+from qlass.envs.pool import EnvPool
 from qlass.errors import ConfigError, UserError
 from qlass.integrations.callback import CallbackEnv, StepCallback
 from qlass.qnet.base import ValueModel
-from qlass.runtime.context import EnvSession, SearchContext, SingleEnvProvider
+from qlass.runtime.context import EnvSession, SearchContext
 from qlass.runtime.episode import EpisodeState, StepwiseStrategy, run_stepwise
 from qlass.runtime.strategies import SearchStrategy, make_strategy
 from qlass.types import (
@@ -533,7 +534,7 @@ class Agent:
             env = CallbackEnv(env, instruction=instruction, observation=observation)
         chosen = self._checked(strategy)
         spec = _as_task(task)
-        ctx = self._context(SingleEnvProvider(env), max_steps)
+        ctx = self._context(EnvPool.around(env), max_steps)
         seed = derive_seed(self.seed, "run", chosen.name, spec.key) if seed is None else seed
         play = getattr(chosen, "run", None)
         if play is not None:

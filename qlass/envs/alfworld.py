@@ -23,7 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from qlass.envs.base import EnvPrompt, require_action
+from qlass.envs.base import require_action
+from qlass.envs.family import BaseEnvFamily
 from qlass.errors import (
     ConfigError,
     EnvCrashedError,
@@ -231,7 +232,7 @@ class ALFWorldEnv:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-class ALFWorldFamily:
+class ALFWorldFamily(BaseEnvFamily):
     """Registry entry for ALFWorld (local data needed for tasks and envs)."""
 
     name = "alfworld"
@@ -272,11 +273,6 @@ class ALFWorldFamily:
             names = tuple(n for n in names if n.split("-", 1)[0] in games)
         tasks = [TaskSpec(self.name, n, 0, fold, params or "") for n in names]  # type: ignore[arg-type]
         return tasks if limit is None else tasks[:limit]
-
-    def prompt(self) -> EnvPrompt:
-        from qlass.envs.prompts import prompt_for
-
-        return prompt_for(self.name)
 
 
 FAMILY = ALFWorldFamily()

@@ -18,9 +18,11 @@ task that gave the env back does not wait for it). Without that
 grace, concurrent branches (an explorer grows many at once) take each other's envs and
 every step turns into a replay; with it, at most ``size`` branches advance at once.
 
-Replayed observations are checked against ``expected`` when given; a difference raises
+Replayed observations are checked against ``expected`` when given, with the env family's
+``same_observation`` (ScienceWorld's ignores its object order); a difference raises
 :class:`~qlass.errors.ReplayMismatchError` (the simulator is not deterministic for that
-task, so tree nodes cannot be revisited by replay). Every env step is counted in
+task, so tree nodes cannot be revisited by replay). :meth:`EnvPool.around` positions one
+env the caller owns (an app's own env) by the same rules. Every env step is counted in
 :class:`PoolStats`, so "env steps per new node" is visible.
 
 Failures: an env that crashed, timed out or raised during a step is closed (its JVM
@@ -36,66 +38,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from qlass.envs.base import Env, require_action
+from qlass.envs.pool_stats import PoolStats
 from qlass.errors import EnvCrashedError, EnvTimeoutError, ReplayMismatchError
 from qlass.types import Observation, StepResult, TaskSpec
 
-__all__ = ["EnvHandle", "EnvPool", "PoolStats", "same_observation"]
+__all__ = ["EnvHandle", "EnvPool", "PoolStats"]
 
 log = structlog.get_logger(__name__)
-
-
-def same_observation(replayed: str, recorded: str) -> bool:
-    """Whether a replayed observation shows the same state as the recorded one.
-
-    Lines may come in another order: ScienceWorld lists a room's objects in hash order,
-    which changes between resets while the state is the same. Any other difference (a
-    line added, removed or changed) is a real divergence.
-    """
-    if replayed == recorded:
-        return True
-    return sorted(replayed.splitlines()) == sorted(recorded.splitlines())
-
-
-@dataclass
-class PoolStats:
-    """Counters of the work a pool did; ``snapshot()`` gives a copy to diff against."""
-
-    created: int = 0
-    replaced: int = 0
-    crashes: int = 0
-    timeouts: int = 0
-    resets: int = 0
-    steps: int = 0
-    caller_steps: int = 0
-    advanced_steps: int = 0
-    replayed_steps: int = 0
-    exact_reuses: int = 0
-    continuations: int = 0
-    replays: int = 0
-
-    @property
-    def steps_per_caller_step(self) -> float:
-        """All env steps divided by the steps callers asked for (1.0 = no overhead)."""
-        return self.steps / self.caller_steps if self.caller_steps else 0.0
-
-    def snapshot(self) -> PoolStats:
-        return replace(self)
-
-    def since(self, before: PoolStats) -> PoolStats:
-        """The counts accumulated after ``before`` (a snapshot)."""
-        return PoolStats(
-            **{
-                name: getattr(self, name) - getattr(before, name)
-                for name in self.__dataclass_fields__
-            }
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +150,9 @@ class EnvPool:
     env standing mid-episode is kept for its branch while other requests wait (0: reset it
     for any request at once). ``max_steps``: episodes end after that many actions (a number,
     or a function of the task such as the run's per-task limit), so an env standing there is
-    free at once.
+    free at once. ``same_observation(replayed, recorded)`` compares replayed observations
+    (default: equal text). ``owns_envs=False``: the envs are the caller's, never closed
+    (after a failure the env is reset on its next use instead of replaced).
     """
 
     def __init__(
@@ -205,6 +164,8 @@ class EnvPool:
         linger_s: float = 0.5,
         max_steps: int | Callable[[TaskSpec], int | None] | None = None,
         name: str = "env",
+        same_observation: Callable[[str, str], bool] = operator.eq,
+        owns_envs: bool = True,
     ) -> None:
         if size < 1:
             raise ValueError("pool size must be at least 1")
@@ -214,6 +175,8 @@ class EnvPool:
         self.linger_s = linger_s
         self.max_steps = max_steps
         self.name = name
+        self.same_observation = same_observation
+        self._owns_envs = owns_envs
         self.stats = PoolStats()
         self._slots: list[_Slot] = []
         self._cond = asyncio.Condition()
@@ -249,7 +212,14 @@ class EnvPool:
             linger_s=linger_s,
             max_steps=max_steps,
             name=family.name,
+            same_observation=family.same_observation,
         )
+
+    @classmethod
+    def around(cls, env: Env) -> EnvPool:
+        """A pool that lends the caller's one ``env``, one session at a time: continued
+        where it stands on the way, else reset and replayed. The pool never closes it."""
+        return cls(lambda: env, size=1, linger_s=0.0, name=type(env).__name__, owns_envs=False)
 
     @property
     def live(self) -> int:
@@ -270,7 +240,7 @@ class EnvPool:
     async def aclose(self) -> None:
         """Close every env, busy or idle. Idempotent."""
         self._closed = True
-        envs = [s.env for s in self._slots if s.env is not None]
+        envs = [s.env for s in self._slots if s.env is not None and self._owns_envs]
         for slot in self._slots:
             slot.env, slot.position = None, None
         results = await asyncio.gather(*(env.close() for env in envs), return_exceptions=True)
@@ -408,9 +378,12 @@ class EnvPool:
                 await self._discard(slot)
 
     async def _discard(self, slot: _Slot) -> None:
-        """Close the slot's env (a fresh one is made on its next use)."""
-        env, slot.env, slot.position, slot.broken = slot.env, None, None, False
-        if env is not None:
+        """Close the slot's env (a fresh one is made on its next use); a caller's env is
+        kept and reset on its next use."""
+        env, slot.position, slot.broken = slot.env, None, False
+        if self._owns_envs:
+            slot.env = None
+        if env is not None and self._owns_envs:
             self.stats.replaced += 1
             try:
                 await env.close()
@@ -430,7 +403,7 @@ class EnvPool:
         pos = slot.position
         if pos is not None and pos.task == task and pos.actions == path:
             self.stats.exact_reuses += 1
-            if expected and not same_observation(pos.observation, expected[-1]):
+            if expected and not self.same_observation(pos.observation, expected[-1]):
                 raise self._mismatch(task, path, len(path) - 1, expected[-1], pos.observation)
             return
         if (
@@ -455,7 +428,7 @@ class EnvPool:
         replaying = start == 0
         for i in range(start, len(path)):
             result = await self._step(slot, path[i], caller=False, replay=replaying)
-            if expected is not None and not same_observation(result.observation, expected[i]):
+            if expected is not None and not self.same_observation(result.observation, expected[i]):
                 raise self._mismatch(task, path, i, expected[i], result.observation)
 
     def _mismatch(

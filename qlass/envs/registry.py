@@ -12,12 +12,13 @@ when an env starts, so listing tasks needs no JVM.
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any
 
+from qlass._registry import Registry, load_object
 from qlass.envs.base import Env, EnvPrompt, GoldPathEnv
-from qlass.errors import UnknownNameError, UserError
+from qlass.envs.family import EnvFamily
+from qlass.errors import UserError
 from qlass.types import TaskSpec
 
 __all__ = [
@@ -31,70 +32,31 @@ __all__ = [
     "task_max_steps",
 ]
 
-_MODULES: Mapping[str, str] = {
-    "textworld_express": "qlass.envs.textworld_express",
-    "scienceworld": "qlass.envs.scienceworld",
-    "webshop": "qlass.envs.webshop",
-    "alfworld": "qlass.envs.alfworld",
-}
-_ALIASES: Mapping[str, str] = {
-    "twx": "textworld_express",
-    "textworld-express": "textworld_express",
-    "sciworld": "scienceworld",
-}
-
-
-class EnvFamily(Protocol):
-    """What a family module exposes as ``FAMILY``."""
-
-    name: str
-    description: str
-    extra: str
-
-    def games(self) -> tuple[str, ...]:
-        """Games / task types of the family (what ``games=`` selects)."""
-        ...
-
-    def create(self, **options: Any) -> Env:
-        """A new, not yet started env instance."""
-        ...
-
-    def split_sizes(self, **options: Any) -> dict[str, int]:
-        """Number of tasks per split (for listings)."""
-        ...
-
-    def list_tasks(
-        self,
-        split: str,
-        *,
-        games: Sequence[str] | None = None,
-        params: Any = None,
-        limit: int | None = None,
-        **options: Any,
-    ) -> list[TaskSpec]:
-        """Tasks of a split in a deterministic order."""
-        ...
-
-    def prompt(self) -> EnvPrompt:
-        """Instruction prompt and in-context example."""
-        ...
+_FAMILIES: Registry[str] = Registry(
+    "env",
+    {
+        "textworld_express": "qlass.envs.textworld_express:FAMILY",
+        "scienceworld": "qlass.envs.scienceworld:FAMILY",
+        "webshop": "qlass.envs.webshop:FAMILY",
+        "alfworld": "qlass.envs.alfworld:FAMILY",
+    },
+    aliases={
+        "twx": "textworld_express",
+        "textworld-express": "textworld_express",
+        "sciworld": "scienceworld",
+    },
+    fold=lambda name: name.strip().lower(),
+)
 
 
 def env_names() -> tuple[str, ...]:
     """The registered env names."""
-    return tuple(_MODULES)
-
-
-def _canonical(name: str) -> str:
-    key = _ALIASES.get(name.strip().lower(), name.strip().lower())
-    if key not in _MODULES:
-        raise UnknownNameError(f"unknown env {name!r}; choose one of: {', '.join(_MODULES)}")
-    return key
+    return _FAMILIES.names()
 
 
 def get_family(name: str) -> EnvFamily:
     """The family registered as ``name`` (or an alias)."""
-    family: EnvFamily = importlib.import_module(_MODULES[_canonical(name)]).FAMILY
+    family: EnvFamily = load_object(_FAMILIES[name])
     return family
 
 
@@ -120,15 +82,12 @@ def list_tasks(
 
 def env_prompt(name: str) -> EnvPrompt:
     """The instruction prompt (with one in-context example) of env family ``name``."""
-    from qlass.envs.prompts import prompt_for
-
-    return prompt_for(_canonical(name))
+    return get_family(name).prompt()
 
 
 def task_max_steps(task: TaskSpec) -> int | None:
     """The family's recommended step limit for ``task`` (the paper's, where it set one)."""
-    limit = getattr(get_family(task.env), "max_steps", None)
-    return limit(task) if limit is not None else None
+    return get_family(task.env).max_steps(task)
 
 
 async def gold_actions(env: Env, task: TaskSpec) -> list[str]:

@@ -27,7 +27,7 @@ from importlib import resources
 from typing import Any
 
 from qlass.envs._jvm import JvmEnv, without_del
-from qlass.envs.base import EnvPrompt
+from qlass.envs.family import BaseEnvFamily
 from qlass.errors import ConfigError, MissingDependencyError, UnknownNameError
 from qlass.types import Observation, Split, StepResult, TaskSpec
 
@@ -212,7 +212,7 @@ class ScienceWorldEnv(JvmEnv):
         )
 
 
-class ScienceWorldFamily:
+class ScienceWorldFamily(BaseEnvFamily):
     """Registry entry: tasks, splits and prompt of ScienceWorld."""
 
     name = "scienceworld"
@@ -228,6 +228,14 @@ class ScienceWorldFamily:
     def max_steps(self, task: TaskSpec) -> int | None:
         """The paper's step limit for this task (None where the paper set none)."""
         return _max_steps().get(canonical_task_name(task.name))
+
+    def same_observation(self, replayed: str, recorded: str) -> bool:
+        """The same lines, in any order: ScienceWorld lists a room's objects in hash order,
+        which changes between resets while the state is the same. Any other difference (a
+        line added, removed or changed) is a real divergence."""
+        return replayed == recorded or sorted(replayed.splitlines()) == sorted(
+            recorded.splitlines()
+        )
 
     def split_sizes(self, *, source: str = "paper", **_options: Any) -> dict[str, int]:
         if source == "paper":
@@ -263,11 +271,6 @@ class ScienceWorldFamily:
             raise ConfigError(f"unknown split source {source!r}; choose 'paper' or 'simulator'")
         tasks = [TaskSpec(self.name, t, v, fold, simplification) for t, v in pairs]
         return tasks if limit is None else tasks[:limit]
-
-    def prompt(self) -> EnvPrompt:
-        from qlass.envs.prompts import prompt_for
-
-        return prompt_for(self.name)
 
 
 def _interleave(lists: list[list[tuple[str, int]]]) -> list[list[tuple[str, int]]]:

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from qlass.envs._jvm import JvmEnv, without_del
-from qlass.envs.base import EnvPrompt
+from qlass.envs.family import BaseEnvFamily
 from qlass.errors import ConfigError, MissingDependencyError, UnknownNameError
 from qlass.types import Observation, Split, StepResult, TaskSpec
 
@@ -132,7 +132,7 @@ class TextWorldExpressEnv(JvmEnv):
         )
 
 
-class TextWorldExpressFamily:
+class TextWorldExpressFamily(BaseEnvFamily):
     """Registry entry: tasks, splits and prompt of TextWorldExpress."""
 
     name = "textworld_express"
@@ -176,11 +176,6 @@ class TextWorldExpressFamily:
                 if limit is not None and len(tasks) >= limit:
                     return tasks
         return tasks
-
-    def prompt(self) -> EnvPrompt:
-        from qlass.envs.prompts import prompt_for
-
-        return prompt_for(self.name)
 
 
 FAMILY = TextWorldExpressFamily()

@@ -28,7 +28,8 @@ from typing import Any
 import httpx
 import structlog
 
-from qlass.envs.base import EnvPrompt, require_action
+from qlass.envs.base import require_action
+from qlass.envs.family import BaseEnvFamily
 from qlass.errors import ConfigError, EnvCrashedError, EnvError, EnvTimeoutError, UnknownNameError
 from qlass.types import Observation, StepResult, TaskSpec
 
@@ -189,7 +190,7 @@ class WebShopEnv:
                 await self._client.aclose()
 
 
-class WebShopFamily:
+class WebShopFamily(BaseEnvFamily):
     """Registry entry for WebShop (tasks are goal indices; no gold paths)."""
 
     name = "webshop"
@@ -224,11 +225,6 @@ class WebShopFamily:
         if limit is not None:
             indices = indices[:limit]
         return [TaskSpec(self.name, "webshop", i, split, params or "") for i in indices]  # type: ignore[arg-type]
-
-    def prompt(self) -> EnvPrompt:
-        from qlass.envs.prompts import prompt_for
-
-        return prompt_for(self.name)
 
 
 FAMILY = WebShopFamily()

@@ -7,18 +7,14 @@ strategy is run by the same code and compared on the same budget accounting.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from qlass.backends.base import Policy
 from qlass.chat import policy_messages
-from qlass.envs.base import Env
-from qlass.envs.pool import same_observation
-from qlass.errors import ReplayMismatchError
 from qlass.qnet.base import ValueModel, ValueQuery
 from qlass.types import Candidate, History, Observation, StepResult, TaskSpec, Usage
 
@@ -26,7 +22,6 @@ __all__ = [
     "EnvProvider",
     "EnvSession",
     "SearchContext",
-    "SingleEnvProvider",
     "Tally",
 ]
 
@@ -43,70 +38,12 @@ class EnvSession(Protocol):
 
 
 class EnvProvider(Protocol):
-    """Hands out environments positioned after a prefix of actions (an ``EnvPool`` does)."""
+    """Hands out environments positioned after a prefix of actions: an
+    :class:`~qlass.envs.pool.EnvPool` does (``EnvPool.around(env)`` for one env of yours)."""
 
     def session(
         self, task: TaskSpec, actions: Sequence[str] = (), expected: Sequence[str] | None = None
     ) -> AbstractAsyncContextManager[EnvSession]: ...
-
-
-class _TrackedSession:
-    """A session over the provider's one env that keeps the provider's path up to date."""
-
-    def __init__(self, provider: SingleEnvProvider, initial: Observation) -> None:
-        self._provider = provider
-        self.initial = initial
-
-    async def step(self, action: str) -> StepResult:
-        result = await self._provider.env.step(action)
-        self._provider.env_steps += 1
-        self._provider.path.append(action)
-        return result
-
-
-class SingleEnvProvider:
-    """Positions one user-supplied :class:`Env`: continue if it already stands on the way,
-    else reset and replay.
-
-    Any object implementing the ``Env`` protocol works, which is what an embedding app with
-    its own environment needs. One session at a time: concurrent sessions (Best-of-N's
-    rollouts) wait for each other, so none resets the env under another's feet.
-    """
-
-    def __init__(self, env: Env) -> None:
-        self.env = env
-        self.env_steps = 0
-        self.path: list[str] = []
-        self._task: TaskSpec | None = None
-        self._initial: Observation | None = None
-        self._lock = asyncio.Lock()
-
-    @asynccontextmanager
-    async def _session(
-        self, task: TaskSpec, actions: Sequence[str], expected: Sequence[str] | None
-    ) -> AsyncIterator[EnvSession]:
-        async with self._lock:
-            actions = list(actions)
-            on_the_way = task == self._task and actions[: len(self.path)] == self.path
-            if not on_the_way or self._initial is None:
-                self._initial = await self.env.reset(task)
-                self._task, self.path = task, []
-            for i in range(len(self.path), len(actions)):
-                result = await self.env.step(actions[i])
-                self.env_steps += 1
-                self.path.append(actions[i])
-                if expected is not None and not same_observation(result.observation, expected[i]):
-                    self._task = None
-                    raise ReplayMismatchError(
-                        f"{task.key}: replaying step {i + 1} ({actions[i]!r}) gave a different "
-                        "observation than recorded"
-                    )
-            yield _TrackedSession(self, self._initial)
-
-    def session(
-        self, task: TaskSpec, actions: Sequence[str] = (), expected: Sequence[str] | None = None
-    ) -> AbstractAsyncContextManager[EnvSession]:
-        return self._session(task, actions, expected)
 
 
 @dataclass

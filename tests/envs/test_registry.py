@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from qlass.envs.base import Env, InvalidActionError, require_action
+from qlass.envs.pool import EnvPool
 from qlass.envs.registry import create_env, env_names, get_family, list_tasks, task_max_steps
 from qlass.errors import ConfigError, UnknownNameError, UserError
 from qlass.types import TaskSpec
@@ -18,7 +19,8 @@ def test_names_aliases_and_unknown_names() -> None:
     assert get_family("TWX").name == "textworld_express"
     assert get_family("sciworld").name == "scienceworld"
     with pytest.raises(
-        UnknownNameError, match="textworld_express, scienceworld, webshop, alfworld"
+        UnknownNameError,
+        match="unknown env 'nethack'; choose one of: alfworld, scienceworld, textworld_express",
     ):
         get_family("nethack")
     with pytest.raises(UnknownNameError, match="coin"):
@@ -62,3 +64,17 @@ def test_require_action_rejects_empty_text(bad: str) -> None:
         require_action(bad)
     assert issubclass(InvalidActionError, ValueError)
     assert require_action("  open door ") == "open door"
+
+
+def test_observation_comparison_is_the_familys_own() -> None:
+    a = "In it, you see:\n\ta red cup\n\ta blue cup\nA door."
+    reordered = "In it, you see:\n\ta blue cup\n\ta red cup\nA door."
+    sciworld = get_family("scienceworld")
+    assert sciworld.same_observation(a, a) and sciworld.same_observation(reordered, a)
+    assert not sciworld.same_observation("In it, you see:\n\ta red cup\nA door.", a)
+    assert not sciworld.same_observation("In it, you see:\n\ta red cup\n\ta green cup\nA door.", a)
+    assert not sciworld.same_observation(a + "\n\ta red cup", a)
+    for name in ("textworld_express", "webshop", "alfworld"):  # deterministic text
+        assert get_family(name).same_observation(a, a)
+        assert not get_family(name).same_observation(reordered, a)
+    assert EnvPool.for_env("sciworld").same_observation == sciworld.same_observation

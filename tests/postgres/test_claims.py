@@ -13,7 +13,8 @@ import pytest
 
 from qlass.backends.cache import CachedPolicy
 from qlass.backends.scripted import ScriptedPolicy
-from qlass.runtime.context import SearchContext, SingleEnvProvider
+from qlass.envs.pool import EnvPool
+from qlass.runtime.context import SearchContext
 from qlass.runtime.explore import ExploreSettings, TreeExplorer
 from qlass.storage import Tree, TreeStore
 from qlass.types import TaskSpec
@@ -136,7 +137,7 @@ def _shape(tree: Tree) -> dict[tuple[int, ...], tuple[object, ...]]:
 async def _explore(store: TreeStore, task_id: int, delay_s: float) -> int:
     ctx = SearchContext(
         policy=CachedPolicy(_policy(delay_s), store.call_cache),
-        envs=SingleEnvProvider(Corridor(3)),
+        envs=EnvPool.around(Corridor(3)),
     )
     task = await store.tasks.get(task_id)
     stats = await TreeExplorer(store, ctx, SETTINGS, seed=0).explore(task)

@@ -10,8 +10,9 @@ import pytest
 
 from qlass.backends.scripted import ScriptedPolicy
 from qlass.config import RunConfig
+from qlass.envs.pool import EnvPool
 from qlass.report import build_report, reward_vs_tokens_series
-from qlass.runtime.context import SearchContext, SingleEnvProvider
+from qlass.runtime.context import SearchContext
 from qlass.runtime.evaluate import StrategyReport, evaluate_strategy
 from qlass.runtime.strategies import make_strategy
 from qlass.storage import TreeStore
@@ -26,7 +27,7 @@ async def test_report_rows_equal_the_reports_of_the_played_episodes(tmp_path: Pa
     policy = ScriptedPolicy(texts=["Thought: go\nAction: move right", "Action: move left"])
     value = FunctionValueModel(lambda text: 1.0 if "right" in text else 0.0)
     ctx = SearchContext(
-        policy=policy, envs=SingleEnvProvider(Corridor(2)), value_model=value, max_steps=4
+        policy=policy, envs=EnvPool.around(Corridor(2)), value_model=value, max_steps=4
     )
     config = RunConfig(name="roundtrip", run_dir=tmp_path)
     played: dict[str, StrategyReport] = {}

@@ -7,7 +7,8 @@ import pytest
 
 from qlass.backends.cache import CachedPolicy
 from qlass.backends.scripted import ScriptedPolicy
-from qlass.runtime.context import SearchContext, SingleEnvProvider
+from qlass.envs.pool import EnvPool
+from qlass.runtime.context import SearchContext
 from qlass.runtime.explore import ExploreSettings, TreeExplorer
 from qlass.runtime.scheduler import StopSignal
 from qlass.storage import Tree, TreeStore
@@ -40,7 +41,7 @@ async def _explore(
         await store.labels.create_set(run.id, gamma=0.9, normalize=False)
     (task,) = await store.tasks.add_many(run.id, [TASK])
     env = Corridor(3)
-    ctx = SearchContext(policy=CachedPolicy(policy, store.call_cache), envs=SingleEnvProvider(env))
+    ctx = SearchContext(policy=CachedPolicy(policy, store.call_cache), envs=EnvPool.around(env))
     stats = await TreeExplorer(store, ctx, SETTINGS, seed=0, stop=stop).explore(task)
     return await store.trees.load(task.id), env, stats
 

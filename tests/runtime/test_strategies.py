@@ -3,8 +3,9 @@ from collections.abc import Sequence
 import pytest
 
 from qlass.backends.scripted import ScriptedPolicy
+from qlass.envs.pool import EnvPool
 from qlass.errors import UnknownNameError
-from qlass.runtime.context import SearchContext, SingleEnvProvider
+from qlass.runtime.context import SearchContext
 from qlass.runtime.episode import INVALID_OBSERVATION
 from qlass.runtime.strategies import BeamSearch, BestOfN, Greedy, QGuided, make_strategy
 from qlass.types import ChatMessage
@@ -18,7 +19,7 @@ def _alternate(messages: Sequence[ChatMessage], index: int) -> str:
 
 
 def _ctx(env: Corridor, policy: ScriptedPolicy, value: FunctionValueModel | None = None, **kw):
-    return SearchContext(policy=policy, envs=SingleEnvProvider(env), value_model=value, **kw)
+    return SearchContext(policy=policy, envs=EnvPool.around(env), value_model=value, **kw)
 
 
 def _prefers_right(text: str) -> float:

@@ -1,0 +1,82 @@
+"""What an env family knows about its environments: :class:`EnvFamily`, and the defaults of
+its hooks in :class:`BaseEnvFamily`.
+
+Each family module (``textworld_express``, ``scienceworld``, ``webshop``, ``alfworld``)
+exposes one ``FAMILY`` object. Everything the rest of qlass needs to know about a family
+goes through it: its tasks, a new env, its prompt, its step limit per task and how to tell
+whether a replayed observation shows the recorded state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from qlass.envs.base import Env, EnvPrompt
+from qlass.types import TaskSpec
+
+__all__ = ["BaseEnvFamily", "EnvFamily"]
+
+
+class EnvFamily(Protocol):
+    """What a family module exposes as ``FAMILY``."""
+
+    name: str
+    description: str
+    extra: str
+
+    def games(self) -> tuple[str, ...]:
+        """Games / task types of the family (what ``games=`` selects)."""
+        ...
+
+    def create(self, **options: Any) -> Env:
+        """A new, not yet started env instance."""
+        ...
+
+    def split_sizes(self, **options: Any) -> dict[str, int]:
+        """Number of tasks per split (for listings)."""
+        ...
+
+    def list_tasks(
+        self,
+        split: str,
+        *,
+        games: Sequence[str] | None = None,
+        params: Any = None,
+        limit: int | None = None,
+        **options: Any,
+    ) -> list[TaskSpec]:
+        """Tasks of a split in a deterministic order."""
+        ...
+
+    def prompt(self) -> EnvPrompt:
+        """Instruction prompt and in-context example."""
+        ...
+
+    def max_steps(self, task: TaskSpec) -> int | None:
+        """The recommended step limit of ``task`` (the paper's), or None where none is set."""
+        ...
+
+    def same_observation(self, replayed: str, recorded: str) -> bool:
+        """Whether a replayed observation shows the same state as the recorded one."""
+        ...
+
+
+class BaseEnvFamily:
+    """Defaults for the hooks of :class:`EnvFamily` that most families share."""
+
+    name: str
+
+    def prompt(self) -> EnvPrompt:
+        """The family's prompt from :mod:`qlass.envs.prompts`."""
+        from qlass.envs.prompts import prompt_for
+
+        return prompt_for(self.name)
+
+    def max_steps(self, task: TaskSpec) -> int | None:
+        """No recommended limit: the run's ``env.max_steps`` (or 30) applies."""
+        return None
+
+    def same_observation(self, replayed: str, recorded: str) -> bool:
+        """The same text: a deterministic simulator shows the same state the same way."""
+        return replayed == recorded
