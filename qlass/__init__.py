@@ -5,7 +5,7 @@ The public API, for apps that embed qlass. Everything is imported on first use, 
 QNet's dependencies.
 
     Agent, StepDecision           Q-guided search in your own agent (qlass.agent)
-    CallbackEnv, StepCallback     an environment made of an async step callback (integrations)
+    CallbackEnv, StepCallback     an environment made of an async step callback (qlass.envs)
     Env, Policy, ValueModel       the protocols to implement your own parts
     TaskSpec, History, Trajectory ... the plain data every layer exchanges (qlass.types)
     Greedy, QGuided, BestOfN ...  search strategies (qlass.runtime.strategies)
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from qlass.backends.registry import build_policy, create_policy
     from qlass.config import PolicyConfig, RunConfig, load_config
     from qlass.envs.base import Env, EnvPrompt
+    from qlass.envs.callback import CallbackEnv, StepCallback
     from qlass.envs.registry import create_env, env_names, list_tasks
     from qlass.errors import (
         ActionParseError,
@@ -60,7 +61,6 @@ if TYPE_CHECKING:
         UserError,
         ValueModelError,
     )
-    from qlass.integrations.callback import CallbackEnv, StepCallback
     from qlass.qnet.base import BaseValueModel, ValueModel, ValueQuery
     from qlass.qnet.registry import create_value_model
     from qlass.runtime.episode import StepwiseStrategy
@@ -162,7 +162,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "qlass.config": ("PolicyConfig", "RunConfig", "load_config"),
     "qlass.envs.base": ("Env", "EnvPrompt"),
     "qlass.envs.registry": ("create_env", "env_names", "list_tasks"),
-    "qlass.integrations.callback": ("CallbackEnv", "StepCallback"),
+    "qlass.envs.callback": ("CallbackEnv", "StepCallback"),
     # The tree of qlass.errors; its two programming-error leaves (an empty action reaching an
     # env, a prompt too long for a local model) are caught inside qlass, not by apps.
     "qlass.errors": (

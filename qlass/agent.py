@@ -41,9 +41,9 @@ from qlass._seeding import derive_seed
 from qlass.backends.base import Policy
 from qlass.config import PolicyConfig
 from qlass.envs.base import Env
+from qlass.envs.callback import CallbackEnv, StepCallback
 from qlass.envs.pool import EnvPool
 from qlass.errors import ConfigError, UserError
-from qlass.integrations.callback import CallbackEnv, StepCallback
 from qlass.qnet.base import ValueModel
 from qlass.runtime.context import EnvSession, SearchContext
 from qlass.runtime.episode import EpisodeState, StepwiseStrategy, run_stepwise
