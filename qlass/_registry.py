@@ -64,6 +64,9 @@ class Registry(Generic[T]):
     def __iter__(self) -> Iterator[str]:
         return iter(self.entries)
 
+    def __len__(self) -> int:
+        return len(self.entries)
+
 
 def load_object(target: str) -> Any:
     """Import ``"package.module:attr.attr"`` and return that attribute."""

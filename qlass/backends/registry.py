@@ -21,10 +21,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from qlass._registry import Registry
 from qlass.backends.base import CallCache, Policy
 from qlass.backends.cache import CachedPolicy
 from qlass.backends.wrappers import ConcurrencyLimitedPolicy, RateLimitedPolicy, RetryingPolicy
-from qlass.errors import ConfigError, MissingDependencyError, UnknownNameError
+from qlass.errors import ConfigError, MissingDependencyError
 
 if TYPE_CHECKING:
     from qlass.config import PolicyConfig
@@ -96,23 +97,18 @@ def _scripted_args(config: PolicyConfig) -> Arguments:
     return (), {"actions": [a.strip() for a in _model(config).split("|") if a.strip()]}
 
 
-BACKENDS: Mapping[str, BackendSpec] = {
-    "litellm": BackendSpec(
-        _load_litellm, _litellm_args, True, "any LiteLLM model (vLLM server, GPT-4o, ...)"
-    ),
-    "hf": BackendSpec(_load_hf, _hf_args, False, "a local transformers model directory"),
-    "scripted": BackendSpec(
-        _load_scripted, _scripted_args, False, "fixed or rule-based turns (tests)"
-    ),
-}
-
-
-def _spec(backend: str) -> BackendSpec:
-    try:
-        return BACKENDS[backend]
-    except KeyError:
-        choices = ", ".join(sorted(BACKENDS))
-        raise UnknownNameError(f"unknown policy backend {backend!r} (choose: {choices})") from None
+BACKENDS: Registry[BackendSpec] = Registry(
+    "policy backend",
+    {
+        "litellm": BackendSpec(
+            _load_litellm, _litellm_args, True, "any LiteLLM model (vLLM server, GPT-4o, ...)"
+        ),
+        "hf": BackendSpec(_load_hf, _hf_args, False, "a local transformers model directory"),
+        "scripted": BackendSpec(
+            _load_scripted, _scripted_args, False, "fixed or rule-based turns (tests)"
+        ),
+    },
+)
 
 
 def create_policy(backend: str, *args: Any, **options: Any) -> Policy:
@@ -123,7 +119,7 @@ def create_policy(backend: str, *args: Any, **options: Any) -> Policy:
         MissingDependencyError: the backend's optional packages are not installed.
         ConfigError: an option the backend does not take.
     """
-    factory = _spec(backend).load()
+    factory = BACKENDS[backend].load()
     try:
         inspect.signature(factory).bind(*args, **options)
     except TypeError as exc:
@@ -143,7 +139,7 @@ def build_policy(
     seeded calls are cached. ``options`` override or add backend constructor arguments.
     A backend is loaded from disk or imported here: call this outside the event loop.
     """
-    spec = _spec(config.backend)
+    spec = BACKENDS[config.backend]
     args, kwargs = spec.from_config(config)
     policy = create_policy(config.backend, *args, **{**kwargs, **(options or {})})
     if spec.remote:

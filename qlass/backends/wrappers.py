@@ -20,18 +20,12 @@ a request is sent.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import structlog
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-)
 
+from qlass._retry import Backoff, Sleep, call_with_retries
 from qlass.backends.base import BasePolicy, Policy, hooks_of
 from qlass.errors import PolicyError
 from qlass.types import Candidate, ChatMessage
@@ -48,7 +42,6 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
 
 
 class PolicyWrapper(BasePolicy):
@@ -264,7 +257,7 @@ class RateLimitedPolicy(PolicyWrapper):
 
 
 class RetryingPolicy(PolicyWrapper):
-    """Retry transient failures with exponential backoff and jitter (tenacity).
+    """Retry transient failures with exponential backoff and jitter (:mod:`qlass._retry`).
 
     The wait before retry ``k`` (1-based) is ``initial_wait_s * 2**(k-1)`` plus a uniform
     jitter in ``[0, jitter_s]``, at most ``max_wait_s``.
@@ -286,36 +279,12 @@ class RetryingPolicy(PolicyWrapper):
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         super().__init__(inner)
-        if retries < 0:
-            raise ValueError("retries must be >= 0")
-        self.retries = retries
-        self._initial_wait_s = initial_wait_s
-        self._jitter_s = jitter_s
-        self._max_wait_s = max_wait_s
+        self.backoff = Backoff(retries, initial_wait_s, max_wait_s, jitter_s)
         self._sleep = sleep
 
-    def _wait(self, state: RetryCallState) -> float:
-        exponential = self._initial_wait_s * 2 ** (state.attempt_number - 1)
-        wait = min(self._max_wait_s, exponential + random.uniform(0, self._jitter_s))
-        exc = state.outcome.exception() if state.outcome is not None else None
-        if exc is not None:
-            asked = self.retry_after(exc)
-            if asked is not None:
-                wait = max(wait, min(asked, self._max_wait_s))
-        return wait
-
-    def _before_sleep(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome is not None else None
-        wait = state.next_action.sleep if state.next_action is not None else 0.0
-        log.warning(
-            "policy.retry",
-            model=self.model_name,
-            attempt=state.attempt_number,
-            of=self.retries + 1,
-            error=type(exc).__name__,
-            detail=str(exc)[:200],
-            wait_s=round(wait, 3),
-        )
+    @property
+    def retries(self) -> int:
+        return self.backoff.retries
 
     async def sample(
         self,
@@ -327,29 +296,15 @@ class RetryingPolicy(PolicyWrapper):
         stop: Sequence[str] | None = None,
         seed: int | None = None,
     ) -> list[Candidate]:
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(self.should_retry),
-            stop=stop_after_attempt(self.retries + 1),
-            wait=self._wait,
-            before_sleep=self._before_sleep,
+        return await call_with_retries(
+            lambda: self.inner.sample(
+                messages, n=n, temperature=temperature, max_tokens=max_tokens, stop=stop, seed=seed
+            ),
+            backoff=self.backoff,
+            should_retry=self.should_retry,
+            retry_after=self.retry_after,
+            gives_up=PolicyError,
+            event="policy.retry",
+            log_fields={"model": self.model_name},
             sleep=self._sleep,
-            reraise=True,
         )
-        attempts = 0
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    attempts = attempt.retry_state.attempt_number
-                    return await self.inner.sample(
-                        messages,
-                        n=n,
-                        temperature=temperature,
-                        max_tokens=max_tokens,
-                        stop=stop,
-                        seed=seed,
-                    )
-        except PolicyError as exc:
-            if attempts > 1:
-                raise type(exc)(f"{exc} (gave up after {attempts} attempts)") from exc
-            raise
-        raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover

@@ -1,7 +1,9 @@
 """The ``ValueModel`` protocol: score candidate turns given a history.
 
 The QNet is one implementation; a constant scorer (ablation), an LLM judge and the HTTP
-client of ``qlass serve-qnet`` are others. Higher scores mean better candidates.
+client of ``qlass serve-qnet`` are others. Higher scores mean better candidates. Retries
+and concurrency limits wrap a value model (:mod:`qlass.qnet.wrappers`), steered by the
+``should_retry`` hook that :class:`BaseValueModel` declares.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Protocol, Self, runtime_checkable
 
 from qlass.types import History
 
-__all__ = ["BaseValueModel", "ValueModel", "ValueQuery"]
+__all__ = ["BaseValueModel", "ValueModel", "ValueQuery", "should_retry"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,10 +35,15 @@ class ValueModel(Protocol):
 
 
 class BaseValueModel:
-    """Optional convenience base: ``async with`` support around ``aclose``.
+    """Optional base: ``async with`` support around ``aclose``, and the hook the wrappers ask.
 
-    Implementations need not inherit from it; :class:`ValueModel` is structural.
+    Implementations need not inherit from it (:class:`ValueModel` is structural); one that
+    does not gets the default hook (no failure is transient).
     """
+
+    def should_retry(self, exc: BaseException) -> bool:
+        """Whether the failure ``exc`` is transient (worth another attempt). Default: no."""
+        return False
 
     async def aclose(self) -> None:
         """Release resources (nothing by default). Idempotent."""
@@ -46,3 +53,8 @@ class BaseValueModel:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def should_retry(model: ValueModel, exc: BaseException) -> bool:
+    """``model``'s answer to its ``should_retry`` hook (False for a model without the base)."""
+    return model.should_retry(exc) if isinstance(model, BaseValueModel) else False

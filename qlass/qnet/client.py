@@ -1,8 +1,11 @@
 """``QNetClient``: a :class:`ValueModel` that scores through a ``qlass serve-qnet`` server.
 
 An agent anywhere (one driving an API model such as GPT-4o, say) is guided by a QNet that
-runs on another machine. Connection errors, timeouts and 5xx answers are retried with
-exponential backoff; when the server stays down or slow, :class:`ValueModelError` says so.
+runs on another machine. Each call makes one attempt; a failure raises
+:class:`ValueModelError` saying why, and the client's ``should_retry`` hook calls
+connection errors, timeouts and 5xx answers transient, so that
+:class:`~qlass.qnet.wrappers.RetryingValueModel` (which ``create_value_model("qnet-server",
+...)`` puts around it) retries them with exponential backoff.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import httpx
-import structlog
 
 from qlass.errors import ValueModelError
 from qlass.qnet._wire import query_to_json
@@ -21,7 +23,9 @@ from qlass.qnet.base import BaseValueModel, ValueQuery
 
 __all__ = ["QNetClient"]
 
-log = structlog.get_logger(__name__)
+
+class _ServerError(Exception):
+    """The server answered 5xx (it may recover)."""
 
 
 class QNetClient(BaseValueModel):
@@ -30,24 +34,14 @@ class QNetClient(BaseValueModel):
     Args:
         url: the server's base URL, e.g. ``http://gpu-box:8765``.
         timeout_s: per-request timeout.
-        retries: extra attempts after a connection error, timeout or 5xx answer.
-        backoff_s: wait before the first retry; doubled for each further one.
         max_queries_per_request: larger score calls are split into several requests.
     """
 
     def __init__(
-        self,
-        url: str,
-        *,
-        timeout_s: float = 30.0,
-        retries: int = 3,
-        backoff_s: float = 0.5,
-        max_queries_per_request: int = 1024,
+        self, url: str, *, timeout_s: float = 30.0, max_queries_per_request: int = 1024
     ) -> None:
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
-        self.retries = retries
-        self.backoff_s = backoff_s
         self.max_queries_per_request = max_queries_per_request
         self._client: httpx.AsyncClient | None = None
         self._client_lock = asyncio.Lock()
@@ -93,37 +87,34 @@ class QNetClient(BaseValueModel):
             raise ValueModelError(f"{self.url}/health answered a malformed body")
         return data
 
+    def should_retry(self, exc: BaseException) -> bool:
+        """Unreachable, timed out or a 5xx answer: the server may recover."""
+        transient = (httpx.TimeoutException, httpx.TransportError, _ServerError)
+        return isinstance(exc, ValueModelError) and isinstance(exc.__cause__, transient)
+
     async def _request(self, method: str, path: str, body: Any) -> Any:
         client = await self._http()
-        attempts = self.retries + 1
-        last_error = ""
-        for attempt in range(attempts):
-            if attempt:
-                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
-            try:
-                response = await client.request(method, path, json=body)
-            except httpx.TimeoutException as exc:
-                last_error = f"timed out after {self.timeout_s:g} s ({type(exc).__name__})"
-            except httpx.TransportError as exc:
-                last_error = f"unreachable ({type(exc).__name__}: {exc})"
-            else:
-                if response.status_code < 400:
-                    try:
-                        return response.json()
-                    except ValueError as exc:
-                        raise ValueModelError(f"{self.url}{path} answered non-JSON") from exc
-                detail = _detail(response)
-                if response.status_code < 500:
-                    raise ValueModelError(
-                        f"{self.url}{path} refused the request ({response.status_code}): {detail}"
-                    )
-                last_error = f"server error {response.status_code}: {detail}"
-            log.warning(
-                "value server request failed", url=self.url, attempt=attempt + 1, error=last_error
+        failed = f"value model server {self.url} failed"
+        try:
+            response = await client.request(method, path, json=body)
+        except httpx.TimeoutException as exc:
+            reason = f"timed out after {self.timeout_s:g} s ({type(exc).__name__})"
+            raise ValueModelError(f"{failed}: {reason}") from exc
+        except httpx.TransportError as exc:
+            reason = f"unreachable ({type(exc).__name__}: {exc})"
+            raise ValueModelError(f"{failed}: {reason}") from exc
+        if response.status_code >= 500:
+            reason = f"server error {response.status_code}: {_detail(response)}"
+            raise ValueModelError(f"{failed}: {reason}") from _ServerError(reason)
+        if response.status_code >= 400:
+            raise ValueModelError(
+                f"{self.url}{path} refused the request ({response.status_code}): "
+                f"{_detail(response)}"
             )
-        raise ValueModelError(
-            f"value model server {self.url} failed after {attempts} attempt(s): {last_error}"
-        )
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ValueModelError(f"{self.url}{path} answered non-JSON") from exc
 
     async def aclose(self) -> None:
         """Close the HTTP connection pool. Idempotent."""

@@ -5,26 +5,29 @@ the candidate turn, and answers with a number. The score is ``rating / 10`` (so 
 the same 0..1 scale as normalised Q labels). A reply with no number in 0..10 gets
 ``fallback`` (0.5 by default, the middle of the scale) and a warning in the log.
 
-LiteLLM is imported on first use, in a worker thread (its import reads files), with
-``LITELLM_LOCAL_MODEL_COST_MAP=True`` so that importing it never touches the network.
+The judge asks its LLM through the same stack as a policy
+(:func:`qlass.backends.registry.build_policy` with the ``litellm`` backend), so retries of
+transient failures, the concurrency limit and LiteLLM's error translation are the policy
+wrappers'. The stack is built on first use, in a worker thread (importing LiteLLM reads
+files).
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import math
-import os
 import re
 from collections.abc import Sequence
-from typing import Any
 
 import structlog
 
+from qlass.backends.base import Policy
+from qlass.backends.registry import build_policy
 from qlass.chat import OBSERVATION_PREFIX
-from qlass.errors import MissingDependencyError, ValueModelError
+from qlass.config import PolicyConfig
+from qlass.errors import PolicyError, ValueModelError
 from qlass.qnet.base import BaseValueModel, ValueQuery
-from qlass.types import History, Usage
+from qlass.types import ChatMessage, History, Usage
 
 __all__ = ["JUDGE_SYSTEM_PROMPT", "LLMJudgeValueModel", "judge_messages", "parse_rating"]
 
@@ -40,7 +43,7 @@ JUDGE_SYSTEM_PROMPT = (
 _NUMBER = re.compile(r"(?<![\w.-])(\d+(?:\.\d+)?)")
 
 
-def judge_messages(history: History, candidate_text: str) -> list[dict[str, str]]:
+def judge_messages(history: History, candidate_text: str) -> list[ChatMessage]:
     """The chat the judge answers: system instructions, then one user message."""
     lines = [f"Task: {history.instruction}", f"{OBSERVATION_PREFIX}{history.initial_observation}"]
     for number, turn in enumerate(history.turns, start=1):
@@ -65,23 +68,6 @@ def parse_rating(text: str) -> float | None:
     return value if 0.0 <= value <= 10.0 else None
 
 
-def _import_litellm() -> Any:
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    try:
-        litellm = importlib.import_module("litellm")
-    except ImportError as exc:  # pragma: no cover - litellm is a core dependency
-        raise MissingDependencyError("litellm", "litellm", "the LLM judge") from exc
-    try:
-        # Load the CA bundle into LiteLLM's SSL context cache here, off the event loop, so
-        # the first request does not read it from disk on the loop.
-        from litellm.llms.custom_httpx.http_handler import get_ssl_configuration
-
-        get_ssl_configuration()
-    except Exception:  # a LiteLLM internal: if it moved, the first call just reads it
-        log.debug("judge ssl warm-up skipped")
-    return litellm
-
-
 class LLMJudgeValueModel(BaseValueModel):
     """Scores queries by asking an LLM judge, up to ``max_concurrency`` calls at once.
 
@@ -90,7 +76,9 @@ class LLMJudgeValueModel(BaseValueModel):
         api_base: OpenAI-compatible base URL for local servers.
         api_key: key for that server (provider keys are read from the environment otherwise).
         fallback: the score of an unparsable reply (default 0.5).
-        temperature, max_tokens, timeout_s, retries: passed to LiteLLM.
+        temperature, max_tokens: of each judge call.
+        timeout_s, retries, max_concurrency: per request, as for a ``litellm`` policy
+            (``policy.timeout_s``, ``policy.retries``, ``policy.max_concurrency``).
     """
 
     def __init__(
@@ -107,66 +95,62 @@ class LLMJudgeValueModel(BaseValueModel):
         max_concurrency: int = 8,
     ) -> None:
         self.model = model
-        self.api_base = api_base
-        self.api_key = api_key
         self.fallback = float(fallback)
         self.temperature = temperature
         self.max_tokens = max_tokens
-        self.timeout_s = timeout_s
-        self.retries = retries
         self.usage = Usage()
         self.unparsable = 0
-        self._semaphore = asyncio.Semaphore(max_concurrency)
-        self._litellm: Any = None
+        self._config = PolicyConfig(
+            backend="litellm",
+            model=model,
+            api_base=api_base,
+            timeout_s=timeout_s,
+            retries=retries,
+            max_concurrency=max_concurrency,
+            cache=False,
+        )
+        self._options = {"extra_params": {"api_key": api_key}} if api_key else {}
+        self._policy: Policy | None = None
+        self._policy_lock = asyncio.Lock()
 
-    async def _module(self) -> Any:
-        if self._litellm is None:
-            self._litellm = await asyncio.to_thread(_import_litellm)
-        return self._litellm
+    async def _llm(self) -> Policy:
+        async with self._policy_lock:
+            if self._policy is None:
+                self._policy = await asyncio.to_thread(
+                    build_policy, self._config, options=self._options
+                )
+            return self._policy
 
     async def score(self, queries: Sequence[ValueQuery]) -> list[float]:
         """Ask the judge about every query concurrently.
 
         Raises:
-            ValueModelError: a call failed after LiteLLM's retries.
+            ValueModelError: a call failed (after the policy stack's retries).
         """
         if not queries:
             return []
-        litellm = await self._module()
-        return list(await asyncio.gather(*(self._score_one(litellm, q) for q in queries)))
+        llm = await self._llm()
+        return list(await asyncio.gather(*(self._score_one(llm, q) for q in queries)))
 
-    async def _score_one(self, litellm: Any, query: ValueQuery) -> float:
-        options: dict[str, Any] = {}
-        if self.api_base:
-            options["api_base"] = self.api_base
-        if self.api_key:
-            options["api_key"] = self.api_key
-        async with self._semaphore:
-            try:
-                response = await litellm.acompletion(
-                    model=self.model,
-                    messages=judge_messages(query.history, query.candidate_text),
-                    temperature=self.temperature,
-                    max_tokens=self.max_tokens,
-                    timeout=self.timeout_s,
-                    num_retries=self.retries,
-                    **options,
-                )
-            except Exception as exc:  # LiteLLM raises many provider-specific types
-                raise ValueModelError(f"LLM judge call to {self.model} failed: {exc}") from exc
-        usage = getattr(response, "usage", None)
-        if usage is not None:
-            self.usage = self.usage + Usage(
-                int(getattr(usage, "prompt_tokens", 0) or 0),
-                int(getattr(usage, "completion_tokens", 0) or 0),
-            )
+    async def _score_one(self, llm: Policy, query: ValueQuery) -> float:
         try:
-            text = response.choices[0].message.content or ""
-        except (AttributeError, IndexError):
-            text = ""
-        rating = parse_rating(text)
+            (reply,) = await llm.sample(
+                judge_messages(query.history, query.candidate_text),
+                temperature=self.temperature,
+                max_tokens=self.max_tokens,
+            )
+        except PolicyError as exc:
+            raise ValueModelError(f"LLM judge call to {self.model} failed: {exc}") from exc
+        self.usage = self.usage + reply.usage
+        rating = parse_rating(reply.text)
         if rating is None or not math.isfinite(rating):
             self.unparsable += 1
-            log.warning("judge reply has no 0-10 rating; using the fallback", reply=text[:80])
+            log.warning("judge reply has no 0-10 rating; using the fallback", reply=reply.text[:80])
             return self.fallback
         return rating / 10.0
+
+    async def aclose(self) -> None:
+        """Close the judge's policy stack. Idempotent."""
+        policy, self._policy = self._policy, None
+        if policy is not None:
+            await policy.aclose()

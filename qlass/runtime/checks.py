@@ -37,17 +37,14 @@ def check_config(config: RunConfig) -> None:
             raise ConfigError(f"env.games: {exc}") from exc
         except QlassError:
             pass  # missing local data and the like: reported by the stage that needs it
-    if config.policy.backend not in BACKENDS:
-        choices = ", ".join(sorted(BACKENDS))
-        raise ConfigError(
-            f"policy.backend: unknown policy backend {config.policy.backend!r} (choose: {choices})"
-        )
-    if config.search.value_model not in VALUE_MODELS:
-        choices = ", ".join(sorted(VALUE_MODELS))
-        raise ConfigError(
-            f"search.value_model: unknown value model {config.search.value_model!r} "
-            f"(choose: {choices})"
-        )
+    for field, registry, name in (
+        ("policy.backend", BACKENDS, config.policy.backend),
+        ("search.value_model", VALUE_MODELS, config.search.value_model),
+    ):
+        try:
+            registry.canonical(name)
+        except UnknownNameError as exc:
+            raise ConfigError(f"{field}: {exc}") from exc
     for field, specs in (
         ("search.strategies", config.search.strategies),
         ("self_train.strategy", (config.self_train.strategy,)),

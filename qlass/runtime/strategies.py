@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar, Protocol
 
+from qlass._registry import Registry
 from qlass._seeding import derive_seed
 from qlass.errors import UnknownNameError
 from qlass.runtime.context import SearchContext, Tally
@@ -262,28 +263,31 @@ class BeamSearch:
         return _Option(await advance(ctx, option.state, option.decision), option.value)
 
 
-_FACTORIES: dict[str, Callable[[int | None, float], SearchStrategy]] = {
-    "greedy": lambda _k, _t: Greedy(),
-    "sampled": lambda _k, t: Sampled(t),
-    "best_of_n": lambda k, t: BestOfN(k or 4, t),
-    "qlass": lambda k, t: QGuided(k or 2, t),
-    "beam": lambda k, t: BeamSearch(width=k or 2, temperature=t),
-}
+_STRATEGIES: Registry[Callable[[int | None, float], SearchStrategy]] = Registry(
+    "strategy",
+    {
+        "greedy": lambda _k, _t: Greedy(),
+        "sampled": lambda _k, t: Sampled(t),
+        "best_of_n": lambda k, t: BestOfN(k or 4, t),
+        "qlass": lambda k, t: QGuided(k or 2, t),
+        "beam": lambda k, t: BeamSearch(width=k or 2, temperature=t),
+    },
+)
 
 
 def strategy_names() -> list[str]:
-    return sorted(_FACTORIES)
+    """The strategy names ``make_strategy`` knows, sorted."""
+    return sorted(_STRATEGIES)
 
 
 def make_strategy(spec: str, *, temperature: float = 0.7) -> SearchStrategy:
     """Build a strategy from ``name`` or ``name:K`` (``best_of_n:8``, ``qlass:4``)."""
     name, _, k = spec.partition(":")
-    if name not in _FACTORIES:
-        raise UnknownNameError(f"unknown strategy {name!r}; choose from {strategy_names()}")
+    factory = _STRATEGIES[name]
     try:
         count = int(k) if k else None
     except ValueError:
         raise UnknownNameError(f"strategy {spec!r}: the part after ':' must be a number") from None
     if count is not None and count < 1:
         raise UnknownNameError(f"strategy {spec!r}: the count must be at least 1")
-    return _FACTORIES[name](count, temperature)
+    return factory(count, temperature)

@@ -196,7 +196,8 @@ async def test_strings_build_backends_and_are_closed(tiny_model_dir: Path, tmp_p
     remote = Agent("hosted_vllm/some-model", "http://127.0.0.1:9/", api_base="http://x/v1")
     await remote.open()
     assert "LiteLLMPolicy" in repr(remote.policy) or "Policy" in type(remote.policy).__name__
-    assert type(remote.value_model).__name__ == "QNetClient"
+    assert type(remote.value_model).__name__ == "RetryingValueModel"
+    assert type(remote.value_model.inner).__name__ == "QNetClient"  # type: ignore[union-attr]
     await remote.aclose()
 
     with pytest.raises(ConfigError, match="QNet checkpoint directory"):

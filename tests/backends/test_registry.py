@@ -27,7 +27,7 @@ def stack(policy: object) -> list[type]:
 
 def test_known_backends_and_unknown_name() -> None:
     assert sorted(BACKENDS) == ["hf", "litellm", "scripted"]
-    with pytest.raises(UnknownNameError, match="choose: hf, litellm, scripted"):
+    with pytest.raises(UnknownNameError, match="choose one of: hf, litellm, scripted"):
         create_policy("gpt")
 
 

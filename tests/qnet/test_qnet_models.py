@@ -1,9 +1,11 @@
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from qnet_helpers import make_history, varied_queries
 
 from qlass.errors import ConfigError, UnknownNameError, ValueModelError
@@ -78,9 +80,11 @@ def judge_server(serve_app):
     seen: list[dict] = []
 
     @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> dict:
+    async def chat(request: Request) -> Any:
         body = json.loads(await request.body())
         seen.append(body)
+        if body["model"] == "flaky" and sum(b["model"] == "flaky" for b in seen) == 1:
+            return JSONResponse({"error": {"message": "overloaded"}}, status_code=503)
         prompt = body["messages"][-1]["content"]
         candidate = prompt.split("Candidate next step:")[1]
         reply = "9" if "north" in candidate else "2" if "south" in candidate else "hmm, hard to say"
@@ -136,3 +140,15 @@ async def test_judge_unreachable_raises(judge_server) -> None:
     )
     with pytest.raises(ValueModelError, match="LLM judge call to openai/judge-model failed"):
         await judge.score([ValueQuery(make_history(0, 0), "Action: go")])
+
+
+async def test_judge_retries_a_transient_failure_through_its_policy_stack(judge_server) -> None:
+    url, seen = judge_server
+    judge = create_value_model(
+        "judge", model="openai/flaky", api_base=f"{url}/v1", api_key="sk-local", retries=1
+    )
+    assert await judge.score([ValueQuery(make_history(0, 0), "Action: move north")]) == [
+        pytest.approx(0.9)
+    ]
+    assert sum(b["model"] == "flaky" for b in seen) == 2  # a 503, then the answer
+    await judge.aclose()

@@ -10,8 +10,10 @@ from qnet_helpers import free_port, varied_queries
 from qlass.errors import ValueModelError
 from qlass.qnet.base import BaseValueModel, ValueModel, ValueQuery
 from qlass.qnet.client import QNetClient
+from qlass.qnet.registry import create_value_model
 from qlass.qnet.scorer import QNetScorer
 from qlass.qnet.server import create_app
+from qlass.qnet.wrappers import RetryingValueModel
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +28,7 @@ async def test_client_and_server_agree_with_in_process_scorer(qnet_dir: Path, qn
     queries = varied_queries(12)
     async with await QNetScorer.aload(qnet_dir, device="cpu", cache_size=0) as local:
         expected = await local.score(queries)
-    async with QNetClient(url, timeout_s=30, retries=0) as client:
+    async with QNetClient(url, timeout_s=30) as client:
         assert isinstance(client, ValueModel)
         # Four agents ask concurrently, each for its own candidates.
         chunks = [queries[i : i + 3] for i in range(0, 12, 3)]
@@ -59,8 +61,10 @@ async def test_malformed_body_is_422(qnet_server) -> None:
 
 
 async def test_dead_port_raises_value_model_error() -> None:
-    client = QNetClient(f"http://127.0.0.1:{free_port()}", retries=2, backoff_s=0.01)
-    with pytest.raises(ValueModelError, match=r"failed after 3 attempt\(s\): unreachable"):
+    url = f"http://127.0.0.1:{free_port()}"
+    client = create_value_model("qnet-server", url=url, retries=2, backoff_s=0.01)
+    assert isinstance(client, RetryingValueModel) and isinstance(client.inner, QNetClient)
+    with pytest.raises(ValueModelError, match=r"failed: unreachable .*gave up after 3 attempts"):
         await client.score(varied_queries(1))
     await client.aclose()
 
@@ -82,15 +86,31 @@ class _Failing(BaseValueModel):
 
 async def test_slow_server_times_out_clearly(serve_app) -> None:
     with serve_app(create_app(_Slow())) as url:
-        async with QNetClient(url, timeout_s=0.2, retries=1, backoff_s=0.01) as client:
-            with pytest.raises(ValueModelError, match=r"timed out after 0\.2 s"):
-                await client.score(varied_queries(1))
+        client = create_value_model(
+            "qnet-server", url=url, timeout_s=0.2, retries=1, backoff_s=0.01
+        )
+        with pytest.raises(ValueModelError, match=r"timed out after 0\.2 s"):
+            await client.score(varied_queries(1))
+        await client.aclose()
 
 
 async def test_server_error_is_retried_then_reported(serve_app) -> None:
     failing = _Failing()
     with serve_app(create_app(failing)) as url:
-        async with QNetClient(url, retries=2, backoff_s=0.01) as client:
-            with pytest.raises(ValueModelError, match=r"server error 500: .*GPU fell over"):
-                await client.score(varied_queries(1))
+        client = create_value_model("qnet-server", url=url, retries=2, backoff_s=0.01)
+        with pytest.raises(ValueModelError, match=r"server error 500: .*GPU fell over"):
+            await client.score(varied_queries(1))
+        await client.aclose()
     assert failing.calls == 3
+
+
+async def test_a_refused_request_is_not_retried(serve_app) -> None:
+    failing = _Failing()
+    with serve_app(create_app(failing)) as url:
+        client = create_value_model(
+            "qnet-server", url=url, retries=2, backoff_s=0.01, max_queries_per_request=5000
+        )
+        with pytest.raises(ValueModelError, match=r"refused the request \(413\)"):
+            await client.score([ValueQuery(varied_queries(1)[0].history, "x")] * 5000)
+        await client.aclose()
+    assert failing.calls == 0
