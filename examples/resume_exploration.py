@@ -44,7 +44,7 @@ async def explore(config: RunConfig, stop_after: int | None) -> tuple[Nodes, dic
 
         watcher = asyncio.create_task(watch())
         try:
-            result = await pipeline.explore()
+            (result,) = await pipeline.stage("explore")
         finally:
             watcher.cancel()
         return await stored_nodes(pipeline), result.metrics | {"skipped": result.skipped}

@@ -27,19 +27,18 @@ the agent builds from strings it closes in :meth:`Agent.aclose` (or at the end o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeAlias, cast
+from typing import Any, Self, TypeAlias, cast
 
 import structlog
-from pydantic import ValidationError
 
 from qlass._seeding import derive_seed
 from qlass.backends.base import Policy
-from qlass.config import PolicyConfig
+from qlass.config import PolicyConfig, RunConfig
 from qlass.envs.base import Env
 from qlass.envs.callback import CallbackEnv, StepCallback
 from qlass.envs.pool import EnvPool
@@ -47,6 +46,15 @@ from qlass.errors import ConfigError, UserError
 from qlass.qnet.base import ValueModel
 from qlass.runtime.context import EnvSession, SearchContext
 from qlass.runtime.episode import EpisodeState, StepwiseStrategy, run_stepwise
+from qlass.runtime.resources import (
+    ValueModelRequest,
+    close_later,
+    policy_from_spec,
+    run_policy_config,
+    run_system_prompt,
+    run_value_model,
+    value_model_from_spec,
+)
 from qlass.runtime.strategies import SearchStrategy, make_strategy
 from qlass.types import (
     Candidate,
@@ -57,9 +65,6 @@ from qlass.types import (
     Trajectory,
     Usage,
 )
-
-if TYPE_CHECKING:
-    from qlass.config import RunConfig
 
 __all__ = [
     "REACT_SYSTEM_PROMPT",
@@ -84,7 +89,6 @@ StrategySpec: TypeAlias = str | SearchStrategy | StepwiseStrategy
 strategy object (:class:`~qlass.runtime.strategies.QGuided`, your own...)."""
 
 _STEP_TASK = TaskSpec("agent", "step", 0, "dev")
-_VALUE_KINDS = ("constant", "random")
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +176,9 @@ class Agent:
             retries...), or any object implementing :class:`~qlass.backends.base.Policy`.
         value_model: a QNet checkpoint directory, the ``http(s)://`` URL of a
             ``qlass serve-qnet`` server, ``"constant"`` or ``"random"`` (ablations), any
-            :class:`~qlass.qnet.base.ValueModel`, or ``None`` for strategies that need
+            :class:`~qlass.qnet.base.ValueModel`, a
+            :class:`~qlass.runtime.resources.ValueModelRequest` (a registry kind and its
+            options, what :meth:`from_config` passes), or ``None`` for strategies that need
             none (``greedy``, ``sampled``).
         strategy: ``"qlass:M"`` (Q-guided, M candidates a step), ``"greedy"``,
             ``"sampled"``, ``"best_of_n:N"``, ``"beam:B"``, or a strategy object.
@@ -208,7 +214,7 @@ class Agent:
     def __init__(
         self,
         policy: str | Path | PolicyConfig | Policy,
-        value_model: str | Path | ValueModel | None = None,
+        value_model: str | Path | ValueModel | ValueModelRequest | None = None,
         strategy: StrategySpec = "qlass:2",
         *,
         system_prompt: str | None = REACT_SYSTEM_PROMPT,
@@ -248,7 +254,7 @@ class Agent:
         self._value: ValueModel | None = (
             value_model if isinstance(value_model, ValueModel) else None
         )
-        self._owned: list[Callable[[], Awaitable[None]]] = []
+        self._owned = AsyncExitStack()
         self._opened = False
         self._open_lock = asyncio.Lock()
 
@@ -267,43 +273,19 @@ class Agent:
             async with Agent.from_config(config) as agent: ...
             ```
         """
-        from qlass.envs.registry import env_prompt
-
-        policy = config.policy
-        if policy.model is None:
-            if policy.backend != "hf":
-                raise ConfigError(f"policy.model must be set for backend {policy.backend!r}")
-            policy = policy.model_copy(update={"model": str(config.policy_dir)})
         search = config.search
-        value: str | None
-        if search.value_model == "qnet":
-            value = search.value_model_path or str(config.qnet_dir)
-        elif search.value_model == "qnet-server":
-            if not search.value_model_path:
-                raise ConfigError("search.value_model_path must be the scorer URL for qnet-server")
-            value = search.value_model_path
-        elif search.value_model in _VALUE_KINDS:
-            value = search.value_model
-        else:
-            raise ConfigError(
-                f"search.value_model {search.value_model!r}: build it with "
-                "qlass.create_value_model and pass it to Agent(value_model=...)"
-            )
         if strategy is None:
             names = search.strategies
             strategy = next((s for s in names if s.startswith("qlass")), names[-1])
-        prompt = None
-        if policy.prompt != "none":
-            prompt = env_prompt(config.env.name).render(with_example=policy.prompt == "full")
         return cls(
-            policy,
-            value,
+            run_policy_config(config),
+            run_value_model(config),
             strategy,
-            system_prompt=prompt,
-            max_tokens=policy.max_tokens,
+            system_prompt=run_system_prompt(config),
+            max_tokens=config.policy.max_tokens,
             temperature=search.temperature,
             max_steps=config.env.max_steps or 30,
-            max_turns_in_prompt=policy.max_turns_in_prompt,
+            max_turns_in_prompt=config.policy.max_turns_in_prompt,
             seed=config.seed,
         )
 
@@ -326,28 +308,39 @@ class Agent:
         a model reads files). Called by ``async with`` and on first use."""
         async with self._open_lock:
             if not self._opened:
-                if self._policy is None:
-                    self._policy = await asyncio.to_thread(self._build_policy)
-                    self._owned.append(self._policy.aclose)
-                if self._value is None and self._value_spec is not None:
-                    self._value = await asyncio.to_thread(self._build_value)
-                    self._owned.append(self._value.aclose)
+                try:
+                    await self._build()
+                except BaseException:
+                    await self._close_owned()
+                    raise
                 self._opened = True
         return self
+
+    async def _build(self) -> None:
+        policy_spec, value_spec = self._policy_spec, self._value_spec
+        if self._policy is None and not isinstance(policy_spec, Policy):
+            policy = await asyncio.to_thread(policy_from_spec, policy_spec, self._policy_config)
+            close_later(self._owned, policy.aclose)
+            self._policy = policy
+        if (
+            self._value is None
+            and value_spec is not None
+            and not isinstance(value_spec, ValueModel)
+        ):
+            value = await asyncio.to_thread(value_model_from_spec, value_spec, self._value_options)
+            close_later(self._owned, value.aclose)
+            self._value = value
 
     async def aclose(self) -> None:
         """Close the policy and value model the agent built (not the ones passed in)."""
         async with self._open_lock:
-            while self._owned:
-                closer = self._owned.pop()
-                try:
-                    await closer()
-                except Exception as error:  # closing must not hide the original error
-                    log.warning("agent.close_failed", error=repr(error))
-            if self._opened:
-                self._policy = self._policy if isinstance(self._policy_spec, Policy) else None
-                self._value = self._value_spec if isinstance(self._value_spec, ValueModel) else None
-                self._opened = False
+            await self._close_owned()
+            self._opened = False
+
+    async def _close_owned(self) -> None:
+        await self._owned.aclose()
+        self._policy = self._policy_spec if isinstance(self._policy_spec, Policy) else None
+        self._value = self._value_spec if isinstance(self._value_spec, ValueModel) else None
 
     @property
     def policy(self) -> Policy:
@@ -360,56 +353,6 @@ class Agent:
     def value_model(self) -> ValueModel | None:
         """The value model, or ``None`` when the agent has none."""
         return self._value
-
-    def _build_policy(self) -> Policy:
-        from qlass.backends.registry import build_policy
-
-        spec = self._policy_spec
-        if isinstance(spec, PolicyConfig):
-            return build_policy(spec)
-        if not isinstance(spec, str | Path):
-            raise TypeError(
-                f"policy must be a string, a path, a PolicyConfig or a Policy: {spec!r}"
-            )
-        options = {k: v for k, v in self._policy_config.items() if v is not None}
-        path = Path(spec).expanduser()
-        local = isinstance(spec, Path) or path.is_dir()
-        if local and not path.is_dir():
-            raise ConfigError(f"policy: {path} is not a model directory")
-        if local:
-            options = {k: v for k, v in options.items() if k not in ("api_base", "api_key_env")}
-        try:
-            config = PolicyConfig(
-                backend="hf" if local else "litellm",
-                model=str(path) if local else str(spec),
-                **options,
-            )
-        except ValidationError as exc:
-            fields = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors())
-            raise ConfigError(f"policy_options: invalid {fields}: {exc}") from exc
-        try:
-            return build_policy(config)
-        except ConfigError as exc:
-            if config.backend != "litellm":
-                raise
-            raise ConfigError(f"{exc} (and {spec!r} is not a local model directory)") from exc
-
-    def _build_value(self) -> ValueModel:
-        from qlass.qnet.registry import create_value_model
-
-        spec = str(self._value_spec)
-        options = self._value_options
-        if spec.startswith(("http://", "https://")):
-            return create_value_model("qnet-server", url=spec, **options)
-        if spec in _VALUE_KINDS:
-            return create_value_model(spec, **options)
-        path = Path(spec).expanduser()
-        if not path.is_dir():
-            raise ConfigError(
-                f"value_model {spec!r} is none of: a QNet checkpoint directory, an http(s) "
-                f"URL of qlass serve-qnet, {' or '.join(_VALUE_KINDS)}"
-            )
-        return create_value_model("qnet", directory=path, **options)
 
     # -- search ------------------------------------------------------------------------
 

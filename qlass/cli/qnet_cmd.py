@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -24,7 +25,9 @@ from qlass.cli._common import ConfigOption, DbOption, SetOption, resolve_config
 from qlass.errors import MissingDataError, UserError
 
 if TYPE_CHECKING:
-    from qlass.qnet.train import TrainResult
+    from qlass.config import RunConfig
+    from qlass.qnet.train import TrainResult, TrainSettings
+    from qlass.storage import CheckpointRecord
     from qlass.types import LabelledStep
 
 
@@ -32,37 +35,43 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-async def _export_from_store(
-    url: str, run: str, label_set: int | None, max_per_tree: int, seed: int
-) -> tuple[list[LabelledStep], int, int]:
-    """Triples of the train split, plus the run id and label set id they came from."""
+async def _train(
+    triples: list[LabelledStep] | None,
+    store_source: tuple[str, str, int | None] | None,
+    init: Path,
+    settings: TrainSettings,
+    config: RunConfig,
+    on_progress: Callable[[int, int, float | None], None],
+    announce: Callable[[int], None],
+) -> tuple[TrainResult, CheckpointRecord | None]:
+    """Train through the train_qnet stage's :func:`train_and_record`, on ``triples`` or on
+    the triples of a stored label set (``store_source``: URL, run, label set id), recording
+    the checkpoint in that store on the main process."""
+    from qlass.runtime.stages.train_qnet import train_and_record, training_triples
     from qlass.storage import TreeStore
 
+    if store_source is None:
+        assert triples is not None
+        announce(len(triples))
+        return await train_and_record(triples, init, settings, on_progress=on_progress)
+    url, run, label_set = store_source
     async with await TreeStore.open(url) as store:
         if label_set is not None:
-            record = await store.labels.get_set(label_set)
+            labels = await store.labels.get_set(label_set)
         else:
             run_record = await store.runs.get(run)
             sets = await store.labels.sets(run_record.id)
             if not sets:
                 raise MissingDataError(f"run {run_record.name!r} has no Q-label sets yet")
-            record = sets[-1]
-        triples = await store.export_triples(
-            record.id, max_per_tree=max_per_tree, seed=seed, split="train"
+            labels = sets[-1]
+        stored = await training_triples(store, labels, config)
+        if not stored:
+            raise MissingDataError("no labelled triples to train on (explore and label first)")
+        announce(len(stored))
+        record_in = (store, labels) if _is_main_process() else None
+        return await train_and_record(
+            stored, init, settings, record_in=record_in, on_progress=on_progress
         )
-        return triples, record.run_id, record.id
-
-
-async def _record_checkpoint(
-    url: str, run_id: int, label_set_id: int, path: Path, metrics: dict[str, Any]
-) -> int:
-    from qlass.storage import TreeStore
-
-    async with await TreeStore.open(url) as store:
-        record = await store.checkpoints.add(
-            run_id, path, label_set_id=label_set_id, metrics=metrics
-        )
-        return record.id
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -158,31 +167,21 @@ def register(app: typer.Typer) -> None:
         in the store. Runs unchanged under `accelerate launch` or `torchrun` on many GPUs.
         """
         from qlass.qnet._wire import read_triples_jsonl
-        from qlass.qnet.train import train_qnet
+        from qlass.qnet.train import qnet_train_settings
 
         cfg = resolve_config(config, set_, db)
         console = Console(stderr=True)
-        source: tuple[int, int] | None = None
+        steps: list[LabelledStep] | None = None
+        source: tuple[str, str, int | None] | None = None
         if triples is not None:
             if run is not None or label_set is not None:
                 raise UserError("--triples and --run/--label-set are alternatives; pass one")
             steps = read_triples_jsonl(triples)
+            if not steps:
+                raise MissingDataError("no labelled triples to train on (explore and label first)")
         else:
-            steps, run_id, set_id = asyncio.run(
-                _export_from_store(
-                    cfg.store_url,
-                    run or cfg.name,
-                    label_set,
-                    cfg.labels.max_triples_per_tree,
-                    cfg.seed,
-                )
-            )
-            source = (run_id, set_id)
-        if not steps:
-            raise MissingDataError("no labelled triples to train on (explore and label first)")
+            source = (cfg.store_url, run or cfg.name, label_set)
         init = base_model or Path(cfg.qnet.base_model or cfg.policy_dir)
-        from qlass.runtime.pipeline import qnet_train_settings
-
         settings = qnet_train_settings(
             cfg,
             output_dir=output or cfg.qnet_dir,
@@ -191,8 +190,11 @@ def register(app: typer.Typer) -> None:
             save_steps=save_steps,
             use_cpu=cpu,
         )
-        if _is_main_process():
-            console.print(f"training on {len(steps)} triples from {init}")
+
+        def announce(count: int) -> None:
+            if _is_main_process():
+                console.print(f"training on {count} triples from {init}")
+
         with Progress(
             TextColumn("[bold]QNet"),
             BarColumn(),
@@ -208,21 +210,11 @@ def register(app: typer.Typer) -> None:
             def on_progress(step: int, total: int, loss: float | None) -> None:
                 bar.update(task, completed=step, total=total, loss=_fmt(loss))
 
-            result = train_qnet(steps, init, settings, on_progress=on_progress)
-        if not _is_main_process():
-            return
-        recorded = None
-        if source is not None:
-            recorded = asyncio.run(
-                _record_checkpoint(
-                    cfg.store_url,
-                    source[0],
-                    source[1],
-                    settings.output_dir.resolve(),
-                    result.metrics(),
-                )
+            result, recorded = asyncio.run(
+                _train(steps, source, init, settings, cfg, on_progress, announce)
             )
-        Console().print(_summary(result, recorded))
+        if _is_main_process():
+            Console().print(_summary(result, None if recorded is None else recorded.id))
 
     @app.command("serve-qnet")
     def serve_qnet_cmd(

@@ -234,11 +234,10 @@ def register(app: typer.Typer) -> None:
         ) -> None:
             resolved = load_run_config(config, set_, db, resume)
 
-            async def work(pipeline: Pipeline) -> StageResult:
-                method: Callable[..., Awaitable[StageResult]] = getattr(pipeline, name)
-                return await method(force=force)
+            async def work(pipeline: Pipeline) -> list[StageResult]:
+                return await pipeline.stage(name, force=force)
 
-            print_stages([run_pipeline(resolved, work)])
+            print_stages(run_pipeline(resolved, work))
 
         command.__doc__ = help_text
         app.command(name.replace("_", "-"))(command)
@@ -309,10 +308,10 @@ def register(app: typer.Typer) -> None:
         elif worker_id is not None:
             raise typer.BadParameter("--worker-id needs --worker", param_hint="--worker-id")
 
-        async def work(pipeline: Pipeline) -> StageResult:
-            return await pipeline.explore(force=force, worker=settings)
+        async def work(pipeline: Pipeline) -> list[StageResult]:
+            return await pipeline.stage("explore", force=force, worker=settings)
 
-        print_stages([run_pipeline(resolved, work)])
+        print_stages(run_pipeline(resolved, work))
 
     _stage_command("label", "Make the run's Q-label set (gamma, normalisation) from its trees.")
 
@@ -331,7 +330,7 @@ def register(app: typer.Typer) -> None:
         resolved = load_run_config(config, set_, db, resume)
 
         async def work(pipeline: Pipeline) -> list[StageResult]:
-            return await pipeline.self_train()
+            return await pipeline.stage("self_train")
 
         results = run_pipeline(resolved, work)
         print_stages(results)

@@ -24,7 +24,7 @@ from collections import defaultdict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import structlog
@@ -38,6 +38,9 @@ from qlass.qnet.encoding import encode_texts, ensure_chat_template, pad_right, r
 from qlass.qnet.model import CONFIG_FILE, QNet, load_tokenizer
 from qlass.types import LabelledStep
 
+if TYPE_CHECKING:
+    from qlass.config import RunConfig
+
 __all__ = [
     "LabelledStepDataset",
     "ProgressFn",
@@ -45,6 +48,7 @@ __all__ = [
     "TaskSplit",
     "TrainResult",
     "TrainSettings",
+    "qnet_train_settings",
     "regression_metrics",
     "sibling_accuracy",
     "spearman",
@@ -91,6 +95,25 @@ class TrainSettings:
     dataloader_workers: int = 0
     use_cpu: bool = False
     eval_before: bool = True
+
+
+def qnet_train_settings(config: RunConfig, **overrides: Any) -> TrainSettings:
+    """The settings of a run config's ``qnet`` section (``overrides`` win)."""
+    q = config.qnet
+    settings: dict[str, Any] = {
+        "output_dir": config.qnet_dir,
+        "head_dim": q.head_dim,
+        "batch_size": q.batch_size,
+        "micro_batch_size": min(q.micro_batch_size, q.batch_size),
+        "epochs": q.epochs,
+        "lr": q.lr,
+        "warmup_ratio": q.warmup_ratio,
+        "max_length": q.max_length,
+        "max_turns": q.max_turns,
+        "dev_fraction": q.dev_fraction,
+        "seed": config.seed,
+    }
+    return TrainSettings(**(settings | overrides))
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from qlass.backends.scripted import ScriptedPolicy
 from qlass.config import PolicyConfig, RunConfig
 from qlass.errors import ConfigError, UnknownNameError, UserError
 from qlass.qnet.base import ValueQuery
+from qlass.runtime.resources import ValueModelRequest
 from qlass.types import ChatMessage
 from tests.runtime.toys import TASK, Corridor, FunctionValueModel
 
@@ -241,17 +242,18 @@ def test_from_config_takes_policy_value_prompt_and_strategy() -> None:
     assert agent.strategy.name == "qlass:3"
     assert isinstance(agent._policy_spec, PolicyConfig)
     assert agent._policy_spec.model == "openai/gpt-4o"
-    assert agent._value_spec == "http://127.0.0.1:8765"
+    assert agent._value_spec == ValueModelRequest("qnet-server", {"url": "http://127.0.0.1:8765"})
     assert agent.max_tokens == 99 and agent.max_steps == 12 and agent.seed == 7
     assert agent.temperature == 0.5 and agent.max_turns_in_prompt == 4
     assert agent.system_prompt is not None and "text-based game" in agent.system_prompt
     assert "Here is an example" not in agent.system_prompt
-    local = Agent.from_config(
-        RunConfig.model_validate({"name": "r", "policy": {"prompt": "none"}}), strategy="greedy"
-    )
+    local_config = RunConfig.model_validate({"name": "r", "policy": {"prompt": "none"}})
+    local = Agent.from_config(local_config, strategy="greedy")
     assert local.system_prompt is None
     assert local._policy_spec.model == str(Path("runs/r/policy"))  # type: ignore[union-attr]
-    assert local._value_spec == str(Path("runs/r/qnet"))
+    assert local._value_spec == ValueModelRequest(
+        "qnet", {"directory": Path("runs/r/qnet"), "max_batch": local_config.qnet.max_batch}
+    )
 
 
 def test_evaluation_reports_sum_the_episodes_cost() -> None:

@@ -37,8 +37,7 @@ def bc_policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     async def train() -> Path:
         async with Pipeline(config) as pipeline:
-            await pipeline.gold()
-            await pipeline.bc()
+            await pipeline.run(["gold", "bc"])
         return config.policy_dir
 
     return asyncio.run(train())

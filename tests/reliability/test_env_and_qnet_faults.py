@@ -106,8 +106,8 @@ async def test_crashed_hung_and_confused_simulators_are_recorded_and_nothing_lea
         "explore.max_depth=3",
     )
     async with Pipeline(config) as pipeline:
-        result = await pipeline.explore()
-        pool = await pipeline.shared_pool()
+        (result,) = await pipeline.stage("explore")
+        pool = await pipeline.resources.env_pool()
         store, run = pipeline.store, pipeline.run_record
         tasks = await store.tasks.of_run(run.id)
         nodes = [n for t in tasks for n in (await store.trees.load(t.id)).nodes]

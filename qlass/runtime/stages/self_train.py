@@ -6,7 +6,8 @@ episodes with ``self_train.strategy`` (Q-guided by default) and fine-tunes on th
 scoring at least ``self_train.min_score`` (plus the expert trajectories), then evaluates the
 new policy with ``search.strategies`` on the eval split. Each round is a stage
 ``self_train:<k>`` whose metrics hold ``{"round": k, "kept": ..., "reports": [...]}``, so a
-rerun skips finished rounds.
+rerun skips finished rounds. A round's evaluated policy is the next round's collecting
+policy (built once: the run's resources keep one policy per model folder).
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from qlass.chat import policy_messages
-from qlass.runtime.bc import load_conversations, train_policy
-from qlass.runtime.pipeline import Pipeline, StageResult
+from qlass.runtime.stages.base import StageContext, StageResult, import_in_thread
+from qlass.runtime.stages.evaluation import evaluate, stored_trajectories
+from qlass.runtime.stages.gold import expert_file
 from qlass.runtime.strategies import make_strategy
 from qlass.types import ChatMessage, Trajectory
 
-__all__ = ["self_train", "trajectory_messages"]
+__all__ = ["run", "trajectory_messages"]
 
 
 def trajectory_messages(trajectory: Trajectory) -> list[ChatMessage] | None:
@@ -33,19 +35,19 @@ def trajectory_messages(trajectory: Trajectory) -> list[ChatMessage] | None:
     return messages[:-1]  # the last observation follows the last action: nothing to learn
 
 
-async def self_train(pipeline: Pipeline) -> list[StageResult]:
+async def run(ctx: StageContext, *, force: bool = False) -> list[StageResult]:
     """Run the configured number of self-training rounds; returns one result per round."""
-    config = pipeline.config
-    settings = config.self_train
+    config = ctx.config
     results: list[StageResult] = []
     model_dir = config.policy_dir
-    for round_ in range(1, settings.rounds + 1):
-        if pipeline.stop.requested:
+    for round_ in range(1, config.self_train.rounds + 1):
+        if ctx.stop.requested:
             break
         out_dir = config.directory / f"policy-round{round_}"
-        result = await pipeline.run_stage(
+        result = await ctx.run_recorded(
             f"self_train:{round_}",
-            functools.partial(_round, pipeline, round_, model_dir, out_dir),
+            functools.partial(_round, ctx, round_, model_dir, out_dir),
+            force=force,
             fingerprint_of="self_train",
         )
         results.append(result)
@@ -53,39 +55,47 @@ async def self_train(pipeline: Pipeline) -> list[StageResult]:
     return results
 
 
-async def _round(pipeline: Pipeline, round_: int, base: Path, out: Path) -> dict[str, Any]:
-    config = pipeline.config
+async def _round(ctx: StageContext, round_: int, base: Path, out: Path) -> dict[str, Any]:
+    await import_in_thread("qlass.runtime.bc")
+    from qlass.runtime.bc import load_conversations, train_policy
+
+    config = ctx.config
     settings = config.self_train
-    policy = await pipeline.policy(base)
     strategy = make_strategy(settings.strategy, temperature=config.search.temperature)
-    tasks = await pipeline.tasks("train", settings.tasks)
+    tasks = await ctx.tasks("train", settings.tasks)
     collect_stage = f"self_train:{round_}:collect"
-    await pipeline.evaluate(
-        [strategy.name], split="train", tasks=tasks, policy=policy, stage=collect_stage
+    await evaluate(
+        ctx,
+        [strategy.name],
+        split="train",
+        tasks=tasks,
+        policy=await ctx.resources.policy(base),
+        stage=collect_stage,
     )
-    collected = await pipeline.stored_trajectories(collect_stage, strategy.name)
+    collected = await stored_trajectories(ctx, collect_stage, strategy.name)
     kept = [t for t in collected if t.final_score >= settings.min_score]
     conversations = [m for m in map(trajectory_messages, kept) if m is not None]
     if settings.include_expert:
-        expert = await asyncio.to_thread(load_conversations, pipeline.expert_file())
-        conversations += expert
+        conversations += await asyncio.to_thread(load_conversations, expert_file(config))
     bc = config.bc.model_copy(
         update={"base_model": str(base), "epochs": settings.epochs, "lr": settings.lr}
     )
-    bar = pipeline.progress.bar(f"self-training round {round_}", None)
+    bar = ctx.progress.bar(f"self-training round {round_}", None)
+    ctx.resources.forget_policy(out)  # rewritten below (a forced rerun of the round)
     trained = await asyncio.to_thread(
         train_policy,
         conversations,
         bc,
         output_dir=out,
-        system_prompt=pipeline.system_prompt(),
+        system_prompt=ctx.resources.system_prompt(),
         max_turns=config.policy.max_turns_in_prompt,
         seed=config.seed + round_,
         progress=lambda step, total, loss: bar.update(total=total, completed=step),
     )
-    reports = await pipeline.evaluate(
+    reports = await evaluate(
+        ctx,
         stage=f"self_train:{round_}:eval:{config.eval.split}",
-        policy=await pipeline.policy(out),
+        policy=await ctx.resources.policy(out),
     )
     return {
         "round": round_,

@@ -1,0 +1,99 @@
+"""The eval stage, and the evaluation it runs: strategies played on a split's tasks, each
+episode stored as it ends, so that a rerun plays only the episodes not stored yet."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from qlass.backends.base import Policy
+from qlass.runtime.context import SearchContext, Tally
+from qlass.runtime.evaluate import StrategyReport, evaluate_strategy, summarise
+from qlass.runtime.stages.base import StageContext, StageResult
+from qlass.runtime.strategies import SearchStrategy, make_strategy
+from qlass.storage import trajectory_from_json
+from qlass.types import TaskSpec, Trajectory
+
+__all__ = ["evaluate", "run", "stored_trajectories"]
+
+
+async def evaluate(
+    ctx: StageContext,
+    strategies: Sequence[str] | None = None,
+    *,
+    split: str | None = None,
+    tasks: Sequence[TaskSpec] | None = None,
+    policy: Policy | None = None,
+    stage: str | None = None,
+) -> list[StrategyReport]:
+    """Evaluate strategies on a split; episodes already stored are not played again.
+
+    ``strategies``, ``split``, ``tasks``, ``policy`` and ``stage`` (the episodes' stage
+    label) default to ``search.strategies``, ``eval.split``, that split's tasks, the run's
+    policy and ``eval:<split>:<fingerprint>``. After a stop request nothing is returned.
+    """
+    config = ctx.config
+    split = split or config.eval.split
+    names = list(strategies or config.search.strategies)
+    parsed = [make_strategy(name, temperature=config.search.temperature) for name in names]
+    needs_value = any(s.needs_value for s in parsed)
+    tasks = list(tasks) if tasks is not None else await ctx.tasks(split, config.env.eval_tasks)
+    policy = policy or await ctx.resources.policy()
+    pool = await ctx.resources.env_pool()
+    value = await ctx.resources.value_model() if needs_value else None
+    search = ctx.resources.search_context(policy, pool, value)
+    stage = stage or f"eval:{split}:{ctx.fingerprint('eval')}"
+    # Strategies run side by side: the local policy and the QNet batch their requests.
+    await asyncio.gather(*(_play(ctx, strategy, tasks, search, stage) for strategy in parsed))
+    if ctx.stop.requested:
+        return []
+    return [
+        summarise(strategy.name, split, await stored_trajectories(ctx, stage, strategy.name))
+        for strategy in parsed
+    ]
+
+
+async def _play(
+    ctx: StageContext,
+    strategy: SearchStrategy,
+    tasks: Sequence[TaskSpec],
+    search: SearchContext,
+    stage: str,
+) -> None:
+    run_id, episodes = ctx.run_record.id, ctx.store.episodes
+    done = await episodes.done_keys(run_id, stage, strategy.name)
+    todo = [t for t in tasks if t.key not in done]
+    bar = ctx.progress.bar(f"eval {strategy.name}", len(tasks))
+    bar.advance(len(tasks) - len(todo))
+
+    async def record(trajectory: Trajectory, _tally: Tally) -> None:
+        await episodes.add(run_id, stage, strategy.name, trajectory)
+        bar.advance(reward=trajectory.final_score)
+
+    await evaluate_strategy(
+        strategy,
+        todo,
+        search,
+        concurrency=ctx.config.eval.concurrency,
+        seed=ctx.config.seed,
+        max_steps=ctx.resources.max_steps,
+        on_episode=record,
+        stop=ctx.stop,
+    )
+
+
+async def stored_trajectories(ctx: StageContext, stage: str, strategy: str) -> list[Trajectory]:
+    """The episodes stored for (stage, strategy), decoded."""
+    stored = await ctx.store.episodes.of_run(ctx.run_record.id, stage=stage, strategy=strategy)
+    return [trajectory_from_json(e.trajectory) for e in stored]
+
+
+async def run(ctx: StageContext, *, force: bool = False) -> list[StageResult]:
+    """The eval stage: every configured strategy on the configured split."""
+
+    async def body() -> dict[str, Any]:
+        reports = await evaluate(ctx)
+        return {"reports": [r.as_dict() for r in reports]}
+
+    return [await ctx.run_recorded("eval", body, force=force)]

@@ -1,0 +1,113 @@
+"""The explore stage: grow the exploration trees of the train split (resumes unfinished
+trees), in this process or as one of several workers sharing the run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qlass._log import redact
+from qlass.errors import PolicyError
+from qlass.runtime.context import Tally
+from qlass.runtime.explore import ExploreSettings, TreeExplorer, TreeStats
+from qlass.runtime.scheduler import StopSignal, bounded_map
+from qlass.runtime.stages.base import StageContext, StageResult
+from qlass.runtime.stages.label import label_set
+from qlass.runtime.workers import WorkerSettings, ensure_stage, run_worker
+from qlass.storage import TaskRecord
+
+__all__ = ["run"]
+
+
+async def run(
+    ctx: StageContext, *, force: bool = False, worker: WorkerSettings | None = None
+) -> list[StageResult]:
+    """Grow every unfinished tree of the train split.
+
+    With ``worker``, this process is one of several sharing the run: it claims one task at
+    a time under a lease (:mod:`qlass.runtime.workers`), and the stage is recorded done
+    only once every task is finished.
+    """
+    config, store = ctx.config, ctx.store
+
+    async def body() -> dict[str, Any]:
+        run_id = ctx.run_record.id
+        await label_set(ctx)  # exists before any leaf: labels stay incremental
+        specs = await ctx.tasks("train", config.explore.tasks or config.env.train_tasks)
+        await store.tasks.add_many(run_id, specs)
+        todo = [t for t in await store.tasks.of_run(run_id) if t.status != "done"]
+        policy, pool = await ctx.resources.policy(), await ctx.resources.env_pool()
+        search = ctx.resources.search_context(policy, pool, None)
+        before = pool.stats.snapshot()
+        bar = ctx.progress.bar("exploring trees", len(todo))
+        totals = Tally()
+        counts = {"trees": 0, "nodes": 0, "leaves": 0, "failed_tasks": 0}
+
+        async def grow(task: TaskRecord, stop: StopSignal) -> TreeStats:
+            settings = ExploreSettings(
+                width=config.explore.width,
+                max_depth=config.explore.max_depth,
+                min_prune_depth=config.explore.min_prune_depth,
+                temperature=config.explore.temperature,
+                max_steps=ctx.resources.max_steps(task.spec),
+            )
+            explorer = TreeExplorer(store, search, settings, seed=config.seed, stop=stop)
+            stats = await explorer.explore(task)
+            counts["trees"] += not stats.stopped
+            totals.merge(stats.tally)
+            counts["nodes"] += stats.new_nodes
+            counts["leaves"] += stats.leaves
+            bar.advance(
+                nodes=counts["nodes"], tokens=totals.usage.completion_tokens, best=stats.best_score
+            )
+            return stats
+
+        def failed(task: TaskRecord, error: str) -> None:
+            counts["failed_tasks"] += 1
+            ctx.progress.log(f"[red]{task.key}: {error}")
+
+        async def grow_here(task: TaskRecord) -> TreeStats | None:
+            await store.tasks.set_status(task.id, "running")
+            try:
+                stats = await grow(task, ctx.stop)
+            except PolicyError as exc:
+                error = redact(str(exc))  # a provider may echo the API key
+                await store.tasks.set_status(task.id, "failed", error=error)
+                failed(task, error)
+                return None
+            if not stats.stopped:
+                await store.tasks.set_status(task.id, "done")
+            return stats
+
+        extra: dict[str, Any] = {}
+        if worker is None:
+            await bounded_map(
+                grow_here, todo, concurrency=config.explore.concurrency, stop=ctx.stop
+            )
+        else:
+            report = await run_worker(
+                store,
+                run_id,
+                grow,
+                worker,
+                stop=ctx.stop,
+                concurrency=config.explore.concurrency,
+                on_failed=failed,
+            )
+            extra = {f"worker:{worker.worker_id}": report.as_dict()}
+        # Failed or unfinished trees keep the stage running: a rerun retries them.
+        tasks = await store.tasks.of_run(run_id, split="train")
+        extra["unfinished_tasks"] = sum(t.status != "done" for t in tasks)
+        pool_stats = pool.stats.since(before)
+        return {
+            **counts,
+            **totals.as_dict(),
+            "env_steps": pool_stats.steps,
+            "env_resets": pool_stats.resets,
+            "replayed_steps": pool_stats.replayed_steps,
+            "env_steps_per_node": pool_stats.steps / counts["nodes"] if counts["nodes"] else 0,
+            **extra,
+        }
+
+    if worker is not None and not force:  # workers starting together
+        await ensure_stage(store, ctx.run_record.id, "explore", ctx.fingerprint("explore"))
+    return [await ctx.run_recorded("explore", body, force=force)]
