@@ -24,7 +24,7 @@ from typing import Any
 from qlass._registry import Registry, load_object
 from qlass.errors import ConfigError
 from qlass.qnet.base import ValueModel
-from qlass.qnet.wrappers import ConcurrencyLimitedValueModel, RetryingValueModel
+from qlass.qnet.wrappers import Backoff, ConcurrencyLimitedValueModel, RetryingValueModel
 
 __all__ = ["VALUE_MODELS", "ValueModelSpec", "create_value_model"]
 
@@ -79,5 +79,5 @@ def create_value_model(kind: str, **options: Any) -> ValueModel:
     if max_concurrency is not None:
         model = ConcurrencyLimitedValueModel(model, max_concurrency)
     if retries:
-        model = RetryingValueModel(model, retries=retries, initial_wait_s=backoff_s)
+        model = RetryingValueModel(model, Backoff(retries, initial_wait_s=backoff_s, jitter_s=0.0))
     return model

@@ -19,7 +19,17 @@ from qlass._retry import Backoff, Sleep, call_with_retries
 from qlass.errors import ValueModelError
 from qlass.qnet.base import BaseValueModel, ValueModel, ValueQuery, should_retry
 
-__all__ = ["ConcurrencyLimitedValueModel", "RetryingValueModel", "ValueModelWrapper"]
+__all__ = [
+    "SCORER_BACKOFF",
+    "Backoff",
+    "ConcurrencyLimitedValueModel",
+    "RetryingValueModel",
+    "ValueModelWrapper",
+]
+
+
+SCORER_BACKOFF = Backoff(retries=3, initial_wait_s=0.5, jitter_s=0.0)
+"""The default waits of a remote value model: 3 retries after 0.5, 1 and 2 s."""
 
 
 class ValueModelWrapper(BaseValueModel):
@@ -39,22 +49,19 @@ class ValueModelWrapper(BaseValueModel):
 
 
 class RetryingValueModel(ValueModelWrapper):
-    """Retry what the inner model calls transient: ``retries`` more attempts, the first
-    after ``initial_wait_s``, each wait doubled (plus up to ``jitter_s``, at most
-    ``max_wait_s``). The last failure is raised again saying how many attempts were made."""
+    """Retry what the inner model calls transient, waiting as ``backoff`` says (default:
+    :data:`SCORER_BACKOFF`). The last failure is raised again saying how many attempts were
+    made."""
 
     def __init__(
         self,
         inner: ValueModel,
+        backoff: Backoff = SCORER_BACKOFF,
         *,
-        retries: int = 3,
-        initial_wait_s: float = 0.5,
-        max_wait_s: float = 30.0,
-        jitter_s: float = 0.0,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         super().__init__(inner)
-        self.backoff = Backoff(retries, initial_wait_s, max_wait_s, jitter_s)
+        self.backoff = backoff
         self._sleep = sleep
 
     async def score(self, queries: Sequence[ValueQuery]) -> list[float]:

@@ -18,18 +18,15 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
-from types import TracebackType
 from typing import Any, Self
 
 import structlog
 
 from qlass._version import code_version
-from qlass.backends.base import Policy
 from qlass.config import RunConfig
 from qlass.envs.registry import list_tasks
 from qlass.errors import ConfigError, StoreError
 from qlass.runtime.checks import check_config
-from qlass.runtime.evaluate import StrategyReport
 from qlass.runtime.progress import NullProgress, Progress
 from qlass.runtime.resources import RunResources, close_later
 from qlass.runtime.scheduler import StopSignal
@@ -48,7 +45,7 @@ from qlass.runtime.stages import (
 )
 from qlass.runtime.stages.base import StageBody, StageContext, StageResult
 from qlass.storage import RunRecord, TreeStore
-from qlass.types import TaskSpec, Trajectory
+from qlass.types import TaskSpec
 
 __all__ = [
     "OPTIONAL_STAGES",
@@ -123,12 +120,7 @@ class Pipeline:
         self._run = await self._get_or_create_run()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *_exc: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -279,21 +271,5 @@ class Pipeline:
 
     # -- evaluation --------------------------------------------------------------------
 
-    async def evaluate(
-        self,
-        strategies: Sequence[str] | None = None,
-        *,
-        split: str | None = None,
-        tasks: Sequence[TaskSpec] | None = None,
-        policy: Policy | None = None,
-        stage: str | None = None,
-    ) -> list[StrategyReport]:
-        """Evaluate strategies on a split; episodes already stored are not played again
-        (see :func:`qlass.runtime.stages.evaluation.evaluate`)."""
-        return await evaluation.evaluate(
-            self, strategies, split=split, tasks=tasks, policy=policy, stage=stage
-        )
-
-    async def stored_trajectories(self, stage: str, strategy: str) -> list[Trajectory]:
-        """The episodes stored for (stage, strategy), decoded."""
-        return await evaluation.stored_trajectories(self, stage, strategy)
+    evaluate = evaluation.evaluate
+    stored_trajectories = evaluation.stored_trajectories

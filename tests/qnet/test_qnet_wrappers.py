@@ -10,7 +10,7 @@ from qnet_helpers import varied_queries
 
 from qlass.errors import ValueModelError
 from qlass.qnet.base import BaseValueModel, ValueQuery
-from qlass.qnet.wrappers import ConcurrencyLimitedValueModel, RetryingValueModel
+from qlass.qnet.wrappers import Backoff, ConcurrencyLimitedValueModel, RetryingValueModel
 
 
 class Flaky(BaseValueModel):
@@ -42,14 +42,14 @@ async def test_transient_failures_are_retried_with_doubling_waits() -> None:
         waits.append(seconds)
 
     inner = Flaky(failures=2)
-    model = RetryingValueModel(inner, retries=3, initial_wait_s=0.5, sleep=sleep)
+    model = RetryingValueModel(inner, Backoff(3, initial_wait_s=0.5, jitter_s=0), sleep=sleep)
     assert await model.score(varied_queries(2)) == [0.5, 0.5]
     assert inner.calls == 3 and waits == [0.5, 1.0]
 
 
 async def test_retries_give_up_saying_how_many_attempts() -> None:
     inner = Flaky(failures=9)
-    model = RetryingValueModel(inner, retries=2, sleep=_no_sleep)
+    model = RetryingValueModel(inner, Backoff(retries=2), sleep=_no_sleep)
     with pytest.raises(ValueModelError, match=r"^busy \(gave up after 3 attempts\)$"):
         await model.score(varied_queries(1))
     assert inner.calls == 3
@@ -58,7 +58,7 @@ async def test_retries_give_up_saying_how_many_attempts() -> None:
 async def test_permanent_failures_and_models_without_the_hook_are_not_retried() -> None:
     permanent = Flaky(failures=1, message="bad checkpoint")
     with pytest.raises(ValueModelError, match=r"^bad checkpoint$"):
-        await RetryingValueModel(permanent, retries=3, sleep=_no_sleep).score(varied_queries(1))
+        await RetryingValueModel(permanent, sleep=_no_sleep).score(varied_queries(1))
     assert permanent.calls == 1
 
     class Structural:  # a ValueModel by shape, without BaseValueModel's hook
@@ -73,7 +73,7 @@ async def test_permanent_failures_and_models_without_the_hook_are_not_retried() 
 
     structural = Structural()
     with pytest.raises(ValueModelError):
-        await RetryingValueModel(structural, retries=3, sleep=_no_sleep).score(varied_queries(1))
+        await RetryingValueModel(structural, sleep=_no_sleep).score(varied_queries(1))
     assert structural.calls == 1
 
 
