@@ -7,11 +7,14 @@
   instead of spending money. Tests that mean to call a paid API are marked ``paid``.
 - ``tiny_model_dir`` is a randomly initialised small model with a real tokenizer, saved as an
   ordinary transformers model directory.
+- ``cli`` runs the ``qlass`` command in process (typer's ``CliRunner``) and puts logging
+  back afterwards.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -20,6 +23,7 @@ from pathlib import Path
 import pytest
 import structlog
 from blockbuster import blockbuster_ctx
+from typer.testing import CliRunner
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -45,6 +49,23 @@ def _fresh_log_config() -> Iterator[None]:
     # CLI tests configure structlog for the process (level, renderer); start each test anew.
     yield
     structlog.reset_defaults()
+
+
+@pytest.fixture
+def cli() -> Iterator[CliRunner]:
+    """A runner for ``cli.invoke(qlass.cli.app, [...])``.
+
+    The CLI configures logging onto the runner's streams, which close after each call; the
+    root logger's handlers and level and structlog's defaults are restored afterwards, so
+    later tests never log into a closed stream.
+    """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    structlog.reset_defaults()
+    yield CliRunner()
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 # LiteLLM's first request on an event loop builds its HTTP client, which checks that the CA

@@ -3,33 +3,15 @@
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-import structlog
 from typer.testing import CliRunner
 
 from qlass.cli import app
 
-runner = CliRunner()
 
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """The CLI configures logging onto CliRunner's streams, which close after each call;
-    later tests must not log into them."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    structlog.reset_defaults()
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-def test_list_shows_every_env_with_split_counts() -> None:
-    result = runner.invoke(app, ["envs", "list"], env={"COLUMNS": "160"})
+def test_list_shows_every_env_with_split_counts(cli: CliRunner) -> None:
+    result = cli.invoke(app, ["envs", "list"], env={"COLUMNS": "160"})
     assert result.exit_code == 0, result.output
     for name in ["textworld_express", "scienceworld", "webshop", "alfworld"]:
         assert name in result.output
@@ -37,8 +19,8 @@ def test_list_shows_every_env_with_split_counts() -> None:
     assert "ALFWORLD_DATA" in result.output
 
 
-def test_tasks_prints_keys_in_run_order() -> None:
-    result = runner.invoke(app, ["envs", "tasks", "sciworld", "--split", "seen", "-n", "2"])
+def test_tasks_prints_keys_in_run_order(cli: CliRunner) -> None:
+    result = cli.invoke(app, ["envs", "tasks", "sciworld", "--split", "seen", "-n", "2"])
     assert result.exit_code == 0, result.output
     assert result.output.split() == [
         "scienceworld/test-conductivity-of-unknown-substances[easy]/dev/418",
@@ -46,7 +28,7 @@ def test_tasks_prints_keys_in_run_order() -> None:
     ]
 
 
-def test_play_reads_actions_until_the_task_is_won() -> None:
+def test_play_reads_actions_until_the_task_is_won(cli: CliRunner) -> None:
     args = [
         "envs",
         "play",
@@ -57,21 +39,21 @@ def test_play_reads_actions_until_the_task_is_won() -> None:
         "--params",
         "numLocations=3,includeDoors=0",
     ]
-    result = runner.invoke(app, args, input="look around\n\ntake coin\n")
+    result = cli.invoke(app, args, input="look around\n\ntake coin\n")
     assert result.exit_code == 0, result.output
     assert "Your task is to search the environment and find the coin" in result.output
     assert "You take the coin." in result.output
     assert "success: final score 1.00" in result.output
 
 
-def test_play_stops_at_quit_and_rejects_unknown_tasks() -> None:
-    result = runner.invoke(app, ["envs", "play", "twx", "sorting"], input="quit\n")
+def test_play_stops_at_quit_and_rejects_unknown_tasks(cli: CliRunner) -> None:
+    result = cli.invoke(app, ["envs", "play", "twx", "sorting"], input="quit\n")
     assert result.exit_code == 0 and "step 1" not in result.output
-    bad = runner.invoke(app, ["envs", "play", "twx", "chess"])
+    bad = cli.invoke(app, ["envs", "play", "twx", "chess"])
     assert bad.exit_code != 0 and "unknown TextWorldExpress game 'chess'" in str(bad.exception)
 
 
-def test_gold_writes_trajectories_with_a_summary(tmp_path: Path) -> None:
+def test_gold_writes_trajectories_with_a_summary(cli: CliRunner, tmp_path: Path) -> None:
     out = tmp_path / "gold.jsonl"
     args = [
         "envs",
@@ -86,7 +68,7 @@ def test_gold_writes_trajectories_with_a_summary(tmp_path: Path) -> None:
         "--out",
         str(out),
     ]
-    result = runner.invoke(app, args)
+    result = cli.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "wrote 3 of 3 trajectories" in result.output and "skipped 0" in result.output
     records = [json.loads(line) for line in out.read_text().splitlines()]

@@ -9,13 +9,10 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import structlog
-from qnet_helpers import free_port, synthetic_steps, varied_queries
 from typer.testing import CliRunner
 
 from qlass.cli import app
@@ -24,16 +21,7 @@ from qlass.qnet.client import QNetClient
 from qlass.qnet.scorer import QNetScorer
 from qlass.storage import NewNode, TreeStore
 from qlass.types import TaskSpec
-
-runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_logging() -> Iterator[None]:
-    # the CLI configures structlog onto CliRunner's stderr, which is closed after invoke
-    structlog.reset_defaults()
-    yield
-    structlog.reset_defaults()
+from tests.qnet.qnet_helpers import free_port, synthetic_steps, varied_queries
 
 
 async def _populate(path: Path) -> None:
@@ -64,12 +52,12 @@ async def _populate(path: Path) -> None:
 
 
 def test_train_qnet_from_the_store_records_the_checkpoint(
-    tiny_model_dir: Path, tmp_path: Path
+    cli: CliRunner, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     db = tmp_path / "store.db"
     asyncio.run(_populate(db))
     out = tmp_path / "qnet"
-    result = runner.invoke(
+    result = cli.invoke(
         app,
         [
             "train-qnet",
@@ -105,11 +93,11 @@ def test_train_qnet_from_the_store_records_the_checkpoint(
     assert stored["steps"] == 3 and stored["dev_examples"] == metrics["dev_examples"]
 
 
-def test_train_qnet_from_jsonl(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_train_qnet_from_jsonl(cli: CliRunner, tiny_model_dir: Path, tmp_path: Path) -> None:
     triples = tmp_path / "triples.jsonl"
     write_triples_jsonl(synthetic_steps(4), triples)
     out = tmp_path / "qnet"
-    result = runner.invoke(
+    result = cli.invoke(
         app,
         [
             "train-qnet", "--triples", str(triples), "--base-model", str(tiny_model_dir),
@@ -121,13 +109,11 @@ def test_train_qnet_from_jsonl(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert json.loads((out / "train_metrics.json").read_text())["train_examples"] == 18
 
 
-def test_train_qnet_errors_are_clear(tmp_path: Path) -> None:
-    missing = runner.invoke(app, ["train-qnet", "--triples", str(tmp_path / "none.jsonl")])
+def test_train_qnet_errors_are_clear(cli: CliRunner, tmp_path: Path) -> None:
+    missing = cli.invoke(app, ["train-qnet", "--triples", str(tmp_path / "none.jsonl")])
     assert missing.exit_code != 0
     assert "cannot read triples file" in str(missing.exception)
-    both = runner.invoke(
-        app, ["train-qnet", "--triples", str(tmp_path / "x.jsonl"), "--run", "coin"]
-    )
+    both = cli.invoke(app, ["train-qnet", "--triples", str(tmp_path / "x.jsonl"), "--run", "coin"])
     assert "alternatives" in str(both.exception)
 
 

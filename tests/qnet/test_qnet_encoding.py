@@ -2,7 +2,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from qnet_helpers import make_history
 
 from qlass.chat import value_messages
 from qlass.qnet.encoding import (
@@ -15,6 +14,7 @@ from qlass.qnet.encoding import (
     text_key,
 )
 from qlass.qnet.model import last_token_index, load_tokenizer
+from tests.qnet.qnet_helpers import make_history
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,13 @@ same way when scoring, so a trained QNet reads exactly what it was trained on.""
 from pathlib import Path
 
 import pytest
-from qnet_helpers import make_history
 
 from qlass.qnet.base import ValueQuery
 from qlass.qnet.encoding import render
 from qlass.qnet.model import QNet, load_tokenizer
 from qlass.qnet.scorer import QNetScorer
 from qlass.types import History, Turn
+from tests.qnet.qnet_helpers import make_history
 
 
 def test_render_keeps_the_task_and_the_last_turns(tiny_model_dir: Path) -> None:

@@ -3,11 +3,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from qnet_helpers import varied_queries
 
 from qlass.errors import MissingDataError
 from qlass.qnet.encoding import encode_texts, pad_right, render
 from qlass.qnet.model import QNet, load_tokenizer
+from tests.qnet.qnet_helpers import varied_queries
 
 
 def _encode(directory: Path, count: int = 6) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:

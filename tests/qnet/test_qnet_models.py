@@ -6,13 +6,13 @@ from typing import Any
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from qnet_helpers import make_history, varied_queries
 
 from qlass.errors import ConfigError, UnknownNameError, ValueModelError
 from qlass.qnet import create_value_model
 from qlass.qnet.base import ValueModel, ValueQuery
 from qlass.qnet.constant import ConstantValueModel, RandomValueModel
 from qlass.qnet.judge import LLMJudgeValueModel, judge_messages, parse_rating
+from tests.qnet.qnet_helpers import make_history, varied_queries
 
 
 async def test_constant_model() -> None:
@@ -129,7 +129,7 @@ async def test_judge_over_http(judge_server) -> None:
 
 
 async def test_judge_unreachable_raises(judge_server) -> None:
-    from qnet_helpers import free_port
+    from tests.qnet.qnet_helpers import free_port
 
     judge = LLMJudgeValueModel(
         "openai/judge-model",

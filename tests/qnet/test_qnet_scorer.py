@@ -3,11 +3,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from qnet_helpers import make_history, varied_queries
 
 from qlass.errors import ValueModelError
 from qlass.qnet.base import ValueModel, ValueQuery
 from qlass.qnet.scorer import QNetScorer
+from tests.qnet.qnet_helpers import make_history, varied_queries
 
 
 async def test_batched_scores_equal_one_at_a_time(qnet_dir: Path) -> None:

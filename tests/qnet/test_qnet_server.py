@@ -5,7 +5,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from qnet_helpers import free_port, varied_queries
 
 from qlass.errors import ValueModelError
 from qlass.qnet.base import BaseValueModel, ValueModel, ValueQuery
@@ -14,6 +13,7 @@ from qlass.qnet.registry import create_value_model
 from qlass.qnet.scorer import QNetScorer
 from qlass.qnet.server import create_app
 from qlass.qnet.wrappers import RetryingValueModel
+from tests.qnet.qnet_helpers import free_port, varied_queries
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ import math
 from pathlib import Path
 
 import pytest
-from qnet_helpers import BAD, GOOD, make_history, synthetic_steps
 
 from qlass.errors import TrainingStopped, UserError
 from qlass.qnet._wire import read_triples_jsonl, write_triples_jsonl
@@ -18,6 +17,7 @@ from qlass.qnet.train import (
     train_qnet,
 )
 from qlass.types import LabelledStep
+from tests.qnet.qnet_helpers import BAD, GOOD, make_history, synthetic_steps
 
 
 def test_split_is_by_task_without_leakage() -> None:

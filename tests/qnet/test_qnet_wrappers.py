@@ -6,11 +6,11 @@ import asyncio
 from collections.abc import Sequence
 
 import pytest
-from qnet_helpers import varied_queries
 
 from qlass.errors import ValueModelError
 from qlass.qnet.base import BaseValueModel, ValueQuery
 from qlass.qnet.wrappers import Backoff, ConcurrencyLimitedValueModel, RetryingValueModel
+from tests.qnet.qnet_helpers import varied_queries
 
 
 class Flaky(BaseValueModel):

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import csv
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 from typer.testing import CliRunner
 
 from qlass.cli import app
@@ -16,16 +14,6 @@ from qlass.errors import UnknownNameError
 from qlass.storage import TreeStore
 
 from .demo_run import NEW_STAGE, STRATEGIES, DemoRun, populate, task_key
-
-runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_logging() -> Iterator[None]:
-    # the CLI configures structlog onto CliRunner's stderr, which is closed after invoke
-    structlog.reset_defaults()
-    yield
-    structlog.reset_defaults()
 
 
 def _store(db: Path, run_dir: Path) -> DemoRun:
@@ -36,10 +24,12 @@ def _store(db: Path, run_dir: Path) -> DemoRun:
     return asyncio.run(build())
 
 
-def test_report_writes_tables_and_plots_and_prints_the_folder(tmp_path: Path) -> None:
+def test_report_writes_tables_and_plots_and_prints_the_folder(
+    cli: CliRunner, tmp_path: Path
+) -> None:
     db, out = tmp_path / "store.db", tmp_path / "out"
     _store(db, tmp_path / "runs" / "demo")
-    result = runner.invoke(
+    result = cli.invoke(
         app,
         ["report", "demo", "--db", str(db), "--out", str(out), "--no-qnet"],
         env={"COLUMNS": "250"},
@@ -62,23 +52,23 @@ def test_report_writes_tables_and_plots_and_prints_the_folder(tmp_path: Path) ->
     assert {row["stage"] for row in rows} == {NEW_STAGE}
 
 
-def test_report_defaults_to_the_run_folder(tmp_path: Path) -> None:
+def test_report_defaults_to_the_run_folder(cli: CliRunner, tmp_path: Path) -> None:
     db, run_dir = tmp_path / "store.db", tmp_path / "runs" / "demo"
     _store(db, run_dir)
-    result = runner.invoke(app, ["report", "demo", "--db", str(db), "--no-qnet"])
+    result = cli.invoke(app, ["report", "demo", "--db", str(db), "--no-qnet"])
     assert result.exit_code == 0, result.output
     assert (run_dir / "results.md").exists() and (run_dir / "reward_vs_tokens.png").exists()
 
 
 def test_view_writes_one_tree_and_prints_its_path(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db, run_dir = tmp_path / "store.db", tmp_path / "runs" / "demo"
     demo = _store(db, run_dir)
     opened: list[str] = []
     monkeypatch.setattr("webbrowser.open", opened.append)
     key = task_key(2)
-    result = runner.invoke(
+    result = cli.invoke(
         app, ["view", "demo", "--db", str(db), "--task", key, "--no-scores", "--open"]
     )
     assert result.exit_code == 0, result.output
@@ -90,15 +80,15 @@ def test_view_writes_one_tree_and_prints_its_path(
 
 
 def test_unknown_run_and_missing_store_are_clear_errors(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db = tmp_path / "store.db"
     _store(db, tmp_path / "runs" / "demo")
-    result = runner.invoke(app, ["report", "nope", "--db", str(db)])
+    result = cli.invoke(app, ["report", "nope", "--db", str(db)])
     assert isinstance(result.exception, UnknownNameError)
     assert "no run 'nope'" in str(result.exception) and "demo" in str(result.exception)
     monkeypatch.chdir(tmp_path)  # no runs/demo/qlass.db here
-    result = runner.invoke(app, ["view", "demo"])
+    result = cli.invoke(app, ["view", "demo"])
     assert isinstance(result.exception, UnknownNameError)
     assert "no run 'demo'" in str(result.exception) and "--db" in str(result.exception)
 

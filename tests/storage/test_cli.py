@@ -4,26 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-import structlog
 from typer.testing import CliRunner
 
 from qlass.cli import app
 from qlass.storage import NewNode, TreeStore
 from qlass.types import TaskSpec
-
-runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_logging() -> Iterator[None]:
-    # the CLI configures structlog onto CliRunner's stderr, which is closed after invoke
-    structlog.reset_defaults()
-    yield
-    structlog.reset_defaults()
 
 
 async def _populate(path: Path) -> None:
@@ -49,28 +36,28 @@ async def _populate(path: Path) -> None:
         await store.runs.create("second", config={})
 
 
-def test_db_upgrade_creates_and_is_idempotent(tmp_path: Path) -> None:
+def test_db_upgrade_creates_and_is_idempotent(cli: CliRunner, tmp_path: Path) -> None:
     path = tmp_path / "new" / "store.db"
-    first = runner.invoke(app, ["db", "upgrade", "--db", str(path)])
+    first = cli.invoke(app, ["db", "upgrade", "--db", str(path)])
     assert first.exit_code == 0, first.output
     assert "upgraded" in first.output and "0001" in first.output
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]
     conn.close()
-    second = runner.invoke(app, ["db", "upgrade", "--db", str(path)])
+    second = cli.invoke(app, ["db", "upgrade", "--db", str(path)])
     assert "already at the newest schema" in second.output
-    status = runner.invoke(app, ["db", "status", "--db", str(path)])
+    status = cli.invoke(app, ["db", "status", "--db", str(path)])
     assert "revision 0001, head 0001" in status.output and "up to date" in status.output
 
 
-def test_runs_list_and_show(tmp_path: Path) -> None:
+def test_runs_list_and_show(cli: CliRunner, tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     asyncio.run(_populate(path))
-    listed = runner.invoke(app, ["runs", "list", "--db", str(path)], env={"COLUMNS": "200"})
+    listed = cli.invoke(app, ["runs", "list", "--db", str(path)], env={"COLUMNS": "200"})
     assert listed.exit_code == 0, listed.output
     assert "coin-demo" in listed.output and "second" in listed.output
     assert "0.1.0+gabc" in listed.output
-    shown = runner.invoke(
+    shown = cli.invoke(
         app, ["runs", "show", "coin-demo", "--db", str(path)], env={"COLUMNS": "200"}
     )
     assert shown.exit_code == 0, shown.output
@@ -82,32 +69,32 @@ def test_runs_list_and_show(tmp_path: Path) -> None:
     assert "explore" in out and "env_steps" in out
     assert "/ckpt/qnet" in out
     assert '"gamma": 0.9' in out  # the config
-    by_id = runner.invoke(app, ["runs", "show", "2", "--db", str(path), "--no-config-json"])
+    by_id = cli.invoke(app, ["runs", "show", "2", "--db", str(path), "--no-config-json"])
     assert "run 2: second" in by_id.output
 
 
-def test_read_commands_do_not_create_a_store(tmp_path: Path) -> None:
+def test_read_commands_do_not_create_a_store(cli: CliRunner, tmp_path: Path) -> None:
     path = tmp_path / "absent.db"
-    result = runner.invoke(app, ["runs", "list", "--db", str(path)])
+    result = cli.invoke(app, ["runs", "list", "--db", str(path)])
     assert result.exit_code != 0
     assert "no tree store" in str(result.exception)
     assert not path.exists()
 
 
-def test_unknown_run_names_the_known_ones(tmp_path: Path) -> None:
+def test_unknown_run_names_the_known_ones(cli: CliRunner, tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     asyncio.run(_populate(path))
-    result = runner.invoke(app, ["runs", "show", "nope", "--db", str(path)])
+    result = cli.invoke(app, ["runs", "show", "nope", "--db", str(path)])
     assert result.exit_code != 0
     assert "coin-demo" in str(result.exception) and "second" in str(result.exception)
 
 
-def test_help_texts_explain_the_commands() -> None:
+def test_help_texts_explain_the_commands(cli: CliRunner) -> None:
     for args, phrase in [
         (["db", "--help"], "migrate"),
         (["db", "upgrade", "--help"], "newest schema"),
         (["runs", "--help"], "List the runs"),
         (["runs", "show", "--help"], "label"),
     ]:
-        result = runner.invoke(app, args, env={"COLUMNS": "200"})
+        result = cli.invoke(app, args, env={"COLUMNS": "200"})
         assert result.exit_code == 0 and phrase in result.output, result.output

@@ -1,0 +1,1 @@
+"""QNet tests: model, encoding, training, scorer, server and client, value models."""
