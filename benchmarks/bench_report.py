@@ -34,7 +34,8 @@ from qlass.config import RunConfig
 from qlass.report import build_episode_viewer, build_report, build_viewer, render_viewer
 from qlass.report.scoring import node_queries, score_queries
 from qlass.report.viewer import load_tree_views
-from qlass.storage import NewNode, TreeStore
+from qlass.storage import TreeStore
+from qlass.testing import full_tree, synthetic_node
 from qlass.types import (
     Candidate,
     ScoredCandidate,
@@ -49,32 +50,17 @@ STRATEGIES = ("greedy", "best_of_n:2", "best_of_n:4", "qlass:2", "qlass:4")
 CHAIN = 11  # 1 + 2 + 4 + 8 nodes to depth 3, then 8 chains of 11: 103 nodes per tree
 
 
-def _node(rng: random.Random, depth: int, final: float | None = None) -> NewNode:
-    action = rng.choice(["move north", "move south", "open door", "take coin", "look around"])
-    return NewNode(
-        observation=f"You are in room {rng.randrange(50)}. " * 6,
-        action=action,
-        text=f"Thought: step {depth}, I will {action}.\nAction: {action}",
-        done=final is not None,
-        final_reward=final,
-        prompt_tokens=400 + 40 * depth,
-        completion_tokens=18,
-    )
-
-
 async def _tree(store: TreeStore, task_id: int, rng: random.Random) -> None:
-    root = await store.trees.add_root(
-        task_id, "You are in the kitchen. " * 8, instruction="Find it."
+    level = await full_tree(
+        store,
+        task_id,
+        lambda depth, _path: synthetic_node(rng, depth),
+        observation="You are in the kitchen. " * 8,
+        instruction="Find it.",
     )
-    level = [root]
-    for depth in range(1, 4):
-        nxt = []
-        for parent in level:
-            nxt += await store.trees.add_children(parent.id, [_node(rng, depth), _node(rng, depth)])
-        level = nxt
     for parent in level:
-        chain = [_node(rng, 4 + i) for i in range(CHAIN - 1)]
-        chain.append(_node(rng, 4 + CHAIN, final=rng.choice([0.0, 0.25, 1.0])))
+        chain = [synthetic_node(rng, 4 + i) for i in range(CHAIN - 1)]
+        chain.append(synthetic_node(rng, 4 + CHAIN, final=rng.choice([0.0, 0.25, 1.0])))
         await store.trees.add_path(parent.id, chain)
 
 

@@ -27,9 +27,11 @@ import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 from qlass.storage import NewNode, NodeRecord, TreeStore
+from qlass.testing import full_tree, synthetic_node
 from qlass.types import TaskSpec
 
 CHAINS = (11, 11, 11, 11, 11, 10, 10, 10)  # 1 + 14 + 85 = 100 nodes per tree
@@ -37,36 +39,20 @@ TRAJECTORY = 10
 
 
 def _node(rng: random.Random, depth: int, final: float | None = None) -> NewNode:
-    action = rng.choice(["move north", "move south", "open door", "take coin", "look around"])
-    return NewNode(
-        observation=f"You are in room {rng.randrange(50)}. " * 6,
-        action=action,
-        text=f"Thought: step {depth}, I will {action}.\nAction: {action}",
-        reward=0.0,
-        done=final is not None,
-        final_reward=final,
-        prompt_tokens=400 + 40 * depth,
-        completion_tokens=18,
-        env_time_s=0.002,
-        policy_time_s=0.03,
-    )
+    return replace(synthetic_node(rng, depth, final), env_time_s=0.002, policy_time_s=0.03)
 
 
 async def _build_tree(
     store: TreeStore, task_id: int, rng: random.Random, solvable: bool
 ) -> list[NodeRecord]:
     """Returns the depth-3 nodes (where new branches are attached later)."""
-    root = await store.trees.add_root(
-        task_id, "You are in the kitchen. " * 8, instruction="Find the coin."
+    level = await full_tree(
+        store,
+        task_id,
+        lambda depth, _path: _node(rng, depth),
+        observation="You are in the kitchen. " * 8,
+        instruction="Find the coin.",
     )
-    level = [root]
-    for depth in (1, 2, 3):
-        nxt: list[NodeRecord] = []
-        for parent in level:
-            nxt.extend(
-                await store.trees.add_children(parent.id, [_node(rng, depth), _node(rng, depth)])
-            )
-        level = nxt
     for parent, length in zip(level, CHAINS, strict=True):
         final = 1.0 if solvable and rng.random() < 0.3 else 0.0
         chain = [_node(rng, 4 + k) for k in range(length - 1)] + [_node(rng, 3 + length, final)]
@@ -99,15 +85,7 @@ async def _big_tree(
     (task,) = await store.tasks.add_many(
         run_id, [TaskSpec("textworld_express", "coin", -1, "train")]
     )
-    root = await store.trees.add_root(task.id, "You are in the kitchen.")
-    level = [root]
-    for depth in (1, 2, 3):
-        nxt: list[NodeRecord] = []
-        for parent in level:
-            nxt.extend(
-                await store.trees.add_children(parent.id, [_node(rng, depth), _node(rng, depth)])
-            )
-        level = nxt
+    level = await full_tree(store, task.id, lambda depth, _path: _node(rng, depth))
     built = 15
     while built < size:
         chain = [_node(rng, 4 + k) for k in range(TRAJECTORY - 1)] + [_node(rng, 13, 0.0)]

@@ -17,6 +17,7 @@ from qlass.envs.pool import EnvPool
 from qlass.runtime.context import SearchContext
 from qlass.runtime.explore import ExploreSettings, TreeExplorer
 from qlass.storage import Tree, TreeStore
+from qlass.testing import new_run
 from qlass.types import TaskSpec
 from tests.runtime.toys import Corridor
 
@@ -42,9 +43,9 @@ async def stores(url: str) -> AsyncIterator[list[TreeStore]]:
 
 
 async def _run_with_tasks(store: TreeStore, count: int) -> int:
-    run = await store.runs.create("r", config={}, seed=0)
-    specs = [TaskSpec("corridor", "walk", i, "train") for i in range(count)]
-    await store.tasks.add_many(run.id, specs)
+    run, _ = await new_run(
+        store, "r", [TaskSpec("corridor", "walk", i, "train") for i in range(count)]
+    )
     return run.id
 
 

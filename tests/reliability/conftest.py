@@ -8,32 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from qlass.config import load_config
 from qlass.runtime.pipeline import Pipeline
+from qlass.testing import TINY_BC, tiny_run_config
 
-BC = [
-    "name=bc",
-    "env.games=[coin]",
-    "env.params=numLocations=3,includeDoors=0",
-    "env.train_tasks=6",
-    "env.max_steps=6",
-    "policy.prompt=none",
-    "policy.max_tokens=12",
-    "policy.max_turns_in_prompt=2",
-    "bc.epochs=25",
-    "bc.lr=1e-2",
-    "bc.layers=1",
-    "bc.width=64",
-    "bc.heads=2",
-    "bc.vocab_size=1024",
-    "bc.max_length=512",
-]
+BC = ["name=bc", "env.train_tasks=6", "env.max_steps=6", *TINY_BC]
 
 
 @pytest.fixture(scope="session")
 def bc_policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The directory of a BC policy (the bc stage of a tiny run)."""
-    config = load_config(None, [*BC, f"run_dir={tmp_path_factory.mktemp('bc')}"])
+    config = tiny_run_config(tmp_path_factory.mktemp("bc"), *BC)
 
     async def train() -> Path:
         async with Pipeline(config) as pipeline:

@@ -20,11 +20,12 @@ from typing import Any
 
 import pytest
 
-from qlass.config import RunConfig, load_config
+from qlass.config import RunConfig
 from qlass.envs import registry
 from qlass.envs._jvm import java_child_pids
 from qlass.errors import ValueModelError
 from qlass.runtime.pipeline import Pipeline
+from qlass.testing import tiny_run_config
 from qlass.types import Observation, StepResult, TaskSpec
 from tests.reliability.fault_server import ScorerServer
 
@@ -71,21 +72,16 @@ def _state(pid: int) -> str | None:
 
 
 def _config(tmp_path: Path, *extra: str) -> RunConfig:
-    return load_config(
-        None,
-        [
-            "name=faults",
-            f"run_dir={tmp_path / 'run'}",
-            "env.games=[coin]",
-            "env.params=numLocations=3,includeDoors=0",
-            "env.pool_size=3",
-            "policy.backend=scripted",
-            "policy.prompt=none",
-            "explore.width=2",
-            "explore.min_prune_depth=1",
-            "explore.concurrency=2",
-            *extra,
-        ],
+    return tiny_run_config(
+        tmp_path / "run",
+        "name=faults",
+        "env.pool_size=3",
+        "policy.backend=scripted",
+        "policy.prompt=none",
+        "explore.width=2",
+        "explore.min_prune_depth=1",
+        "explore.concurrency=2",
+        *extra,
     )
 
 

@@ -15,14 +15,15 @@ from qlass.runtime.explore import TreeStats
 from qlass.runtime.scheduler import StopSignal
 from qlass.runtime.workers import WorkerSettings, run_worker
 from qlass.storage import TaskRecord, TreeStore
+from qlass.testing import new_run
 from qlass.types import TaskSpec
 
 
 async def _store(tmp_path: Path, tasks: int) -> tuple[TreeStore, int]:
     store = await TreeStore.open(tmp_path / "w.db")
-    run = await store.runs.create("r", config={}, seed=0)
-    specs = [TaskSpec("corridor", "walk", i, "train") for i in range(tasks)]
-    await store.tasks.add_many(run.id, specs)
+    run, _ = await new_run(
+        store, "r", [TaskSpec("corridor", "walk", i, "train") for i in range(tasks)]
+    )
     return store, run.id
 
 

@@ -5,28 +5,18 @@ from pathlib import Path
 
 import pytest
 
-from qlass.config import load_config
 from qlass.runtime.pipeline import STAGES, Pipeline
 from qlass.storage import minmax_normalize
+from qlass.testing import TINY_BC, tiny_run_config
 
 OVERRIDES = [
     "name=e2e",
-    "env.games=[coin]",
+    *TINY_BC,
     "env.params=numLocations=2,includeDoors=0",
     "env.train_tasks=6",
     "env.eval_tasks=2",
     "env.max_steps=4",
     "env.pool_size=2",
-    "policy.prompt=none",
-    "policy.max_tokens=12",
-    "policy.max_turns_in_prompt=2",
-    "bc.epochs=25",
-    "bc.lr=1e-2",
-    "bc.layers=1",
-    "bc.width=64",
-    "bc.heads=2",
-    "bc.vocab_size=1024",
-    "bc.max_length=512",
     "explore.width=2",
     "explore.max_depth=2",
     "explore.min_prune_depth=1",
@@ -44,7 +34,7 @@ OVERRIDES = [
 @pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory):
     run_dir = tmp_path_factory.mktemp("e2e")
-    return load_config(None, [*OVERRIDES, f"run_dir={run_dir}"])
+    return tiny_run_config(run_dir, *OVERRIDES)
 
 
 async def test_every_stage_runs_and_stores_consistent_results(config) -> None:

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
+from qlass import testing
 from qlass.storage import RunRecord, TaskRecord, TreeStore
-from qlass.types import TaskSpec
 
 
 @pytest.fixture
@@ -92,9 +92,7 @@ async def new_run(
     store: TreeStore, name: str, tasks: int = 1
 ) -> tuple[RunRecord, list[TaskRecord]]:
     """A run named ``name`` with ``tasks`` coin tasks (variations 0..tasks-1)."""
-    run = await store.runs.create(name, config={"name": name}, code_version="test", seed=0)
-    specs = [TaskSpec("textworld_express", "coin", i, "train") for i in range(tasks)]
-    return run, await store.tasks.add_many(run.id, specs, instruction=f"find the coin ({name})")
+    return await testing.new_run(store, name, tasks, instruction=f"find the coin ({name})")
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from qlass.storage import NewNode, TreeStore
+from qlass.testing import full_tree
 from qlass.types import TaskSpec
 
 from .conftest import new_run
@@ -21,21 +22,20 @@ def _node(label: str, **kw: object) -> NewNode:
 
 async def _grow(store: TreeStore, task_id: int, width: int, depth: int, tag: str) -> None:
     """A full ``width``-ary tree of ``depth`` levels; leaves score by their index."""
-    root = await store.trees.add_root(task_id, f"start {tag}", instruction=f"goal {tag}")
-    frontier = [(root.id, "")]
-    for level in range(1, depth + 1):
-        nxt = []
-        for parent, name in frontier:
-            kids = [
-                _node(
-                    f"{tag}{name}.{i}",
-                    final_reward=(i + 1) / width if level == depth else None,
-                )
-                for i in range(width)
-            ]
-            made = await store.trees.add_children(parent, kids)
-            nxt.extend((m.id, f"{name}.{i}") for i, m in enumerate(made))
-        frontier = nxt
+
+    def node(level: int, path: str) -> NewNode:
+        index = int(path.rpartition(".")[2])
+        return _node(f"{tag}{path}", final_reward=(index + 1) / width if level == depth else None)
+
+    await full_tree(
+        store,
+        task_id,
+        node,
+        width=width,
+        depth=depth,
+        observation=f"start {tag}",
+        instruction=f"goal {tag}",
+    )
 
 
 async def test_histories_are_the_real_paths(store: TreeStore) -> None:
