@@ -13,7 +13,19 @@ from dataclasses import dataclass
 from qlass.errors import ActionParseError
 from qlass.types import Candidate, Usage
 
-__all__ = ["ParsedOutput", "candidate_from_text", "format_turn", "parse_output"]
+__all__ = [
+    "INVALID_OBSERVATION",
+    "ParsedOutput",
+    "candidate_from_text",
+    "format_turn",
+    "parse_output",
+]
+
+INVALID_OBSERVATION = (
+    "Invalid format: nothing was done. Reply with 'Thought: <reasoning>' and "
+    "'Action: <one action>'."
+)
+"""What the policy sees after a turn with no parsable action (nothing reached the env)."""
 
 _ACTION = re.compile(r"^[ \t]*action[ \t]*:[ \t]*(?P<action>.*)$", re.IGNORECASE | re.MULTILINE)
 _THOUGHT = re.compile(

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, cast
 from qlass.agent import Agent, StepDecision
 from qlass.envs.base import Env
 from qlass.errors import MissingDependencyError
-from qlass.runtime.episode import INVALID_OBSERVATION
+from qlass.parsing import INVALID_OBSERVATION
 from qlass.types import Candidate, History, ScoredCandidate, TaskSpec, Turn, Usage
 
 try:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from qlass._seeding import derive_seed
+from qlass.parsing import INVALID_OBSERVATION
 from qlass.runtime.context import SearchContext
 from qlass.types import (
     Candidate,
@@ -34,11 +35,6 @@ __all__ = [
     "start_episode",
     "to_trajectory",
 ]
-
-INVALID_OBSERVATION = (
-    "Invalid format: nothing was done. Reply with 'Thought: <reasoning>' and "
-    "'Action: <one action>'."
-)
 
 
 @dataclass(frozen=True, slots=True)
