@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from qlass.runtime import resources
 from qlass.runtime.pipeline import STAGES, Pipeline
 from qlass.storage import minmax_normalize
 from qlass.testing import TINY_BC, tiny_run_config
@@ -28,6 +29,11 @@ OVERRIDES = [
     "qnet.dev_fraction=0.25",
     "search.strategies=[greedy, best_of_n:2, qlass:2]",
     "eval.concurrency=2",
+    "self_train.rounds=2",
+    "self_train.tasks=2",
+    "self_train.strategy=greedy",
+    "self_train.min_score=0",
+    "self_train.epochs=1",
 ]
 
 
@@ -118,3 +124,36 @@ async def test_rerun_skips_finished_stages(config) -> None:
     async with Pipeline(config) as pipeline:
         results = await pipeline.run(STAGES)
     assert all(r.skipped for r in results)
+
+
+async def test_self_training_rounds_train_evaluate_and_reuse_each_rounds_policy(
+    config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two rounds collect, fine-tune and evaluate; a round's evaluated policy collects the
+    next round without being loaded again; a rerun keeps the finished rounds."""
+    async with Pipeline(config) as pipeline:
+        await pipeline.run(STAGES)  # done by the tests above (skipped), unless run alone
+    built: list[str | None] = []
+    build = resources.build_policy
+
+    def counting_build(policy_config, **options):  # type: ignore[no-untyped-def]
+        built.append(policy_config.model)
+        return build(policy_config, **options)
+
+    monkeypatch.setattr(resources, "build_policy", counting_build)
+    async with Pipeline(config) as pipeline:
+        first, second = await pipeline.stage("self_train")
+    assert [r.metrics["round"] for r in (first, second)] == [1, 2]
+    rounds = [config.directory / f"policy-round{k}" for k in (1, 2)]
+    for result, out in zip((first, second), rounds, strict=True):
+        assert result.metrics["model_dir"] == str(out) and (out / "config.json").exists()
+        assert result.metrics["collected"] == 2 and result.metrics["examples"] > 0
+        strategies = [r["strategy"] for r in result.metrics["reports"]]
+        assert strategies == ["greedy", "best_of_n:2", "qlass:2"]
+    # The BC policy (collects round 1), round 1's (evaluated, then collects round 2) and
+    # round 2's: three policies for two rounds.
+    assert built == [str(config.policy_dir), *map(str, rounds)]
+
+    async with Pipeline(config) as pipeline:
+        again = await pipeline.stage("self_train")
+    assert [r.skipped for r in again] == [True, True] and len(built) == 3
