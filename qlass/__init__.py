@@ -28,6 +28,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from qlass import errors as _errors
 from qlass._version import __version__
 
 if TYPE_CHECKING:
@@ -154,6 +155,10 @@ __all__ = [
     "make_strategy",
 ]
 
+# Leaves of the error tree that qlass raises and handles itself (an empty action reaching an
+# env, a prompt too long for a local model's context): not part of the app-facing API.
+_HANDLED_INSIDE = frozenset({"InvalidActionError", "PromptTooLongError"})
+
 _MODULES: dict[str, tuple[str, ...]] = {
     "qlass.agent": ("REACT_SYSTEM_PROMPT", "Agent", "StepDecision", "StrategySpec"),
     "qlass._log": ("configure_logging",),
@@ -163,30 +168,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "qlass.envs.base": ("Env", "EnvPrompt"),
     "qlass.envs.registry": ("create_env", "env_names", "list_tasks"),
     "qlass.envs.callback": ("CallbackEnv", "StepCallback"),
-    # The tree of qlass.errors; its two programming-error leaves (an empty action reaching an
-    # env, a prompt too long for a local model) are caught inside qlass, not by apps.
-    "qlass.errors": (
-        "ActionParseError",
-        "ConfigError",
-        "DatabaseUnavailableError",
-        "EnvCrashedError",
-        "EnvError",
-        "EnvTimeoutError",
-        "MissingDataError",
-        "MissingDependencyError",
-        "PolicyCallError",
-        "PolicyError",
-        "PolicyTimeoutError",
-        "QlassError",
-        "ReplayMismatchError",
-        "RuntimeFailure",
-        "SchemaVersionError",
-        "StoreError",
-        "TrainingStopped",
-        "UnknownNameError",
-        "UserError",
-        "ValueModelError",
-    ),
+    "qlass.errors": tuple(n for n in _errors.__all__ if n not in _HANDLED_INSIDE),
     "qlass.qnet.base": ("BaseValueModel", "ValueModel", "ValueQuery"),
     "qlass.qnet.registry": ("create_value_model",),
     "qlass.runtime.episode": ("StepwiseStrategy",),

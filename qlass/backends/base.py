@@ -3,19 +3,18 @@
 Backends (LiteLLM, local transformers, scripted) implement ``sample``. Cross-cutting
 concerns (request cache, concurrency and rate limits, retries) wrap a backend instead of
 living inside it (:mod:`qlass.backends.wrappers`); a backend steers them through the hooks
-declared by :class:`PolicyHooks` (inherit :class:`BasePolicy` to override them).
+declared by :class:`BasePolicy` (inherit it to override them).
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from qlass.errors import PolicyTimeoutError
 from qlass.types import Candidate, ChatMessage
 
-__all__ = ["BasePolicy", "CallCache", "Policy", "PolicyHooks", "hooks_of"]
+__all__ = ["BasePolicy", "CallCache", "Policy", "hooks_of"]
 
 
 @runtime_checkable
@@ -45,11 +44,13 @@ class Policy(Protocol):
         ...
 
 
-class PolicyHooks:
-    """What the wrappers ask a backend; these defaults suit a backend that declares nothing.
+class BasePolicy:
+    """Optional base of a policy backend: the hooks the wrappers ask, with defaults that
+    suit a backend that declares nothing, and a no-op :meth:`aclose`.
 
-    A backend overrides them by inheriting :class:`BasePolicy`. A policy that does not
-    inherit it gets these answers (see :func:`hooks_of`).
+    A backend implements :class:`Policy` (``model_name``, ``sample``) and overrides the
+    hooks it knows better. A policy that does not inherit this base gets these answers
+    (see :func:`hooks_of`).
     """
 
     def should_retry(self, exc: BaseException) -> bool:
@@ -67,39 +68,16 @@ class PolicyHooks:
         """How many requests a call with ``n`` samples makes (limits count requests)."""
         return 1
 
-
-class BasePolicy(PolicyHooks, ABC):
-    """Base of a policy backend: implement :meth:`sample` and :attr:`model_name`, override
-    the :class:`PolicyHooks` the backend knows better."""
-
-    @property
-    @abstractmethod
-    def model_name(self) -> str:
-        """The model's name as recorded in the DB and reports."""
-
-    @abstractmethod
-    async def sample(
-        self,
-        messages: Sequence[ChatMessage],
-        *,
-        n: int = 1,
-        temperature: float = 0.7,
-        max_tokens: int = 256,
-        stop: Sequence[str] | None = None,
-        seed: int | None = None,
-    ) -> list[Candidate]:
-        """Return ``n`` candidates for the next assistant turn after ``messages``."""
-
     async def aclose(self) -> None:
         """Release connections, threads and models (nothing by default). Idempotent."""
 
 
-_DEFAULT_HOOKS = PolicyHooks()
+_DEFAULT_HOOKS = BasePolicy()
 
 
-def hooks_of(policy: Policy) -> PolicyHooks:
-    """The hooks ``policy`` declares (the defaults for a policy without them)."""
-    return policy if isinstance(policy, PolicyHooks) else _DEFAULT_HOOKS
+def hooks_of(policy: Policy) -> BasePolicy:
+    """The hooks ``policy`` declares (the defaults for a policy without the base)."""
+    return policy if isinstance(policy, BasePolicy) else _DEFAULT_HOOKS
 
 
 @runtime_checkable

@@ -1,8 +1,8 @@
 """Cross-cutting concerns as wrappers around any :class:`~qlass.backends.base.Policy`.
 
 No backend re-implements concurrency limits, rate limits or retries; it declares the hooks
-of :class:`~qlass.backends.base.PolicyHooks` (by inheriting
-:class:`~qlass.backends.base.BasePolicy`) and these wrappers act on them:
+of :class:`~qlass.backends.base.BasePolicy` (by inheriting it) and these wrappers act
+on them:
 
 - ``should_retry(exc) -> bool``: is this failure transient (429, 5xx, timeout, connection)?
   By default only :class:`~qlass.errors.PolicyTimeoutError` is retried.
