@@ -35,9 +35,9 @@ from typing import Any
 
 import structlog
 
+from qlass.chat import policy_messages, value_messages
 from qlass.config import RunConfig
 from qlass.errors import ConfigError, MissingDependencyError, UnknownNameError
-from qlass.prompts import policy_messages, value_messages
 from qlass.report.data import episode_trajectory, pick_label_set, stored_config
 from qlass.storage import EpisodeRecord, LabelSetRecord, TreeStore
 from qlass.types import LabelledStep
@@ -251,13 +251,11 @@ def _episode_row(record: EpisodeRecord, system_prompt: str | None) -> dict[str, 
 
 
 def _system_prompt(config: RunConfig, notes: list[str]) -> str | None:
-    """The policy's system prompt in this run (as the pipeline renders it)."""
-    from qlass.envs.registry import env_prompt
+    """The policy's system prompt in this run (the pipeline's, from the same resolver)."""
+    from qlass.runtime.resources import run_system_prompt
 
-    if config.policy.prompt == "none":
-        return None
     try:
-        return env_prompt(config.env.name).render(with_example=config.policy.prompt == "full")
+        return run_system_prompt(config)
     except UnknownNameError:
         notes.append(f"no prompt for env {config.env.name!r}: the messages have no system")
         return None

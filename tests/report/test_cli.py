@@ -93,16 +93,16 @@ def test_unknown_run_and_missing_store_are_clear_errors(
     assert "no run 'demo'" in str(result.exception) and "--db" in str(result.exception)
 
 
-def test_view_episodes_writes_the_episode_page(tmp_path: Path) -> None:
+def test_view_episodes_writes_the_episode_page(cli: CliRunner, tmp_path: Path) -> None:
     db, run_dir = tmp_path / "store.db", tmp_path / "runs" / "demo"
     _store(db, run_dir)
-    result = runner.invoke(app, ["view", "demo", "--db", str(db), "--episodes"])
+    result = cli.invoke(app, ["view", "demo", "--db", str(db), "--episodes"])
     assert result.exit_code == 0, result.output
     path = run_dir / "episodes.html"
     assert result.output.strip().splitlines()[-1] == str(path)
     assert f"10 episode(s) of 2 task(s), stage {NEW_STAGE}" in result.output
     assert '<template id="episode-' in path.read_text()
-    result = runner.invoke(
+    result = cli.invoke(
         app, ["view", "demo", "--db", str(db), "--episodes", "--stage", "eval:nope"]
     )
     assert isinstance(result.exception, UnknownNameError)

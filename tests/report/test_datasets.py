@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from qlass.chat import value_messages
 from qlass.cli import app
 from qlass.envs.gold import export_gold
 from qlass.envs.registry import env_prompt, list_tasks
 from qlass.errors import MissingDependencyError
-from qlass.prompts import value_messages
 from qlass.report.datasets import export_datasets
 from qlass.storage import TreeStore, trajectory_from_json
 
@@ -134,7 +134,9 @@ async def test_missing_datasets_package_is_a_clear_error(
     assert not (stored.run_dir / "datasets").exists()
 
 
-def test_cli_export_prints_what_it_wrote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_export_prints_what_it_wrote(
+    cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     db, run_dir = tmp_path / "store.db", tmp_path / "runs" / "demo"
 
     async def build() -> None:
@@ -142,11 +144,10 @@ def test_cli_export_prints_what_it_wrote(tmp_path: Path, monkeypatch: pytest.Mon
             await populate(store, run_dir)
 
     asyncio.run(build())
-    runner = CliRunner()
-    result = runner.invoke(app, ["export", "demo", "--db", str(db)])
+    result = cli.invoke(app, ["export", "demo", "--db", str(db)])
     assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines()[-1] == str(run_dir / "datasets")
     assert "triples: 15 rows" in result.output and "episodes: 14 rows" in result.output
     monkeypatch.setitem(sys.modules, "datasets", None)
-    result = runner.invoke(app, ["export", "demo", "--db", str(db)])
+    result = cli.invoke(app, ["export", "demo", "--db", str(db)])
     assert isinstance(result.exception, MissingDependencyError)

@@ -14,12 +14,13 @@ import pytest
 
 from qlass.backends.scripted import ScriptedPolicy
 from qlass.config import RunConfig
+from qlass.envs.pool import EnvPool
 from qlass.errors import UnknownNameError
 from qlass.report import build_episode_viewer
 from qlass.report.episodes import default_pair
 from qlass.report.tables import result_rows
 from qlass.report.templating import number
-from qlass.runtime.context import SearchContext, SingleEnvProvider
+from qlass.runtime.context import SearchContext
 from qlass.runtime.evaluate import evaluate_strategy
 from qlass.runtime.strategies import make_strategy
 from qlass.storage import EpisodeRecord, TreeStore, trajectory_from_json
@@ -139,7 +140,7 @@ async def test_episodes_played_by_the_real_strategies_show_what_they_considered(
     policy = ScriptedPolicy(texts=["Thought: go\nAction: move right", "Action: move left"])
     value = FunctionValueModel(lambda text: 0.75 if "right" in text else 0.25)
     ctx = SearchContext(
-        policy=policy, envs=SingleEnvProvider(Corridor(2)), value_model=value, max_steps=4
+        policy=policy, envs=EnvPool.around(Corridor(2)), value_model=value, max_steps=4
     )
     config = RunConfig(name="played", run_dir=tmp_path)
     async with await TreeStore.open(tmp_path / "qlass.db") as store:

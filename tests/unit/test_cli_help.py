@@ -18,8 +18,6 @@ from typer.testing import CliRunner
 
 from qlass.cli import app
 
-runner = CliRunner()
-
 
 def _command_paths(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
     # typer 0.26+ builds its commands on its own copy of click: groups are found by duck type.
@@ -36,15 +34,15 @@ def test_every_command_group_is_walked() -> None:
 
 
 @pytest.mark.parametrize("path", COMMANDS, ids=lambda path: " ".join(path) or "qlass")
-def test_help_shows_no_angle_bracket_types(path: tuple[str, ...]) -> None:
-    result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+def test_help_shows_no_angle_bracket_types(cli: CliRunner, path: tuple[str, ...]) -> None:
+    result = cli.invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "<bool>" not in result.output
     assert not re.search(r"<(str|int|float|path|file|bool|list\[\w+\])>", result.output)
 
 
-def test_flags_show_no_type_and_values_show_click_names() -> None:
-    result = runner.invoke(app, ["demo", "--help"], env={"COLUMNS": "200"})
+def test_flags_show_no_type_and_values_show_click_names(cli: CliRunner) -> None:
+    result = cli.invoke(app, ["demo", "--help"], env={"COLUMNS": "200"})
     lines = {line.split()[1]: line for line in result.output.splitlines() if "│ --" in line}
     assert lines["--quick"].split()[2] == "A"  # flag: its help text follows the name
     assert "TEXT" in lines["--env"].split()
@@ -57,6 +55,8 @@ def test_flags_show_no_type_and_values_show_click_names() -> None:
         (("export",), "pip install 'qlass[datasets]'"),
     ],
 )
-def test_square_brackets_in_help_are_text_not_rich_markup(path: tuple[str, ...], text: str) -> None:
-    result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "250"})
+def test_square_brackets_in_help_are_text_not_rich_markup(
+    cli: CliRunner, path: tuple[str, ...], text: str
+) -> None:
+    result = cli.invoke(app, [*path, "--help"], env={"COLUMNS": "250"})
     assert text in result.output

@@ -3,6 +3,7 @@ import re
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from qlass.config import RunConfig, apply_overrides, env_overrides, load_config
 from qlass.errors import ConfigError
@@ -117,25 +118,22 @@ def test_a_bad_value_from_the_environment_names_the_variable() -> None:
         load_config(None, environ={"QLASS_EXPLORE__WIDTH": "0"})
 
 
-def test_config_show_lists_what_came_from_the_environment() -> None:
-    from typer.testing import CliRunner
-
+def test_config_show_lists_what_came_from_the_environment(cli: CliRunner) -> None:
     from qlass.cli import app
 
-    runner = CliRunner()
     env = {"QLASS_EXPLORE__WIDTH": "3", "QLASS_LABELS__GAMMA": "0.5"}
-    result = runner.invoke(app, ["config", "show"], env=env)
+    result = cli.invoke(app, ["config", "show"], env=env)
     assert result.exit_code == 0, result.output
     shown = json.loads(result.stdout)
     assert (shown["explore"]["width"], shown["labels"]["gamma"]) == (3, 0.5)
     assert "from the environment: explore.width (QLASS_EXPLORE__WIDTH)\n" in result.stderr
     assert "from the environment: labels.gamma (QLASS_LABELS__GAMMA)\n" in result.stderr
-    result = runner.invoke(app, ["config", "show", "--set", "explore.width=5"], env=env)
+    result = cli.invoke(app, ["config", "show", "--set", "explore.width=5"], env=env)
     assert json.loads(result.stdout)["explore"]["width"] == 5
     assert "explore.width (QLASS_EXPLORE__WIDTH) (overridden on the command line)" in (
         result.stderr
     )
-    result = runner.invoke(app, ["config", "show"], env={"QLASS_EXPLORE__WIDHT": "3"})
+    result = cli.invoke(app, ["config", "show"], env={"QLASS_EXPLORE__WIDHT": "3"})
     assert isinstance(result.exception, ConfigError)
     assert "QLASS_EXPLORE__WIDHT" in str(result.exception)
 
