@@ -36,7 +36,14 @@ async def evaluate(
     config = ctx.config
     split = split or config.eval.split
     names = list(strategies or config.search.strategies)
-    parsed = [make_strategy(name, temperature=config.search.temperature) for name in names]
+    parsed = [
+        make_strategy(
+            name,
+            temperature=config.search.temperature,
+            resample_rounds=config.search.resample_rounds,
+        )
+        for name in names
+    ]
     needs_value = any(s.needs_value for s in parsed)
     tasks = list(tasks) if tasks is not None else await ctx.tasks(split, config.env.eval_tasks)
     policy = policy or await ctx.resources.policy()
