@@ -45,6 +45,7 @@ __all__ = [
     "default_pairs",
     "parse_pair",
     "render_markdown",
+    "summarise_episodes",
     "summarise_study",
     "write_study_report",
 ]
@@ -135,7 +136,14 @@ Cells = dict[str, dict[int, dict[str, EpisodeRecord]]]
 """strategy -> seed -> task key -> episode."""
 
 
-async def _load_cells(store: TreeStore, name: str) -> tuple[Cells, tuple[int, ...], str, list[str]]:
+def _add_cells(cells: Cells, seed: int, episodes: Sequence[EpisodeRecord]) -> None:
+    for episode in episodes:
+        cells.setdefault(episode.strategy, {}).setdefault(seed, {})[episode.task_key] = episode
+
+
+async def _study_cells(
+    store: TreeStore, name: str
+) -> tuple[Cells, tuple[int, ...], str, list[str]]:
     study = await store.studies.get(name)
     cells: Cells = {}
     notes: list[str] = []
@@ -154,10 +162,7 @@ async def _load_cells(store: TreeStore, name: str) -> tuple[Cells, tuple[int, ..
             continue
         seeds.append(member.seed)
         split = episodes[0].split
-        for episode in episodes:
-            cells.setdefault(episode.strategy, {}).setdefault(member.seed, {})[episode.task_key] = (
-                episode
-            )
+        _add_cells(cells, member.seed, episodes)
     return cells, tuple(seeds), split, notes
 
 
@@ -217,7 +222,44 @@ async def summarise_study(
     Raises:
         UnknownNameError: no such study.
     """
-    cells, seeds, split, notes = await _load_cells(store, name)
+    cells, seeds, split, notes = await _study_cells(store, name)
+    return _summarise(
+        name, cells, seeds, split, notes, pairs=pairs, level=level, resamples=resamples, seed=seed
+    )
+
+
+def summarise_episodes(
+    name: str,
+    seed: int,
+    episodes: Sequence[EpisodeRecord],
+    *,
+    pairs: Sequence[tuple[str, str]] | None = None,
+    level: float = DEFAULT_LEVEL,
+    resamples: int = DEFAULT_RESAMPLES,
+) -> StudySummary:
+    """The same summary for one run's evaluation episodes (a study of one seed): intervals
+    over tasks only, paired differences on the same tasks."""
+    cells: Cells = {}
+    _add_cells(cells, seed, episodes)
+    split = episodes[0].split if episodes else "dev"
+    seeds = (seed,) if episodes else ()
+    return _summarise(
+        name, cells, seeds, split, [], pairs=pairs, level=level, resamples=resamples, seed=0
+    )
+
+
+def _summarise(
+    name: str,
+    cells: Cells,
+    seeds: tuple[int, ...],
+    split: str,
+    notes: list[str],
+    *,
+    pairs: Sequence[tuple[str, str]] | None,
+    level: float,
+    resamples: int,
+    seed: int,
+) -> StudySummary:
     strategies, tasks = _common(cells, seeds, notes) if seeds else ([], [])
     if not tasks:
         return StudySummary(name, seeds, 0, split, (), (), level, resamples, tuple(notes))
