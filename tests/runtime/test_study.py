@@ -155,3 +155,19 @@ def test_study_show_prints_and_writes_the_tables(base: RunConfig, tmp_path: Path
         app, ["study", "show", base.name, "--db", base.store_url, "--compare", "nonsense"]
     )
     assert bad.exit_code != 0
+
+
+def test_study_run_command_resumes_the_study_and_prints_its_tables(base: RunConfig) -> None:
+    """The seeds' stages are done (earlier tests), so the command only resumes and reports."""
+    sets = [item for o in [*OVERRIDES, f"run_dir={base.directory}"] for item in ("--set", o)]
+    result = CliRunner().invoke(
+        app,
+        ["study", "run", *sets, "--seed-list", "0,1", "--stages", ",".join(STAGES)],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    assert "paired differences" in result.output
+    assert "best_of_n:2 - greedy" in result.output
+    assert (base.directory / STUDY_MD).exists()
+    bad = CliRunner().invoke(app, ["study", "run", *sets, "--stages", "gold,nope"])
+    assert bad.exit_code != 0 and "unknown stage 'nope'" in bad.output
