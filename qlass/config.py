@@ -190,6 +190,11 @@ class QNetConfig(_Section):
         None, ge=0, description="history turns the QNet reads (None: all, as in the paper)"
     )
     dev_fraction: float = Field(0.1, ge=0, lt=1, description="tasks held out for dev MSE")
+    rank_weight: float = Field(
+        0.0,
+        ge=0,
+        description="weight of a sibling ranking loss added to MSE (0: the paper's MSE only)",
+    )
     max_batch: int = Field(32, ge=1, description="scorer micro-batch size")
 
 

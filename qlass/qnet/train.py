@@ -21,7 +21,7 @@ import os
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,12 +45,15 @@ __all__ = [
     "LabelledStepDataset",
     "ProgressFn",
     "QNetCollator",
+    "SiblingGroupSampler",
     "TaskSplit",
     "TrainResult",
     "TrainSettings",
     "qnet_train_settings",
     "regression_metrics",
     "sibling_accuracy",
+    "sibling_groups",
+    "sibling_margin_loss",
     "spearman",
     "split_by_task",
     "train_qnet",
@@ -73,6 +76,8 @@ class TrainSettings:
     sequences per device per forward pass. ``max_steps`` (if set) overrides ``epochs``.
     ``bf16=None`` means bf16 mixed precision exactly when a bf16-capable GPU is used.
     ``save_steps`` writes resumable Trainer checkpoints under ``output_dir`` (off by default).
+    ``rank_weight`` > 0 adds :func:`sibling_margin_loss` to the paper's MSE, with the
+    candidates of one state kept together in training batches.
     """
 
     output_dir: Path
@@ -95,6 +100,7 @@ class TrainSettings:
     dataloader_workers: int = 0
     use_cpu: bool = False
     eval_before: bool = True
+    rank_weight: float = 0.0
 
 
 def qnet_train_settings(config: RunConfig, **overrides: Any) -> TrainSettings:
@@ -111,6 +117,7 @@ def qnet_train_settings(config: RunConfig, **overrides: Any) -> TrainSettings:
         "max_length": q.max_length,
         "max_turns": q.max_turns,
         "dev_fraction": q.dev_fraction,
+        "rank_weight": q.rank_weight,
         "seed": config.seed,
     }
     return TrainSettings(**(settings | overrides))
@@ -203,8 +210,17 @@ def regression_metrics(predictions: Any, labels: Any) -> dict[str, float]:
     return {"mse": float(np.mean((pred - gold) ** 2)), "spearman": spearman(pred, gold)}
 
 
+def sibling_groups(steps: Sequence[LabelledStep]) -> list[int]:
+    """A group number per step: steps of one state (same tree, same history) share one."""
+    numbers: dict[tuple[int, Any], int] = {}
+    return [numbers.setdefault((s.tree_id, s.history), len(numbers)) for s in steps]
+
+
 class LabelledStepDataset(Dataset[dict[str, Any]]):
-    """Renders and tokenizes each labelled step on access (no whole-set token copy in RAM)."""
+    """Renders and tokenizes each labelled step on access (no whole-set token copy in RAM).
+
+    With ``with_groups``, each item also carries its sibling group (:func:`sibling_groups`).
+    """
 
     def __init__(
         self,
@@ -212,11 +228,14 @@ class LabelledStepDataset(Dataset[dict[str, Any]]):
         tokenizer: Any,
         max_length: int,
         max_turns: int | None = None,
+        *,
+        with_groups: bool = False,
     ) -> None:
         self.steps = list(steps)
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.max_turns = max_turns
+        self.groups = sibling_groups(self.steps) if with_groups else None
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -225,7 +244,10 @@ class LabelledStepDataset(Dataset[dict[str, Any]]):
         step = self.steps[index]
         text = render(self.tokenizer, step.history, step.candidate_text, self.max_turns)
         (ids,) = encode_texts(self.tokenizer, [text], self.max_length)
-        return {"input_ids": ids, "labels": step.q}
+        item: dict[str, Any] = {"input_ids": ids, "labels": step.q}
+        if self.groups is not None:
+            item["groups"] = self.groups[index]
+        return item
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +259,87 @@ class QNetCollator:
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         input_ids, mask = pad_right([f["input_ids"] for f in features], self.pad_id)
         labels = torch.tensor([float(f["labels"]) for f in features], dtype=torch.float32)
-        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+        batch = {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+        if "groups" in features[0]:
+            batch["groups"] = torch.tensor([int(f["groups"]) for f in features])
+        return batch
+
+
+def sibling_margin_loss(
+    values: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor
+) -> torch.Tensor:
+    """Mean hinge loss over the ordered sibling pairs of a batch.
+
+    For candidates ``i``, ``j`` of one state with ``q_i > q_j``, the loss is
+    ``max(0, (q_i - q_j) - (v_i - v_j))``: the predicted gap must be at least the label gap,
+    which is what the arg-max of Q-guided search needs (MSE alone lets a model predict the
+    state's value for every candidate). Zero when the batch holds no such pair.
+    """
+    same = groups[:, None] == groups[None, :]
+    gap = labels[:, None] - labels[None, :]
+    pairs = same & (gap > 1e-6)
+    if not bool(pairs.any()):
+        return values.sum() * 0.0
+    shortfall = gap - (values[:, None] - values[None, :])
+    return torch.relu(shortfall)[pairs].mean()
+
+
+class SiblingGroupSampler(torch.utils.data.Sampler[int]):
+    """Training order with the candidates of one state next to each other: groups in a
+    seeded random order (a new one each epoch), so most sibling pairs share a batch."""
+
+    def __init__(self, groups: Sequence[int], seed: int) -> None:
+        members: dict[int, list[int]] = defaultdict(list)
+        for index, group in enumerate(groups):
+            members[group].append(index)
+        self._members = list(members.values())
+        self._seed = seed
+        self._epoch = 0
+        self._length = len(groups)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[int]:
+        order = list(range(len(self._members)))
+        random.Random(self._seed * 1_000_003 + self._epoch).shuffle(order)
+        self._epoch += 1
+        for group in order:
+            yield from self._members[group]
+
+
+class _RankingTrainer(Trainer):
+    """The Trainer with MSE + ``rank_weight`` x :func:`sibling_margin_loss`."""
+
+    def __init__(self, *args: Any, rank_weight: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rank_weight = rank_weight
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        groups = getattr(dataset, "groups", None)
+        if groups is None:
+            return super()._get_train_sampler(train_dataset)
+        return SiblingGroupSampler(groups, self.args.seed)
+
+    def compute_loss(
+        self,
+        model: Any,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        groups = inputs.pop("groups", None)
+        outputs = model(**inputs)
+        loss = outputs.loss
+        if groups is not None and loss is not None:
+            ranking = sibling_margin_loss(
+                outputs.value,
+                inputs["labels"].to(outputs.value.device),
+                groups.to(outputs.value.device),
+            )
+            loss = loss + self.rank_weight * ranking
+        return (loss, outputs) if return_outputs else loss
 
 
 class _ProgressCallback(TrainerCallback):
@@ -397,11 +499,15 @@ def train_qnet(
     dev_set = (
         LabelledStepDataset(split.dev, tokenizer, qnet.max_length, window) if split.dev else None
     )
-    trainer = Trainer(
+    ranking = settings.rank_weight > 0
+    trainer = _RankingTrainer(
         model=qnet,
+        rank_weight=settings.rank_weight,
         args=_training_arguments(settings, quiet=progress is not None),
         data_collator=QNetCollator(tokenizer.pad_token_id),
-        train_dataset=LabelledStepDataset(split.train, tokenizer, qnet.max_length, window),
+        train_dataset=LabelledStepDataset(
+            split.train, tokenizer, qnet.max_length, window, with_groups=ranking
+        ),
         eval_dataset=dev_set,
         compute_metrics=functools.partial(
             _compute_metrics, states=[(step.tree_id, step.history) for step in split.dev]
