@@ -21,7 +21,7 @@ import os
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,12 +30,13 @@ import numpy as np
 import structlog
 import torch
 from torch.utils.data import Dataset
-from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers import PrinterCallback, TrainerCallback, TrainingArguments
 
 from qlass._training import StopCallback
 from qlass.errors import TrainingStopped, UserError
 from qlass.qnet.encoding import encode_texts, ensure_chat_template, pad_right, render
 from qlass.qnet.model import CONFIG_FILE, QNet, load_tokenizer
+from qlass.qnet.ranking import RankingTrainer, sibling_groups
 from qlass.types import LabelledStep
 
 if TYPE_CHECKING:
@@ -45,15 +46,12 @@ __all__ = [
     "LabelledStepDataset",
     "ProgressFn",
     "QNetCollator",
-    "SiblingGroupSampler",
     "TaskSplit",
     "TrainResult",
     "TrainSettings",
     "qnet_train_settings",
     "regression_metrics",
     "sibling_accuracy",
-    "sibling_groups",
-    "sibling_margin_loss",
     "spearman",
     "split_by_task",
     "train_qnet",
@@ -76,7 +74,7 @@ class TrainSettings:
     sequences per device per forward pass. ``max_steps`` (if set) overrides ``epochs``.
     ``bf16=None`` means bf16 mixed precision exactly when a bf16-capable GPU is used.
     ``save_steps`` writes resumable Trainer checkpoints under ``output_dir`` (off by default).
-    ``rank_weight`` > 0 adds :func:`sibling_margin_loss` to the paper's MSE, with the
+    ``rank_weight`` > 0 adds :func:`~qlass.qnet.ranking.sibling_margin_loss` to the paper's MSE, with the
     candidates of one state kept together in training batches.
     """
 
@@ -210,16 +208,10 @@ def regression_metrics(predictions: Any, labels: Any) -> dict[str, float]:
     return {"mse": float(np.mean((pred - gold) ** 2)), "spearman": spearman(pred, gold)}
 
 
-def sibling_groups(steps: Sequence[LabelledStep]) -> list[int]:
-    """A group number per step: steps of one state (same tree, same history) share one."""
-    numbers: dict[tuple[int, Any], int] = {}
-    return [numbers.setdefault((s.tree_id, s.history), len(numbers)) for s in steps]
-
-
 class LabelledStepDataset(Dataset[dict[str, Any]]):
     """Renders and tokenizes each labelled step on access (no whole-set token copy in RAM).
 
-    With ``with_groups``, each item also carries its sibling group (:func:`sibling_groups`).
+    With ``with_groups``, each item also carries its sibling group (:func:`~qlass.qnet.ranking.sibling_groups`).
     """
 
     def __init__(
@@ -263,83 +255,6 @@ class QNetCollator:
         if "groups" in features[0]:
             batch["groups"] = torch.tensor([int(f["groups"]) for f in features])
         return batch
-
-
-def sibling_margin_loss(
-    values: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor
-) -> torch.Tensor:
-    """Mean hinge loss over the ordered sibling pairs of a batch.
-
-    For candidates ``i``, ``j`` of one state with ``q_i > q_j``, the loss is
-    ``max(0, (q_i - q_j) - (v_i - v_j))``: the predicted gap must be at least the label gap,
-    which is what the arg-max of Q-guided search needs (MSE alone lets a model predict the
-    state's value for every candidate). Zero when the batch holds no such pair.
-    """
-    same = groups[:, None] == groups[None, :]
-    gap = labels[:, None] - labels[None, :]
-    pairs = same & (gap > 1e-6)
-    if not bool(pairs.any()):
-        return values.sum() * 0.0
-    shortfall = gap - (values[:, None] - values[None, :])
-    return torch.relu(shortfall)[pairs].mean()
-
-
-class SiblingGroupSampler(torch.utils.data.Sampler[int]):
-    """Training order with the candidates of one state next to each other: groups in a
-    seeded random order (a new one each epoch), so most sibling pairs share a batch."""
-
-    def __init__(self, groups: Sequence[int], seed: int) -> None:
-        members: dict[int, list[int]] = defaultdict(list)
-        for index, group in enumerate(groups):
-            members[group].append(index)
-        self._members = list(members.values())
-        self._seed = seed
-        self._epoch = 0
-        self._length = len(groups)
-
-    def __len__(self) -> int:
-        return self._length
-
-    def __iter__(self) -> Iterator[int]:
-        order = list(range(len(self._members)))
-        random.Random(self._seed * 1_000_003 + self._epoch).shuffle(order)
-        self._epoch += 1
-        for group in order:
-            yield from self._members[group]
-
-
-class _RankingTrainer(Trainer):
-    """The Trainer with MSE + ``rank_weight`` x :func:`sibling_margin_loss`."""
-
-    def __init__(self, *args: Any, rank_weight: float, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.rank_weight = rank_weight
-
-    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
-        groups = getattr(dataset, "groups", None)
-        if groups is None:
-            return super()._get_train_sampler(train_dataset)
-        return SiblingGroupSampler(groups, self.args.seed)
-
-    def compute_loss(
-        self,
-        model: Any,
-        inputs: dict[str, Any],
-        return_outputs: bool = False,
-        num_items_in_batch: Any = None,
-    ) -> Any:
-        groups = inputs.pop("groups", None)
-        outputs = model(**inputs)
-        loss = outputs.loss
-        if groups is not None and loss is not None:
-            ranking = sibling_margin_loss(
-                outputs.value,
-                inputs["labels"].to(outputs.value.device),
-                groups.to(outputs.value.device),
-            )
-            loss = loss + self.rank_weight * ranking
-        return (loss, outputs) if return_outputs else loss
 
 
 class _ProgressCallback(TrainerCallback):
@@ -500,7 +415,7 @@ def train_qnet(
         LabelledStepDataset(split.dev, tokenizer, qnet.max_length, window) if split.dev else None
     )
     ranking = settings.rank_weight > 0
-    trainer = _RankingTrainer(
+    trainer = RankingTrainer(
         model=qnet,
         rank_weight=settings.rank_weight,
         args=_training_arguments(settings, quiet=progress is not None),

@@ -159,7 +159,7 @@ def test_a_stop_request_ends_training_early_and_saves_nothing(
 def test_sibling_margin_loss_counts_ordered_pairs_of_one_state_only() -> None:
     import torch
 
-    from qlass.qnet.train import sibling_margin_loss
+    from qlass.qnet.ranking import sibling_margin_loss
 
     values = torch.tensor([0.2, 0.5, 0.9, 0.1])
     labels = torch.tensor([1.0, 0.0, 0.4, 0.3])
@@ -172,7 +172,7 @@ def test_sibling_margin_loss_counts_ordered_pairs_of_one_state_only() -> None:
 
 
 def test_sibling_group_sampler_keeps_groups_together_and_reshuffles() -> None:
-    from qlass.qnet.train import SiblingGroupSampler, sibling_groups
+    from qlass.qnet.ranking import SiblingGroupSampler, sibling_groups
 
     steps = synthetic_steps(4)
     groups = sibling_groups(steps)
