@@ -75,7 +75,7 @@ def register(app: typer.Typer) -> None:
         ) -> tuple[list[StageResult], ReportResult | None, list[Path], StudySummary | None]:
             from qlass.report.generate import build_episode_viewer, build_report, build_viewer
             from qlass.report.study import summarise_episodes, write_study_report
-            from qlass.runtime.study import eval_stage_label
+            from qlass.runtime.stages.evaluation import eval_stage_label
 
             results = await pipeline.run()
             if pipeline.stop.requested:

@@ -29,9 +29,10 @@ from qlass.runtime.pipeline import Pipeline
 from qlass.runtime.progress import NullProgress, Progress
 from qlass.runtime.scheduler import StopSignal
 from qlass.runtime.stages import DEPENDS, FROZEN, OPTIONAL_STAGES, STAGES
+from qlass.runtime.stages.evaluation import eval_stage_label
 from qlass.storage import StudyRecord, TreeStore
 
-__all__ = ["StudyResult", "StudyRunner", "eval_stage_label", "member_config", "seed_list"]
+__all__ = ["StudyResult", "StudyRunner", "member_config", "seed_list"]
 
 log = structlog.get_logger(__name__)
 
@@ -55,12 +56,6 @@ def member_config(base: RunConfig, seed: int) -> RunConfig:
             "store": StoreConfig(url=base.store_url).model_dump(mode="json"),
         }
     )
-
-
-def eval_stage_label(config: RunConfig) -> str:
-    """The stage label of a run's evaluation episodes (as the pipeline's eval stage
-    stores them): split and the fingerprint of every section evaluation depends on."""
-    return f"eval:{config.eval.split}:{config.section_fingerprint(*DEPENDS['eval'])}"
 
 
 @dataclass(frozen=True, slots=True)

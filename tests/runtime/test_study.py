@@ -15,7 +15,8 @@ from qlass.config import RunConfig, load_config
 from qlass.errors import ConfigError
 from qlass.report.stats import grid_interval
 from qlass.report.study import STUDY_MD, STUDY_PNG, summarise_study, write_study_report
-from qlass.runtime.study import StudyRunner, eval_stage_label, member_config, seed_list
+from qlass.runtime.stages.evaluation import eval_stage_label
+from qlass.runtime.study import StudyRunner, member_config, seed_list
 from qlass.storage import TreeStore
 
 OVERRIDES = [
