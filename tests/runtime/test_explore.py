@@ -182,7 +182,7 @@ async def test_duplicate_samples_are_kept_merged_or_resampled(
     (task,) = await store.tasks.add_many(run.id, [TASK])
     policy = _FirstCallRepeats()
     ctx = SearchContext(
-        policy=CachedPolicy(policy, store.call_cache), envs=SingleEnvProvider(Corridor(3))
+        policy=CachedPolicy(policy, store.call_cache), envs=EnvPool.around(Corridor(3))
     )
     settings = replace(SETTINGS, duplicate_actions=mode)  # type: ignore[arg-type]
     stats = await TreeExplorer(store, ctx, settings, seed=0).explore(task)
