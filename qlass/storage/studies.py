@@ -9,6 +9,7 @@ from sqlalchemy import select, update
 
 from qlass.errors import ConfigError, UnknownNameError
 from qlass.storage._db import Database, record, upsert
+from qlass.storage.engine import safe_url
 from qlass.storage.models import Run, Study, StudyRun, table, utcnow
 from qlass.storage.records import StudyMemberRecord, StudyRecord
 
@@ -105,7 +106,14 @@ class StudyRepository:
                 update(_STUDIES).where(_STUDIES.c.id == study_id).values(**values)
             )
             if result.rowcount == 0:  # type: ignore[attr-defined]
-                raise UnknownNameError(f"no study with id {study_id}")
+                # Say which store and what it holds: an id missing from the store the
+                # caller created it in means the caller opened another database.
+                names = await session.scalars(select(_STUDIES.c.name).order_by(_STUDIES.c.id))
+                known = ", ".join(names) or "none"
+                raise UnknownNameError(
+                    f"no study with id {study_id} in {safe_url(self._db.engine.url)} "
+                    f"(studies: {known})"
+                )
 
     async def set_member(self, study_id: int, seed: int, run_id: int, eval_stage: str) -> None:
         """Record (or update) the run of ``seed`` and the stage of its evaluation episodes."""

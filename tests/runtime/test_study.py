@@ -4,7 +4,9 @@ one store, then the summary checked against the stored episodes and recomputed i
 from __future__ import annotations
 
 import asyncio
+import functools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +17,8 @@ from qlass.config import RunConfig, load_config
 from qlass.errors import ConfigError
 from qlass.report.stats import grid_interval
 from qlass.report.study import STUDY_MD, STUDY_PNG, summarise_study, write_study_report
+from qlass.runtime.progress import NullProgress, ProgressBar
+from qlass.runtime.scheduler import StopSignal
 from qlass.runtime.stages.evaluation import eval_stage_label
 from qlass.runtime.study import StudyRunner, member_config, seed_list
 from qlass.storage import TreeStore
@@ -172,3 +176,49 @@ def test_study_run_command_resumes_the_study_and_prints_its_tables(base: RunConf
     assert (base.directory / STUDY_MD).exists()
     bad = CliRunner().invoke(app, ["study", "run", *sets, "--stages", "gold,nope"])
     assert bad.exit_code != 0 and "unknown stage 'nope'" in bad.output
+
+
+class _StopWhenTrainingStarts(NullProgress):
+    """Requests a stop (through the loop, as a signal handler would) at the first progress
+    report of the bar named ``description``."""
+
+    def __init__(self, stop: StopSignal, description: str) -> None:
+        self._stop = stop
+        self._description = description
+        self._loop = asyncio.get_running_loop()
+
+    def bar(self, description: str, total: float | None) -> ProgressBar:
+        if description != self._description:
+            return super().bar(description, total)
+        request = functools.partial(self._loop.call_soon_threadsafe, self._stop.request)
+
+        class _Bar:
+            def advance(self, amount: float = 1, **fields: Any) -> None:
+                request()
+
+            def update(self, **fields: Any) -> None:
+                request()
+
+        return _Bar()
+
+
+async def test_a_study_stopped_during_training_is_marked_stopped_and_resumes(
+    tmp_path: Path,
+) -> None:
+    base = load_config(None, [*OVERRIDES, "name=stopped-study", f"run_dir={tmp_path}"])
+    stop = StopSignal()
+    progress = _StopWhenTrainingStarts(stop, "behaviour cloning")
+    stages = ("gold", "bc")
+    result = await StudyRunner(base, (0, 1), stages=stages, progress=progress, stop=stop).run()
+    assert result.stopped and result.seeds_done == ()
+    assert result.study.status == "stopped"
+    async with await TreeStore.open(base.store_url) as store:
+        assert await store.studies.members(result.study.id) == []
+        assert [s.name for s in await store.studies.all()] == ["stopped-study"]
+
+    resumed = await StudyRunner(base, (0,), stages=stages).run()
+    assert resumed.seeds_done == (0,) and resumed.study.status == "done"
+    assert resumed.study.id == result.study.id
+    async with await TreeStore.open(base.store_url) as store:
+        members = await store.studies.members(result.study.id)
+        assert [(m.seed, m.run_name) for m in members] == [(0, "stopped-study-seed0")]
