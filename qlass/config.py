@@ -151,6 +151,14 @@ class ExploreConfig(_Section):
     tasks: int | None = Field(
         None, ge=1, description="train tasks to grow trees for (None: env.train_tasks)"
     )
+    duplicate_actions: Literal["keep", "merge", "resample"] = Field(
+        "keep",
+        description="when a node's W samples repeat an action: keep the twins (paper's "
+        "code), merge them into one child, or resample to get W different actions",
+    )
+    resample_rounds: int = Field(
+        2, ge=0, description="extra policy calls per node at most when resampling duplicates"
+    )
 
 
 class LabelConfig(_Section):
@@ -182,6 +190,11 @@ class QNetConfig(_Section):
         None, ge=0, description="history turns the QNet reads (None: all, as in the paper)"
     )
     dev_fraction: float = Field(0.1, ge=0, lt=1, description="tasks held out for dev MSE")
+    rank_weight: float = Field(
+        0.0,
+        ge=0,
+        description="weight of a sibling ranking loss added to MSE (0: the paper's MSE only)",
+    )
     max_batch: int = Field(32, ge=1, description="scorer micro-batch size")
 
 
@@ -199,6 +212,12 @@ class SearchConfig(_Section):
         None, description="QNet dir or scorer URL (qnet-server); None: the run's trained QNet"
     )
     temperature: float = Field(0.7, ge=0, description="sampling temperature of search")
+    resample_rounds: int = Field(
+        0,
+        ge=0,
+        description="qlass:M: extra policy calls per step at most to get M different "
+        "actions (0: candidates as sampled, duplicates included, as in the paper)",
+    )
     oracle_terminal_reward: bool = Field(
         False,
         description="ABLATION ONLY: score finished candidates by the true env reward "

@@ -22,6 +22,7 @@ from qlass.cli import (
     run_cmd,
     serve_cmd,
     store_cmd,
+    study_cmd,
 )
 from qlass.errors import QlassError, UserError
 
@@ -67,6 +68,7 @@ serve_cmd.register(app)
 store_cmd.register(app)
 qnet_cmd.register(app)
 report_cmd.register(app)
+study_cmd.register(app)
 
 
 def main() -> None:

@@ -8,7 +8,9 @@ results table, the plots, the tree viewer and the episode viewer in the run fold
 
 from __future__ import annotations
 
+import asyncio
 import os
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -18,11 +20,13 @@ from rich.console import Console
 
 from qlass.cli._common import SetOption
 from qlass.cli.run_cmd import print_reports, print_stages, run_pipeline
+from qlass.cli.study_cmd import print_summary
 from qlass.config import RunConfig, load_config
 from qlass.runtime.evaluate import StrategyReport
 
 if TYPE_CHECKING:
     from qlass.report.generate import ReportResult
+    from qlass.report.study import StudySummary
     from qlass.runtime.pipeline import Pipeline, StageResult
 
 __all__ = ["PRESETS", "preset_config", "register"]
@@ -68,25 +72,33 @@ def register(app: typer.Typer) -> None:
 
         async def work(
             pipeline: Pipeline,
-        ) -> tuple[list[StageResult], ReportResult | None, list[Path]]:
+        ) -> tuple[list[StageResult], ReportResult | None, list[Path], StudySummary | None]:
             from qlass.report.generate import build_episode_viewer, build_report, build_viewer
+            from qlass.report.study import summarise_episodes, write_study_report
+            from qlass.runtime.stages.evaluation import eval_stage_label
 
             results = await pipeline.run()
             if pipeline.stop.requested:
-                return results, None, []
-            store, run = pipeline.store, pipeline.run_record.name
-            report = await build_report(store, run, progress=pipeline.progress)
+                return results, None, [], None
+            store, run = pipeline.store, pipeline.run_record
+            report = await build_report(store, run.name, progress=pipeline.progress)
             viewer = await build_viewer(
-                store, run, scores=viewer_scores, max_trees=20, progress=pipeline.progress
+                store, run.name, scores=viewer_scores, max_trees=20, progress=pipeline.progress
             )
-            episodes = await build_episode_viewer(store, run)
-            return results, report, [viewer.path, episodes.path]
+            episodes = await build_episode_viewer(store, run.name)
+            evaluated = await store.episodes.of_run(run.id, stage=eval_stage_label(config))
+            summary = summarise_episodes(f"{run.name} (seed {run.seed})", run.seed, evaluated)
+            files = await asyncio.to_thread(write_study_report, summary, config.directory)
+            report = replace(report, files=(*report.files, *files))
+            return results, report, [viewer.path, episodes.path], summary
 
-        results, report, pages = run_pipeline(config, work)
+        results, report, pages, summary = run_pipeline(config, work)
         print_stages(results)
         for result in results:
             if result.name == "eval" and "reports" in result.metrics:
                 print_reports([StrategyReport(**r) for r in result.metrics["reports"]])
+        if summary is not None:
+            print_summary(summary)
         console = Console()
         if report is not None:
             for note in report.notes:

@@ -30,12 +30,13 @@ import numpy as np
 import structlog
 import torch
 from torch.utils.data import Dataset
-from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers import PrinterCallback, TrainerCallback, TrainingArguments
 
 from qlass._training import StopCallback
 from qlass.errors import TrainingStopped, UserError
 from qlass.qnet.encoding import encode_texts, ensure_chat_template, pad_right, render
 from qlass.qnet.model import CONFIG_FILE, QNet, load_tokenizer
+from qlass.qnet.ranking import RankingTrainer, sibling_groups
 from qlass.types import LabelledStep
 
 if TYPE_CHECKING:
@@ -73,6 +74,8 @@ class TrainSettings:
     sequences per device per forward pass. ``max_steps`` (if set) overrides ``epochs``.
     ``bf16=None`` means bf16 mixed precision exactly when a bf16-capable GPU is used.
     ``save_steps`` writes resumable Trainer checkpoints under ``output_dir`` (off by default).
+    ``rank_weight`` > 0 adds :func:`~qlass.qnet.ranking.sibling_margin_loss` to the paper's MSE, with the
+    candidates of one state kept together in training batches.
     """
 
     output_dir: Path
@@ -95,6 +98,7 @@ class TrainSettings:
     dataloader_workers: int = 0
     use_cpu: bool = False
     eval_before: bool = True
+    rank_weight: float = 0.0
 
 
 def qnet_train_settings(config: RunConfig, **overrides: Any) -> TrainSettings:
@@ -111,6 +115,7 @@ def qnet_train_settings(config: RunConfig, **overrides: Any) -> TrainSettings:
         "max_length": q.max_length,
         "max_turns": q.max_turns,
         "dev_fraction": q.dev_fraction,
+        "rank_weight": q.rank_weight,
         "seed": config.seed,
     }
     return TrainSettings(**(settings | overrides))
@@ -204,7 +209,10 @@ def regression_metrics(predictions: Any, labels: Any) -> dict[str, float]:
 
 
 class LabelledStepDataset(Dataset[dict[str, Any]]):
-    """Renders and tokenizes each labelled step on access (no whole-set token copy in RAM)."""
+    """Renders and tokenizes each labelled step on access (no whole-set token copy in RAM).
+
+    With ``with_groups``, each item also carries its sibling group (:func:`~qlass.qnet.ranking.sibling_groups`).
+    """
 
     def __init__(
         self,
@@ -212,11 +220,14 @@ class LabelledStepDataset(Dataset[dict[str, Any]]):
         tokenizer: Any,
         max_length: int,
         max_turns: int | None = None,
+        *,
+        with_groups: bool = False,
     ) -> None:
         self.steps = list(steps)
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.max_turns = max_turns
+        self.groups = sibling_groups(self.steps) if with_groups else None
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -225,7 +236,10 @@ class LabelledStepDataset(Dataset[dict[str, Any]]):
         step = self.steps[index]
         text = render(self.tokenizer, step.history, step.candidate_text, self.max_turns)
         (ids,) = encode_texts(self.tokenizer, [text], self.max_length)
-        return {"input_ids": ids, "labels": step.q}
+        item: dict[str, Any] = {"input_ids": ids, "labels": step.q}
+        if self.groups is not None:
+            item["groups"] = self.groups[index]
+        return item
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +251,10 @@ class QNetCollator:
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         input_ids, mask = pad_right([f["input_ids"] for f in features], self.pad_id)
         labels = torch.tensor([float(f["labels"]) for f in features], dtype=torch.float32)
-        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+        batch = {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+        if "groups" in features[0]:
+            batch["groups"] = torch.tensor([int(f["groups"]) for f in features])
+        return batch
 
 
 class _ProgressCallback(TrainerCallback):
@@ -397,11 +414,15 @@ def train_qnet(
     dev_set = (
         LabelledStepDataset(split.dev, tokenizer, qnet.max_length, window) if split.dev else None
     )
-    trainer = Trainer(
+    ranking = settings.rank_weight > 0
+    trainer = RankingTrainer(
         model=qnet,
+        rank_weight=settings.rank_weight,
         args=_training_arguments(settings, quiet=progress is not None),
         data_collator=QNetCollator(tokenizer.pad_token_id),
-        train_dataset=LabelledStepDataset(split.train, tokenizer, qnet.max_length, window),
+        train_dataset=LabelledStepDataset(
+            split.train, tokenizer, qnet.max_length, window, with_groups=ranking
+        ),
         eval_dataset=dev_set,
         compute_metrics=functools.partial(
             _compute_metrics, states=[(step.tree_id, step.history) for step in split.dev]

@@ -13,16 +13,19 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from qlass._seeding import derive_seed
 from qlass.backends.base import Policy
 from qlass.chat import policy_messages
 from qlass.qnet.base import ValueModel, ValueQuery
 from qlass.types import Candidate, History, Observation, StepResult, TaskSpec, Usage
 
 __all__ = [
+    "DistinctProposal",
     "EnvProvider",
     "EnvSession",
     "SearchContext",
     "Tally",
+    "action_key",
 ]
 
 
@@ -93,6 +96,23 @@ class Tally:
         }
 
 
+def action_key(candidate: Candidate) -> str:
+    """What makes two candidates the same move: the action, case and spacing folded.
+    Every unparsable output is one move (the env is not called; the state is the same)."""
+    if candidate.action is None:
+        return "\x00invalid"
+    return " ".join(candidate.action.lower().split())
+
+
+@dataclass(frozen=True, slots=True)
+class DistinctProposal:
+    """Candidates with pairwise different actions, and how many duplicates were drawn."""
+
+    candidates: list[Candidate]
+    duplicates: int
+    calls: int
+
+
 @dataclass
 class SearchContext:
     """Everything a strategy needs for one task; counts into ``tally``.
@@ -125,6 +145,35 @@ class SearchContext:
         )
         self.tally.add_candidates(candidates, time.perf_counter() - started)
         return candidates
+
+    async def propose_distinct(
+        self, history: History, *, n: int, temperature: float, seed: int, extra_rounds: int
+    ) -> DistinctProposal:
+        """Up to ``n`` candidates whose actions differ (:func:`action_key`), in sample order.
+
+        The first call asks for ``n`` samples with ``seed``; while duplicates leave fewer
+        than ``n`` distinct actions, up to ``extra_rounds`` further calls (seeds derived from
+        ``seed``) ask for the missing number. Every sample counts in the tally, duplicates
+        included, so strategies that resample pay for it. Deterministic for a given seed
+        (a resume replays the same calls from the call cache).
+        """
+        distinct: dict[str, Candidate] = {}
+        duplicates = calls = 0
+        for round_ in range(extra_rounds + 1):
+            want = n - len(distinct)
+            if want <= 0:
+                break
+            round_seed = seed if round_ == 0 else derive_seed(seed, "distinct", round_)
+            for candidate in await self.propose(
+                history, n=want, temperature=temperature, seed=round_seed
+            ):
+                key = action_key(candidate)
+                if key in distinct:
+                    duplicates += 1
+                else:
+                    distinct[key] = candidate
+            calls += 1
+        return DistinctProposal(list(distinct.values()), duplicates, calls)
 
     async def score(self, history: History, candidates: Sequence[Candidate]) -> list[float]:
         """Value-model scores of ``candidates`` (all of them, finished or not)."""

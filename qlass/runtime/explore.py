@@ -38,20 +38,27 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import structlog
 
 from qlass._seeding import derive_seed
 from qlass.errors import EnvCrashedError, EnvTimeoutError, StoreError
-from qlass.runtime.context import SearchContext, Tally
+from qlass.runtime.context import SearchContext, Tally, action_key
 from qlass.runtime.episode import Decision, EpisodeState, advance, start_episode
 from qlass.runtime.scheduler import StopSignal
 from qlass.storage import NewNode, NodeRecord, TaskRecord, Tree, TreeStore
 from qlass.types import Candidate, History, TaskSpec, Turn
 
-__all__ = ["ExploreSettings", "TreeExplorer", "TreeStats"]
+__all__ = ["DuplicateActions", "ExploreSettings", "TreeExplorer", "TreeStats"]
 
 log = structlog.get_logger(__name__)
+
+DuplicateActions = Literal["keep", "merge", "resample"]
+"""What to do when the W samples of a node repeat an action (they lead to the same state):
+``keep`` each as a child (the paper's code; the twins' Q labels then differ only by their
+rollouts' luck), ``merge`` them into one child, or ``resample`` (up to
+``resample_rounds`` more policy calls) to get W different actions."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +71,8 @@ class ExploreSettings:
     temperature: float = 0.7
     max_steps: int = 30
     env_retries: int = 1
+    duplicate_actions: DuplicateActions = "keep"
+    resample_rounds: int = 2
 
 
 @dataclass
@@ -72,6 +81,7 @@ class TreeStats:
 
     new_nodes: int = 0
     leaves: int = 0
+    duplicate_samples: int = 0
     best_score: float = 0.0
     stopped: bool = False
     tally: Tally = field(default_factory=Tally)
@@ -202,13 +212,11 @@ class _Grower:
         if missing and self._stop.requested:
             return []
         if missing:
-            seed = derive_seed(self._seed, "explore", self._task.key, node.path, count)
-            candidates = await self._ctx.propose(
-                node.state.history, n=count, temperature=self._settings.temperature, seed=seed
-            )
+            candidates = await self._propose(node, count)
             for i, candidate in enumerate(candidates):
                 if not candidate.cached:
                     log.debug("explore.sample", task=self._task.key, path=[*node.path, i])
+            missing = [i for i in missing if i < len(candidates)]  # merged duplicates
             records = await asyncio.gather(
                 *(self._execute(node, candidates[i], i) for i in missing)
             )
@@ -219,6 +227,30 @@ class _Grower:
             if record is not None:
                 children.append(_Node(record, self._state_after(node, record), (*node.path, i)))
         return children
+
+    async def _propose(self, node: _Node, count: int) -> list[Candidate]:
+        """The node's ``count`` samples, duplicates handled per ``duplicate_actions``; a
+        child's sample index is its position in this list (the same on every resume)."""
+        seed = derive_seed(self._seed, "explore", self._task.key, node.path, count)
+        history, temperature = node.state.history, self._settings.temperature
+        mode = self._settings.duplicate_actions if count > 1 else "keep"
+        if mode == "keep":
+            candidates = await self._ctx.propose(
+                history, n=count, temperature=temperature, seed=seed
+            )
+            self._stats.duplicate_samples += len(candidates) - len(
+                {action_key(c) for c in candidates}
+            )
+            return candidates
+        proposal = await self._ctx.propose_distinct(
+            history,
+            n=count,
+            temperature=temperature,
+            seed=seed,
+            extra_rounds=self._settings.resample_rounds if mode == "resample" else 0,
+        )
+        self._stats.duplicate_samples += proposal.duplicates
+        return proposal.candidates
 
     @staticmethod
     def _state_after(node: _Node, record: NodeRecord) -> EpisodeState:

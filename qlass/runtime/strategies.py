@@ -120,15 +120,28 @@ class QGuided:
 
     candidates: int = 2
     temperature: float = 0.7
+    resample_rounds: int = 0
+    """Extra policy calls per step at most to get ``candidates`` different actions (0: the
+    samples as drawn, duplicates included, as in the paper)."""
 
     @property
     def name(self) -> str:
         return f"qlass:{self.candidates}"
 
     async def decide(self, ctx: SearchContext, state: EpisodeState, seed: int) -> Decision:
-        proposed = await ctx.propose(
-            state.history, n=self.candidates, temperature=self.temperature, seed=seed
-        )
+        if self.resample_rounds:
+            proposal = await ctx.propose_distinct(
+                state.history,
+                n=self.candidates,
+                temperature=self.temperature,
+                seed=seed,
+                extra_rounds=self.resample_rounds,
+            )
+            proposed = proposal.candidates
+        else:
+            proposed = await ctx.propose(
+                state.history, n=self.candidates, temperature=self.temperature, seed=seed
+            )
         valid = list({c.text: c for c in proposed if c.is_valid}.values())
         if not valid:
             return Decision(proposed[0], tuple(ScoredCandidate(c) for c in proposed))
@@ -263,14 +276,14 @@ class BeamSearch:
         return _Option(await advance(ctx, option.state, option.decision), option.value)
 
 
-_STRATEGIES: Registry[Callable[[int | None, float], SearchStrategy]] = Registry(
+_STRATEGIES: Registry[Callable[[int | None, float, int], SearchStrategy]] = Registry(
     "strategy",
     {
-        "greedy": lambda _k, _t: Greedy(),
-        "sampled": lambda _k, t: Sampled(t),
-        "best_of_n": lambda k, t: BestOfN(k or 4, t),
-        "qlass": lambda k, t: QGuided(k or 2, t),
-        "beam": lambda k, t: BeamSearch(width=k or 2, temperature=t),
+        "greedy": lambda _k, _t, _r: Greedy(),
+        "sampled": lambda _k, t, _r: Sampled(t),
+        "best_of_n": lambda k, t, _r: BestOfN(k or 4, t),
+        "qlass": lambda k, t, r: QGuided(k or 2, t, r),
+        "beam": lambda k, t, _r: BeamSearch(width=k or 2, temperature=t),
     },
 )
 
@@ -280,8 +293,14 @@ def strategy_names() -> list[str]:
     return sorted(_STRATEGIES)
 
 
-def make_strategy(spec: str, *, temperature: float = 0.7) -> SearchStrategy:
-    """Build a strategy from ``name`` or ``name:K`` (``best_of_n:8``, ``qlass:4``)."""
+def make_strategy(
+    spec: str, *, temperature: float = 0.7, resample_rounds: int = 0
+) -> SearchStrategy:
+    """Build a strategy from ``name`` or ``name:K`` (``best_of_n:8``, ``qlass:4``).
+
+    ``resample_rounds``: extra policy calls per step that step-wise value-guided strategies
+    may make to get K different actions (see :class:`QGuided`).
+    """
     name, _, k = spec.partition(":")
     factory = _STRATEGIES[name]
     try:
@@ -290,4 +309,4 @@ def make_strategy(spec: str, *, temperature: float = 0.7) -> SearchStrategy:
         raise UnknownNameError(f"strategy {spec!r}: the part after ':' must be a number") from None
     if count is not None and count < 1:
         raise UnknownNameError(f"strategy {spec!r}: the count must be at least 1")
-    return factory(count, temperature)
+    return factory(count, temperature, resample_rounds)

@@ -1,5 +1,5 @@
 """The tree store: runs, tasks, exploration trees, Q labels, the policy-call cache, QNet
-checkpoints, stages and episodes, in SQLite (default) or PostgreSQL via SQLAlchemy 2 async.
+checkpoints, stages, episodes and studies, in SQLite (default) or PostgreSQL via SQLAlchemy 2 async.
 
     store = await TreeStore.open("runs/qlass.db")
     run = await store.runs.create("demo", config=cfg.model_dump(mode="json"), ...)
@@ -27,6 +27,8 @@ from qlass.storage.records import (
     RunRecord,
     RunSummary,
     StageRecord,
+    StudyMemberRecord,
+    StudyRecord,
     TaskRecord,
     Tree,
 )
@@ -47,6 +49,8 @@ __all__ = [
     "RunSummary",
     "SchemaState",
     "StageRecord",
+    "StudyMemberRecord",
+    "StudyRecord",
     "TaskRecord",
     "Tree",
     "TreeStore",

@@ -43,6 +43,8 @@ __all__ = [
     "QNetCheckpoint",
     "Run",
     "Stage",
+    "Study",
+    "StudyRun",
     "Task",
     "UTCDateTime",
     "table",
@@ -266,3 +268,34 @@ class Episode(Base):
     wall_time_s: Mapped[float] = mapped_column(default=0.0)
     trajectory: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Study(Base):
+    """A study: one configuration repeated over several seeds (one run per seed), whose
+    evaluation episodes are summarised with confidence intervals."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    config: Mapped[dict[str, Any]]
+    config_fingerprint: Mapped[str] = mapped_column(String(64))
+    code_version: Mapped[str] = mapped_column(String(100))
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(20), default="created")
+    summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class StudyRun(Base):
+    """The run of one seed of a study, and the stage label of its evaluation episodes."""
+
+    __tablename__ = "study_runs"
+
+    study_id: Mapped[int] = mapped_column(
+        ForeignKey("studies.id", ondelete="CASCADE"), primary_key=True
+    )
+    seed: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    eval_stage: Mapped[str] = mapped_column(String(100), default="")

@@ -24,6 +24,8 @@ __all__ = [
     "RunSummary",
     "StageRecord",
     "StageStatus",
+    "StudyMemberRecord",
+    "StudyRecord",
     "TaskRecord",
     "TaskStatus",
     "Tree",
@@ -216,6 +218,34 @@ class EpisodeRecord:
     wall_time_s: float
     trajectory: Mapping[str, Any]
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StudyRecord:
+    """A study: ``config`` is the base configuration, ``settings`` holds the seeds asked
+    for and the stages run; ``summary`` the last computed summary (JSON)."""
+
+    id: int
+    name: str
+    config: Mapping[str, Any]
+    config_fingerprint: str
+    code_version: str
+    settings: Mapping[str, Any]
+    status: str
+    summary: Mapping[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StudyMemberRecord:
+    """The run of one seed of a study; ``eval_stage`` labels its evaluation episodes."""
+
+    study_id: int
+    seed: int
+    run_id: int
+    run_name: str
+    eval_stage: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from qlass.storage.labels import LabelRepository
 from qlass.storage.runs import RunRepository
 from qlass.storage.schema import SchemaState, ensure_schema
 from qlass.storage.stage_status import StageRepository
+from qlass.storage.studies import StudyRepository
 from qlass.storage.tasks import TaskRepository
 from qlass.storage.trees import TreeRepository
 from qlass.types import LabelledStep
@@ -46,6 +47,7 @@ class TreeStore:
     - ``labels``: :class:`~qlass.storage.labels.LabelRepository` (Q-label sets)
     - ``call_cache``: :class:`~qlass.storage.calls.PolicyCallCache` (a ``CallCache``)
     - ``checkpoints``, ``stages``, ``episodes``
+    - ``studies``: :class:`~qlass.storage.studies.StudyRepository` (seeds of one config)
     """
 
     def __init__(self, db: Database, schema: SchemaState) -> None:
@@ -60,6 +62,7 @@ class TreeStore:
         self.checkpoints = CheckpointRepository(db)
         self.stages = StageRepository(db)
         self.episodes = EpisodeRepository(db)
+        self.studies = StudyRepository(db)
         self._closed = False
 
     @classmethod

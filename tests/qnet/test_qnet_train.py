@@ -154,3 +154,56 @@ def test_a_stop_request_ends_training_early_and_saves_nothing(
         train_qnet(synthetic_steps(4), tiny_model_dir, settings, should_stop=should_stop)
     assert len(asked) == 3
     assert not (tmp_path / "qnet" / "qnet_config.json").exists()
+
+
+def test_sibling_margin_loss_counts_ordered_pairs_of_one_state_only() -> None:
+    import torch
+
+    from qlass.qnet.ranking import sibling_margin_loss
+
+    values = torch.tensor([0.2, 0.5, 0.9, 0.1])
+    labels = torch.tensor([1.0, 0.0, 0.4, 0.3])
+    groups = torch.tensor([0, 0, 1, 1])
+    # Group 0: q0 > q1 by 1.0 but v0 - v1 = -0.3 -> shortfall 1.3. Group 1: q2 > q3 by
+    # 0.1 and v2 - v3 = 0.8 -> no loss. Pairs across groups do not count.
+    assert float(sibling_margin_loss(values, labels, groups)) == pytest.approx((1.3 + 0) / 2)
+    alone = torch.tensor([0, 1, 2, 3])
+    assert float(sibling_margin_loss(values, labels, alone)) == 0.0
+
+
+def test_sibling_group_sampler_keeps_groups_together_and_reshuffles() -> None:
+    from qlass.qnet.ranking import SiblingGroupSampler, sibling_groups
+
+    steps = synthetic_steps(4)
+    groups = sibling_groups(steps)
+    assert len(set(groups)) == 8  # 4 tasks x 2 states, 3 candidates each
+    sampler = SiblingGroupSampler(groups, seed=1)
+    first, second = list(sampler), list(sampler)
+    assert sorted(first) == list(range(len(steps)))
+    for order in (first, second):
+        runs = [groups[i] for i in order]
+        assert all(len(set(runs[k : k + 3])) == 1 for k in range(0, len(runs), 3))
+    assert first != second
+
+
+async def test_training_with_the_ranking_loss_orders_siblings(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import asyncio
+
+    settings = TrainSettings(
+        output_dir=tmp_path / "qnet",
+        head_dim=64,
+        batch_size=6,
+        micro_batch_size=6,
+        max_steps=40,
+        lr=1e-3,
+        max_length=512,
+        dev_fraction=0.25,
+        use_cpu=True,
+        rank_weight=1.0,
+    )
+    result = await asyncio.to_thread(train_qnet, synthetic_steps(12), tiny_model_dir, settings)
+    assert result.steps == 40
+    assert result.settings["rank_weight"] == 1.0
+    assert result.dev_sibling_accuracy is not None and result.dev_sibling_accuracy > 0.8

@@ -1,6 +1,7 @@
 """The explorer against the real SQLite tree store, a corridor env and a scripted policy."""
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -142,4 +143,61 @@ async def test_rollouts_stop_at_the_step_limit(tmp_path: Path) -> None:
     assert leaves
     assert all(n.depth == SETTINGS.max_steps and not n.done for n in leaves)
     assert all(n.final_reward == 0.0 for n in leaves)
+    await store.aclose()
+
+
+class _FirstCallRepeats(ScriptedPolicy):
+    """The first call for a conversation samples 'move right' every time; later calls for
+    the same conversation say 'move left' (so resampling finds the second action)."""
+
+    def __init__(self) -> None:
+        super().__init__(rule=self._turn)
+        self._seen: dict[str, int] = {}
+        self._call = 0
+
+    async def sample(self, messages, **kw):  # type: ignore[no-untyped-def,override]
+        key = repr(messages)
+        self._call = self._seen.get(key, 0)
+        self._seen[key] = self._call + 1
+        return await super().sample(messages, **kw)
+
+    def _turn(self, _messages: Sequence[ChatMessage], _index: int) -> str:
+        return "Action: move right" if self._call == 0 else "Action: move left"
+
+
+@pytest.mark.parametrize(
+    ("mode", "root_actions"),
+    [
+        ("keep", ["move right", "move right"]),
+        ("merge", ["move right"]),
+        ("resample", ["move right", "move left"]),
+    ],
+)
+async def test_duplicate_samples_are_kept_merged_or_resampled(
+    tmp_path: Path, mode: str, root_actions: list[str]
+) -> None:
+    store = await TreeStore.open(tmp_path / "t.db")
+    run = await store.runs.create("r", config={}, seed=0)
+    await store.labels.create_set(run.id, gamma=0.9, normalize=False)
+    (task,) = await store.tasks.add_many(run.id, [TASK])
+    policy = _FirstCallRepeats()
+    ctx = SearchContext(
+        policy=CachedPolicy(policy, store.call_cache), envs=EnvPool.around(Corridor(3))
+    )
+    settings = replace(SETTINGS, duplicate_actions=mode)  # type: ignore[arg-type]
+    stats = await TreeExplorer(store, ctx, settings, seed=0).explore(task)
+    tree = await store.trees.load(task.id)
+    assert tree.root is not None
+    children = sorted(tree.children(tree.root.id), key=lambda n: n.sample_index)
+    assert [c.action for c in children] == root_actions
+    assert stats.duplicate_samples >= 1  # the root's first call repeated itself
+    if mode == "resample":
+        # Every expanded node got two different actions.
+        for node in tree.nodes:
+            kids = tree.children(node.id)
+            if len(kids) > 1:
+                assert len({k.action for k in kids}) == len(kids)
+    # A rerun rebuilds the same tree from the store and the call cache: no new node.
+    again = await TreeExplorer(store, ctx, settings, seed=0).explore(task)
+    assert again.new_nodes == 0
     await store.aclose()

@@ -129,3 +129,29 @@ def test_make_strategy_parses_names_and_counts() -> None:
         make_strategy("mcts")
     with pytest.raises(UnknownNameError, match="must be a number"):
         make_strategy("qlass:x")
+
+
+async def test_qguided_resamples_to_choose_among_m_different_actions() -> None:
+    """Sample 0 of the first call repeats 'left'; with resampling the second call brings
+    'right', so the QNet chooses between two different actions (and the extra sample is
+    paid for); without it there is nothing to choose."""
+    calls: list[int] = []
+
+    def rule(_messages: Sequence[ChatMessage], index: int) -> str:
+        calls.append(index)
+        return "Action: move left" if len(calls) <= 2 else "Action: move right"
+
+    value = FunctionValueModel(_prefers_right)
+    ctx = _ctx(Corridor(3), ScriptedPolicy(rule=rule), value, max_steps=1)
+    trajectory = await QGuided(candidates=2, resample_rounds=1).run(ctx, TASK, seed=0)
+    (step,) = trajectory.steps
+    assert [sc.candidate.action for sc in step.considered] == ["move left", "move right"]
+    assert step.candidate.action == "move right"
+    assert ctx.tally.samples == 3
+
+    calls.clear()
+    plain = _ctx(Corridor(3), ScriptedPolicy(rule=rule), value, max_steps=1)
+    (only,) = (await QGuided(candidates=2).run(plain, TASK, seed=0)).steps
+    assert only.candidate.action == "move left"
+    assert plain.tally.samples == 2
+    assert make_strategy("qlass:3", resample_rounds=2) == QGuided(3, 0.7, 2)

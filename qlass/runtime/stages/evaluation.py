@@ -8,14 +8,24 @@ from collections.abc import Sequence
 from typing import Any
 
 from qlass.backends.base import Policy
+from qlass.config import RunConfig
 from qlass.runtime.context import SearchContext, Tally
 from qlass.runtime.evaluate import StrategyReport, evaluate_strategy, summarise
+from qlass.runtime.stages import DEPENDS
 from qlass.runtime.stages.base import StageContext, StageResult
 from qlass.runtime.strategies import SearchStrategy, make_strategy
 from qlass.storage import trajectory_from_json
 from qlass.types import TaskSpec, Trajectory
 
-__all__ = ["evaluate", "run", "stored_trajectories"]
+__all__ = ["eval_stage_label", "evaluate", "run", "stored_trajectories"]
+
+
+def eval_stage_label(config: RunConfig, split: str | None = None) -> str:
+    """The stage label of a run's evaluation episodes on ``split`` (default ``eval.split``):
+    the split and the fingerprint of every config section evaluation depends on. The eval
+    stage stores its episodes under it; studies and the demo find them by it."""
+    fingerprint = config.section_fingerprint(*DEPENDS["eval"])
+    return f"eval:{split or config.eval.split}:{fingerprint}"
 
 
 async def evaluate(
@@ -36,14 +46,21 @@ async def evaluate(
     config = ctx.config
     split = split or config.eval.split
     names = list(strategies or config.search.strategies)
-    parsed = [make_strategy(name, temperature=config.search.temperature) for name in names]
+    parsed = [
+        make_strategy(
+            name,
+            temperature=config.search.temperature,
+            resample_rounds=config.search.resample_rounds,
+        )
+        for name in names
+    ]
     needs_value = any(s.needs_value for s in parsed)
     tasks = list(tasks) if tasks is not None else await ctx.tasks(split, config.env.eval_tasks)
     policy = policy or await ctx.resources.policy()
     pool = await ctx.resources.env_pool()
     value = await ctx.resources.value_model() if needs_value else None
     search = ctx.resources.search_context(policy, pool, value)
-    stage = stage or f"eval:{split}:{ctx.fingerprint('eval')}"
+    stage = stage or eval_stage_label(config, split)
     # Strategies run side by side: the local policy and the QNet batch their requests.
     await asyncio.gather(*(_play(ctx, strategy, tasks, search, stage) for strategy in parsed))
     if ctx.stop.requested:

@@ -40,7 +40,7 @@ async def run(
         before = pool.stats.snapshot()
         bar = ctx.progress.bar("exploring trees", len(todo))
         totals = Tally()
-        counts = {"trees": 0, "nodes": 0, "leaves": 0, "failed_tasks": 0}
+        counts = {"trees": 0, "nodes": 0, "leaves": 0, "duplicate_samples": 0, "failed_tasks": 0}
 
         async def grow(task: TaskRecord, stop: StopSignal) -> TreeStats:
             settings = ExploreSettings(
@@ -49,6 +49,8 @@ async def run(
                 min_prune_depth=config.explore.min_prune_depth,
                 temperature=config.explore.temperature,
                 max_steps=ctx.resources.max_steps(task.spec),
+                duplicate_actions=config.explore.duplicate_actions,
+                resample_rounds=config.explore.resample_rounds,
             )
             explorer = TreeExplorer(store, search, settings, seed=config.seed, stop=stop)
             stats = await explorer.explore(task)
@@ -56,6 +58,7 @@ async def run(
             totals.merge(stats.tally)
             counts["nodes"] += stats.new_nodes
             counts["leaves"] += stats.leaves
+            counts["duplicate_samples"] += stats.duplicate_samples
             bar.advance(
                 nodes=counts["nodes"], tokens=totals.usage.completion_tokens, best=stats.best_score
             )

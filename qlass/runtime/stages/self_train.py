@@ -61,7 +61,11 @@ async def _round(ctx: StageContext, round_: int, base: Path, out: Path) -> dict[
 
     config = ctx.config
     settings = config.self_train
-    strategy = make_strategy(settings.strategy, temperature=config.search.temperature)
+    strategy = make_strategy(
+        settings.strategy,
+        temperature=config.search.temperature,
+        resample_rounds=config.search.resample_rounds,
+    )
     tasks = await ctx.tasks("train", settings.tasks)
     collect_stage = f"self_train:{round_}:collect"
     await evaluate(
