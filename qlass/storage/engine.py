@@ -13,10 +13,16 @@ plain ``BEGIN`` for reads and ``BEGIN IMMEDIATE`` for sessions opened with the
 front and the busy timeout applies to it (a deferred transaction that reads first and
 writes later can fail at once with "database is locked" when another process wrote in
 between).
+
+JSON columns are written as strict JSON: a non-finite float (``inf``, ``nan``, for example the
+value of an unscored Best-of-N episode) is stored as ``null``. Python's ``json`` would write
+``-Infinity``, which SQLite accepts and PostgreSQL's ``json`` type rejects.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +81,24 @@ def sqlite_file(url: URL | str) -> Path | None:
     return Path(database)
 
 
+def strict_json(value: Any) -> str:
+    """``value`` as strict JSON text, with non-finite floats as ``null``."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:  # rare: only values that hold inf or nan take the slow path
+        return json.dumps(_finite(value), allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
 def _is_memory(url: URL) -> bool:
     return url.get_backend_name() == "sqlite" and sqlite_file(url) is None
 
@@ -92,7 +116,7 @@ def make_engine(
     """
     url = normalize_url(url_or_path)
     try:
-        engine = create_async_engine(url, echo=echo, **engine_kwargs)
+        engine = create_async_engine(url, echo=echo, json_serializer=strict_json, **engine_kwargs)
     except (exc.ArgumentError, exc.NoSuchModuleError, ImportError) as error:
         raise DatabaseUnavailableError(
             f"cannot use database URL {safe_url(url)}: {error}"

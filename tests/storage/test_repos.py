@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC
 
 import pytest
@@ -167,3 +168,16 @@ async def test_episodes_round_trip_and_summary(store: TreeStore) -> None:
     assert by_strategy[("eval:qlass", "qlass")].mean_score == 0.5
     assert by_strategy[("eval:qlass", "qlass")].success_rate == 0.5
     assert by_strategy[("eval:greedy", "greedy")].completion_tokens == 8
+
+
+async def test_non_finite_floats_in_json_are_stored_as_null(store: TreeStore) -> None:
+    """Best-of-N's unscored episodes have the value -inf: PostgreSQL's json type rejects
+    ``-Infinity``, so every JSON column is written as strict JSON (inf and nan as null)."""
+    run = await store.runs.create("inf", config={"x": [1.0, float("inf")]})
+    await store.stages.start(run.id, "eval", "fp")
+    metrics = {"values": [0.5, -math.inf], "nested": {"nan": math.nan}, "ok": 1.25}
+    await store.stages.finish(run.id, "eval", metrics=metrics)
+    stage = await store.stages.get(run.id, "eval")
+    assert stage is not None
+    assert stage.metrics == {"values": [0.5, None], "nested": {"nan": None}, "ok": 1.25}
+    assert (await store.runs.get("inf")).config == {"x": [1.0, None]}
