@@ -108,22 +108,56 @@ class _ReleasesInOwnerThread:
             super().garbage_collect_object(self._pending.popleft())  # type: ignore[misc]
 
 
+def _rebound(function: Any, **names: Any) -> Any:
+    """A copy of ``function`` that sees ``names`` instead of its module's globals of those
+    names (the module itself is left as it is).
+
+    Raises:
+        RuntimeError: ``function`` does not use every one of ``names`` (its package
+            changed how it works; the caller needs updating).
+    """
+    missing = set(names) - set(function.__code__.co_names)
+    if missing:
+        raise RuntimeError(
+            f"{function.__module__}.{function.__qualname__} no longer calls "
+            f"{sorted(missing)}: qlass cannot set its JVM launch options (qlass/envs/_jvm.py)"
+        )
+    copy = types.FunctionType(
+        function.__code__,
+        {**function.__globals__, **names},
+        function.__name__,
+        function.__defaults__,
+        function.__closure__,
+    )
+    copy.__kwdefaults__ = function.__kwdefaults__
+    copy.__doc__ = function.__doc__
+    return copy
+
+
 @functools.cache
 def _launch_names() -> dict[str, Any]:
     """What :func:`qlass_launch` binds ``launch_gateway`` and ``JavaGateway`` to (py4j is
     imported only when a simulator is built)."""
-    from py4j.java_gateway import GatewayClient, JavaGateway, launch_gateway
+    from py4j import java_gateway
 
-    client = type("WorkerBoundClient", (_ReleasesInOwnerThread, GatewayClient), {})
+    client = type("WorkerBoundClient", (_ReleasesInOwnerThread, java_gateway.GatewayClient), {})
 
-    class WorkerBoundGateway(JavaGateway):
+    class WorkerBoundGateway(java_gateway.JavaGateway):
         def _create_gateway_client(self) -> Any:
             return client(gateway_parameters=self.gateway_parameters)
 
+    # py4j's launch option create_new_process_group gives the JVM a process group of its
+    # own, so that a terminal's Ctrl-C does not reach it (it stays in qlass's session).
+    # py4j makes the group with preexec_fn=os.setpgrp, which the subprocess docs call
+    # unsafe with threads and which rules out vfork: the fork of a large process then
+    # holds the GIL (stalling the event loop) for as long as it takes. Popen's own
+    # process_group (Python 3.11) makes the same group without either.
+    launch = _rebound(
+        java_gateway.launch_gateway,
+        get_create_new_process_group_kwargs=lambda: {"process_group": 0},
+    )
     return {
-        # py4j's own launch option: the JVM gets a process group of its own (setpgrp), so
-        # that a terminal's Ctrl-C does not reach it. It stays in qlass's session.
-        "launch_gateway": functools.partial(launch_gateway, create_new_process_group=True),
+        "launch_gateway": functools.partial(launch, create_new_process_group=True),
         "JavaGateway": WorkerBoundGateway,
     }
 
@@ -144,20 +178,8 @@ def qlass_launch(cls: type[Any]) -> type[Any]:
         RuntimeError: ``cls.__init__`` no longer calls both names (a wrapper release changed
             how it launches; this function needs updating).
     """
-    init = cls.__init__
-    missing = {"launch_gateway", "JavaGateway"} - set(init.__code__.co_names)
-    if missing:
-        raise RuntimeError(
-            f"{cls.__module__}.{cls.__name__}.__init__ no longer calls {sorted(missing)}: "
-            "qlass cannot set its JVM launch options (see qlass/envs/_jvm.py)"
-        )
-    namespace = {**init.__globals__, **_launch_names()}
-    own_init = types.FunctionType(
-        init.__code__, namespace, init.__name__, init.__defaults__, init.__closure__
-    )
-    own_init.__kwdefaults__ = init.__kwdefaults__
-    own_init.__doc__ = init.__doc__
-    return type(cls.__name__, (cls,), {"__init__": own_init, "__del__": lambda self: None})
+    init = _rebound(cls.__init__, **_launch_names())
+    return type(cls.__name__, (cls,), {"__init__": init, "__del__": lambda self: None})
 
 
 def _reap(proc: subprocess.Popen[bytes]) -> int | None:
@@ -219,6 +241,7 @@ class JvmEnv(ABC):
         self._executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"qlass-{self.family}"
         )
+        self._worker_started = False
         self._lock = threading.Lock()
         self._sim: Any = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -324,8 +347,17 @@ class JvmEnv(ABC):
             raise EnvCrashedError(
                 f"{self.family} simulator is dead ({self._dead}); cannot do {what}"
             )
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, self._guarded, fn, args, what)
+        if self._worker_started:
+            loop = asyncio.get_running_loop()
+            future = loop.run_in_executor(self._executor, self._guarded, fn, args, what)
+        else:
+            # The executor starts its thread on the first submit, and Thread.start() waits
+            # for the new thread to run (tens of ms on a loaded machine): not in the loop.
+            submitted = await asyncio.to_thread(
+                self._executor.submit, self._guarded, fn, args, what
+            )
+            self._worker_started = True
+            future = asyncio.wrap_future(submitted)
         try:
             async with asyncio.timeout(limit_s) as scope:
                 return await future
