@@ -152,10 +152,10 @@ class PrefixForward:
         self.pad_id = pad_id
         self._cache_arg = _cache_argument(qnet.backbone)
 
-    @property
-    def supported(self) -> bool:
-        """Whether the backbone takes a KV cache at all."""
-        return self._cache_arg is not None
+    def _cache(self, cache: DynamicCache) -> dict[str, DynamicCache]:
+        """The keyword argument that hands ``cache`` to the backbone."""
+        assert self._cache_arg is not None, "probe() said this backbone takes no cache"
+        return {self._cache_arg: cache}
 
     def probe(self, *, seed: int = 0) -> str | None:
         """Compare shared-prefix and plain scores on a short random input.
@@ -225,7 +225,7 @@ class PrefixForward:
         # Right padding: causal attention keeps every real token from seeing the pads, so
         # no mask is needed; the pads' cache entries are masked out in the suffix passes.
         self.qnet.backbone(
-            input_ids=input_ids.to(self.device), use_cache=True, **{self._cache_arg or "": cache}
+            input_ids=input_ids.to(self.device), use_cache=True, **self._cache(cache)
         )
         counts.passes += 1
         counts.tokens += int(mask.sum())
@@ -278,7 +278,7 @@ class PrefixForward:
             attention_mask=attention_mask.to(self.device),
             position_ids=position_ids.to(self.device),
             use_cache=True,
-            **{self._cache_arg or "": cache},
+            **self._cache(cache),
         ).last_hidden_state
         last = hidden[
             torch.arange(rows, device=hidden.device), (suffix_lengths - 1).to(hidden.device)

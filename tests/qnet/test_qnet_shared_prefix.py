@@ -45,7 +45,7 @@ async def score_steps(scorer: QNetScorer, steps: list[list[ValueQuery]]) -> list
 
 
 async def plain_and_shared(
-    directory: Path, steps: list[list[ValueQuery]], **options: int
+    directory: Path, steps: list[list[ValueQuery]], **options: float
 ) -> tuple[list[float], list[float], QNetScorer]:
     common = {"device": "cpu", "cache_size": 0, "max_wait_s": 0.05, **options}
     async with await QNetScorer.aload(directory, shared_prefix=False, **common) as plain:
@@ -58,19 +58,25 @@ async def plain_and_shared(
 
 
 @pytest.mark.parametrize(
-    ("token_budget", "cache_budget"),
-    [(4096, 32768), (256, 32768), (4096, 64)],
-    ids=["one-pass", "many-prefix-passes", "one-candidate-per-suffix-pass"],
+    ("token_budget", "cache_budget", "max_padding"),
+    [(4096, 32768, 0.25), (4096, 32768, 100.0), (256, 32768, 0.25), (4096, 64, 0.25)],
+    # mixed-prefix-lengths: every state's prefix in one pass, padded to the longest, so
+    # each row's own prefix is shorter than the cache it attends into.
+    ids=["bucketed", "mixed-prefix-lengths", "many-prefix-passes", "one-candidate-per-pass"],
 )
 async def test_shared_prefix_scores_equal_plain_scores(
-    tiny_model_dir: Path, tmp_path: Path, token_budget: int, cache_budget: int
+    tiny_model_dir: Path, tmp_path: Path, token_budget: int, cache_budget: int, max_padding: float
 ) -> None:
     directory = await asyncio.to_thread(
         checkpoint, tiny_model_dir, tmp_path / "qnet", max_length=1024
     )
     steps = step_queries(turns=[0, 1, 3, 5, 7, 2], per_state=[2, 4, 3, 2, 4, 1])
     want, got, scorer = await plain_and_shared(
-        directory, steps, token_budget=token_budget, cache_budget=cache_budget
+        directory,
+        steps,
+        token_budget=token_budget,
+        cache_budget=cache_budget,
+        max_padding=max_padding,
     )
     assert got == pytest.approx(want, abs=1e-5)
     assert len(set(want)) > 5
