@@ -29,11 +29,13 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers.utils import logging as hf_logging
 
 from qlass._log import configure_logging
+from qlass._torch import resolve_device
 from qlass.backends.tiny import new_tiny_model, save_model, train_tokenizer
 from qlass.qnet.base import ValueQuery
 from qlass.qnet.encoding import encode_texts, render
@@ -79,16 +81,38 @@ def make_queries(count: int, seed: int) -> list[ValueQuery]:
     return queries
 
 
-def build_checkpoint(directory: Path, max_length: int, seed: int) -> Path:
+# Backbone shapes (Llama architecture, random weights) and value-head widths.
+MODELS = {
+    # The BC policy `qlass demo` trains and its QNet (qlass/configs/demo.toml: 4 layers,
+    # width 128, 4 heads, head 256); the reference comparison uses the paper's head, 1024.
+    "demo": {"layers": 4, "width": 128, "heads": 4, "head_dim": 256},
+    # Real small language models' shapes, with the paper's head: Pythia-70M (6 layers,
+    # width 512, 8 heads; 19 M parameters besides the embeddings) and GPT-2 small (12
+    # layers, width 768, 12 heads; 85 M; slow on a 2-core CPU).
+    "pythia-70m": {"layers": 6, "width": 512, "heads": 8, "head_dim": 1024},
+    "gpt2-small": {"layers": 12, "width": 768, "heads": 12, "head_dim": 1024},
+}
+
+
+def build_checkpoint(
+    directory: Path,
+    max_length: int,
+    seed: int,
+    *,
+    layers: int = 4,
+    width: int = 128,
+    heads: int = 4,
+    head_dim: int = 1024,
+) -> Path:
     corpus = [q.candidate_text for q in make_queries(200, seed + 1)] + [
         _observation(random.Random(i)) for i in range(200)
     ]
     tokenizer = train_tokenizer(corpus, vocab_size=1024)
     model = new_tiny_model(
-        tokenizer, layers=4, width=128, heads=4, max_positions=max_length, seed=seed
+        tokenizer, layers=layers, width=width, heads=heads, max_positions=max_length, seed=seed
     )
     save_model(model, tokenizer, directory / "policy")
-    qnet = QNet.from_backbone(directory / "policy", head_dim=1024, max_length=max_length)
+    qnet = QNet.from_backbone(directory / "policy", head_dim=head_dim, max_length=max_length)
     return qnet.save_pretrained(directory / "qnet", tokenizer=tokenizer)
 
 
@@ -142,6 +166,90 @@ async def batched_round(scorer: QNetScorer, queries: list[ValueQuery]) -> float:
     return len(queries) / (time.perf_counter() - started)
 
 
+def state_of_length(tokenizer: Any, tokens: int, rng: random.Random) -> History:
+    """A coin-game history whose rendering is about ``tokens`` tokens (at most one turn more)."""
+    history = History(
+        "Your task is to find a coin. Explore the house and take the coin when you see it.",
+        _observation(rng),
+    )
+    while len(encode_texts(tokenizer, [render(tokenizer, history, "")], 10**9)[0]) < tokens:
+        history = history.extend(_turn(rng))
+    return history
+
+
+def step_candidates(rng: random.Random, count: int) -> list[str]:
+    """``count`` candidate turns of different lengths (about 8 to 40 tokens)."""
+    shapes = [
+        lambda d: f"Action: move {d}",
+        lambda d: f"Thought: I should go {d}.\nAction: move {d}",
+        lambda d: (
+            f"Thought: the coin is not in this room and the {d} door is open, so the "
+            f"next room to search is there.\nAction: move {d}"
+        ),
+        lambda d: "Thought: I see the coin.\nAction: take coin",
+    ]
+    return [shapes[i % len(shapes)](rng.choice(DIRECTIONS)) for i in range(count)]
+
+
+async def steps_round(scorer: QNetScorer, steps: list[list[ValueQuery]]) -> float:
+    """Candidates/s with each step's candidates asked in one concurrent ``score`` call."""
+    started = time.perf_counter()
+    await asyncio.gather(*(scorer.score(step) for step in steps))
+    _sync(scorer.device)
+    return sum(len(step) for step in steps) / (time.perf_counter() - started)
+
+
+def shared_prefix_comparison(args: argparse.Namespace) -> None:
+    """Shared-prefix vs plain batched scoring, per model and history length, one run."""
+    lengths = [int(x) for x in args.history_tokens.split(",")]
+    rows = []
+    for model in args.models.split(","):
+        shape = MODELS[model]
+        with tempfile.TemporaryDirectory() as tmp:
+            max_length = max(lengths) + 512  # room for the candidate: nothing is truncated
+            checkpoint = build_checkpoint(Path(tmp), max_length, args.seed, **shape)
+            options: dict[str, Any] = {
+                "device": args.device,
+                "max_batch": args.max_batch,
+                "cache_size": 0,
+                "max_wait_s": 0.01,
+            }
+            plain = QNetScorer.from_pretrained(checkpoint, shared_prefix=False, **options)
+            shared = QNetScorer.from_pretrained(checkpoint, **options)
+            assert shared.shares_prefixes
+            for tokens in lengths:
+                rng = random.Random(args.seed + tokens)
+                steps = []
+                for _ in range(args.states):
+                    history = state_of_length(plain.tokenizer, tokens, rng)
+                    texts = step_candidates(rng, args.candidates)
+                    steps.append([ValueQuery(history, text) for text in texts])
+                print(f"  {model}, history {tokens} tokens ...", flush=True)
+                for scorer in (plain, shared):  # warm-up
+                    asyncio.run(steps_round(scorer, steps[:1]))
+                rates: dict[str, list[float]] = {"plain": [], "shared": []}
+                for _ in range(args.rounds):
+                    rates["plain"].append(asyncio.run(steps_round(plain, steps)))
+                    rates["shared"].append(asyncio.run(steps_round(shared, steps)))
+                rows.append((model, tokens, rates))
+            fallbacks = shared.stats.prefix_fallbacks
+            asyncio.run(plain.aclose())
+            asyncio.run(shared.aclose())
+            assert fallbacks == 0, "a prefix was not shared: the comparison is not what it says"
+
+    print(
+        f"\nM={args.candidates} candidates per state, {args.states} states per round "
+        f"(asked concurrently), {args.rounds} interleaved rounds; candidates/s, median (best)"
+    )
+    print(f"{'model':<11} {'history':>8} {'plain batched':>16} {'shared prefix':>16} {'ratio':>7}")
+    for model, tokens, rates in rows:
+        plain_m, shared_m = (statistics.median(rates[k]) for k in ("plain", "shared"))
+        print(
+            f"{model:<11} {tokens:>8} {plain_m:>8.3g} ({max(rates['plain']):>5.3g}) "
+            f"{shared_m:>8.3g} ({max(rates['shared']):>5.3g}) {shared_m / plain_m:>6.1f}x"
+        )
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -162,9 +270,28 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=4096)
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--shared-prefix",
+        action="store_true",
+        help="compare shared-prefix scoring with the plain batched scorer instead",
+    )
+    parser.add_argument(
+        "--models",
+        default="demo,pythia-70m",
+        help=f"shared-prefix: models, comma-separated, of {', '.join(MODELS)}",
+    )
+    parser.add_argument(
+        "--history-tokens", default="512,2048,4096", help="shared-prefix: history lengths"
+    )
+    parser.add_argument("--states", type=int, default=4, help="shared-prefix: states per round")
+    parser.add_argument("--candidates", type=int, default=4, help="shared-prefix: M per state")
     args = parser.parse_args()
     configure_logging(level="WARNING")
     hf_logging.disable_progress_bar()
+    if args.shared_prefix:
+        print(f"device: {device_name(resolve_device(args.device))}")
+        shared_prefix_comparison(args)
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = build_checkpoint(Path(tmp), args.max_length, args.seed)

@@ -49,6 +49,27 @@ def _redact_processor(
     return event_dict
 
 
+class _AsDebug(logging.Filter):
+    """Turn a library's warnings and errors into DEBUG records, kept only at DEBUG.
+
+    py4j logs a lost JVM connection as an ERROR with a traceback, once per call in flight;
+    qlass reports the failure itself (one line: the env crashed, timed out or was closed),
+    so py4j's records are detail for ``--log-level DEBUG``.
+    """
+
+    def __init__(self, *, keep: bool) -> None:
+        super().__init__()
+        self.keep = keep
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return self.keep
+
+
+# py4j's modules that log (a filter on a parent logger does not see its children's records).
+_PY4J_LOGGERS = ("py4j.java_gateway", "py4j.clientserver")
+
+
 def configure_logging(*, json_logs: bool = False, level: str = "INFO") -> None:
     """Configure structlog and the stdlib root logger once, for the whole process.
 
@@ -81,3 +102,8 @@ def configure_logging(*, json_logs: bool = False, level: str = "INFO") -> None:
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, force=True)
     for noisy in ("LiteLLM", "httpx", "httpcore", "uvicorn.access", "py4j"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for name in _PY4J_LOGGERS:
+        logger = logging.getLogger(name)
+        for old in [f for f in logger.filters if isinstance(f, _AsDebug)]:
+            logger.removeFilter(old)
+        logger.addFilter(_AsDebug(keep=numeric <= logging.DEBUG))

@@ -7,7 +7,7 @@ they occur, with the original kept as ``__cause__``.
 
     QlassError
     ├── TrainingStopped               a stop was asked for mid-training; nothing was saved
-    ├── InvalidActionError            (also a ValueError) an empty action reached Env.step: a bug
+    ├── InvalidActionError            (also a ValueError) an empty or non-UTF-8 action reached Env.step: a bug
     ├── UserError                     bad input: fix the command, config or data
     │   ├── ConfigError               invalid or unreadable configuration (names the field)
     │   ├── UnknownNameError          unknown env, task, backend, strategy or run
@@ -66,10 +66,13 @@ class TrainingStopped(QlassError):
 
 
 class InvalidActionError(QlassError, ValueError):
-    """An empty or whitespace-only action was passed to ``Env.step``.
+    """An action that no simulator can take was passed to ``Env.step``: empty or
+    whitespace-only, or not encodable as UTF-8 (lone surrogates, e.g. undecodable bytes
+    read with ``surrogateescape``).
 
     A programming error: model output with no parsable action is an invalid *step* of the
-    episode (see :mod:`qlass.parsing`) and must never reach a simulator.
+    episode (see :mod:`qlass.parsing`) and must never reach a simulator. Rejected before
+    it reaches one, it leaves the simulator as it was.
     """
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,6 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from qlass.envs.base import InvalidActionError, require_action
 from qlass.envs.registry import create_env, env_names, get_family, list_tasks
 from qlass.errors import MissingDataError, QlassError, UserError
 from qlass.types import TaskSpec
@@ -257,6 +259,18 @@ def _resolve_task(
     return TaskSpec(base.env, base.name, variation, base.split, base.params)
 
 
+def _read_line(prompt: str) -> str | None:
+    """One line of input (None at its end). Bytes that are not UTF-8 are kept as lone
+    surrogates (``surrogateescape``) for the caller to reject, so reading never fails
+    and nothing after them is lost."""
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+    raw = sys.stdin.buffer.readline()
+    if not raw:
+        return None
+    return raw.decode("utf-8", errors="surrogateescape")
+
+
 async def _play(spec: TaskSpec, options: dict[str, Any], *, show_valid: bool) -> None:
     console = Console()
     env = create_env(spec.env, **options)
@@ -268,13 +282,18 @@ async def _play(spec: TaskSpec, options: dict[str, Any], *, show_valid: bool) ->
         while True:
             if show_valid and valid:
                 console.print("[dim]valid: " + " | ".join(valid) + "[/dim]")
-            try:
-                action = (await asyncio.to_thread(input, "> ")).strip()
-            except EOFError:
+            line = await asyncio.to_thread(_read_line, "> ")
+            if line is None:
                 break
+            action = line.strip()
             if action.lower() in {"quit", "exit"}:
                 break
             if not action:
+                continue
+            try:
+                require_action(action)
+            except InvalidActionError:
+                console.print("[red]that line is not valid UTF-8 text; type the action again[/red]")
                 continue
             result = await env.step(action)
             steps += 1

@@ -9,6 +9,7 @@ the command prints how to resume.
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 import shlex
 import sys
@@ -88,6 +89,9 @@ def run_pipeline(config: RunConfig, work: Callable[[Pipeline], Awaitable[T]]) ->
                 result = await work(pipeline)
         return result, stop.requested
 
+    # What the imports made lives as long as the process: out of the collector's full
+    # passes, which paused the event loop for about 100 ms each with 200 episodes going.
+    gc.freeze()
     try:
         result, stopped = asyncio.run(main())
     except (KeyboardInterrupt, asyncio.CancelledError):

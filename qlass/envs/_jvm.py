@@ -10,11 +10,19 @@ call over a socket. :class:`JvmEnv` gives such a simulator:
 - crash detection: a dead JVM or a broken py4j connection raises
   :class:`~qlass.errors.EnvCrashedError`; the instance is then dead for good (an
   :class:`~qlass.envs.pool.EnvPool` replaces it);
+- a JVM that only qlass stops: it runs in a process group of its own, so a Ctrl-C at the
+  terminal (SIGINT to the foreground process group) reaches qlass alone, which then
+  stops gracefully and closes the simulators itself;
 - a close that always terminates the JVM, plus a finalizer that kills it if an instance is
   dropped without ``close()`` (and at interpreter exit). py4j also starts the JVM with
-  ``--die-on-broken-pipe``, so it exits with this process even on SIGKILL;
-- no py4j traffic outside the worker thread: py4j's release messages for garbage-collected
-  proxies are queued for the worker, and the client is marked disconnected on shutdown.
+  ``--die-on-broken-pipe``, so it exits with this process even on SIGKILL or an
+  unhandled SIGTERM;
+- no py4j traffic outside the worker thread, finalizers included: from the moment the
+  gateway exists, py4j's release messages for garbage-collected proxies (sent by
+  whatever thread the collector runs in, possibly the event loop's) are queued for the
+  worker, and the client is marked disconnected on shutdown.
+
+:func:`qlass_launch` makes a simulator wrapper launch its JVM that way.
 """
 
 from __future__ import annotations
@@ -22,9 +30,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import os
 import subprocess
 import threading
+import types
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -37,7 +47,7 @@ from qlass.envs.base import require_action
 from qlass.errors import EnvCrashedError, EnvError, EnvTimeoutError, QlassError
 from qlass.types import Observation, StepResult, TaskSpec
 
-__all__ = ["JvmEnv", "java_child_pids", "without_del"]
+__all__ = ["JvmEnv", "java_child_pids", "qlass_launch"]
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -71,11 +81,105 @@ def java_child_pids(parent: int | None = None) -> list[int]:
     return sorted(pids)
 
 
-def without_del(cls: type[Any]) -> type[Any]:
-    """``cls`` with a no-op ``__del__``. Both simulators' wrappers call ``close()`` from
-    ``__del__``, which on a JVM qlass already terminated prints a BrokenPipeError; qlass
-    closes explicitly instead."""
-    return type(cls.__name__, (cls,), {"__del__": lambda self: None})
+class _ReleasesInOwnerThread:
+    """py4j client behaviour: release messages are sent only from the creating thread.
+
+    py4j tells the JVM to drop an object when its Python proxy is garbage-collected, over
+    the socket, in whatever thread the collector happens to run: possibly the event
+    loop's, which would then wait for a JVM round trip. Releases asked for in any other
+    thread are queued and sent by :meth:`flush_releases`, which the env's worker calls
+    before each of its calls. The client is created in the worker thread (the JVM is
+    launched there), so no proxy ever exists without this routing.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._owner = threading.current_thread()
+        self._pending: collections.deque[str] = collections.deque()
+
+    def garbage_collect_object(self, target_id: str, *args: Any, **kwargs: Any) -> None:
+        if threading.current_thread() is self._owner:
+            super().garbage_collect_object(target_id, *args, **kwargs)  # type: ignore[misc]
+        else:
+            self._pending.append(target_id)
+
+    def flush_releases(self) -> None:
+        while self._pending:
+            super().garbage_collect_object(self._pending.popleft())  # type: ignore[misc]
+
+
+def _rebound(function: Any, **names: Any) -> Any:
+    """A copy of ``function`` that sees ``names`` instead of its module's globals of those
+    names (the module itself is left as it is).
+
+    Raises:
+        RuntimeError: ``function`` does not use every one of ``names`` (its package
+            changed how it works; the caller needs updating).
+    """
+    missing = set(names) - set(function.__code__.co_names)
+    if missing:
+        raise RuntimeError(
+            f"{function.__module__}.{function.__qualname__} no longer calls "
+            f"{sorted(missing)}: qlass cannot set its JVM launch options (qlass/envs/_jvm.py)"
+        )
+    copy = types.FunctionType(
+        function.__code__,
+        {**function.__globals__, **names},
+        function.__name__,
+        function.__defaults__,
+        function.__closure__,
+    )
+    copy.__kwdefaults__ = function.__kwdefaults__
+    copy.__doc__ = function.__doc__
+    return copy
+
+
+@functools.cache
+def _launch_names() -> dict[str, Any]:
+    """What :func:`qlass_launch` binds ``launch_gateway`` and ``JavaGateway`` to (py4j is
+    imported only when a simulator is built)."""
+    from py4j import java_gateway
+
+    client = type("WorkerBoundClient", (_ReleasesInOwnerThread, java_gateway.GatewayClient), {})
+
+    class WorkerBoundGateway(java_gateway.JavaGateway):
+        def _create_gateway_client(self) -> Any:
+            return client(gateway_parameters=self.gateway_parameters)
+
+    # py4j's launch option create_new_process_group gives the JVM a process group of its
+    # own, so that a terminal's Ctrl-C does not reach it (it stays in qlass's session).
+    # py4j makes the group with preexec_fn=os.setpgrp, which the subprocess docs call
+    # unsafe with threads and which rules out vfork: the fork of a large process then
+    # holds the GIL (stalling the event loop) for as long as it takes. Popen's own
+    # process_group (Python 3.11) makes the same group without either.
+    launch = _rebound(
+        java_gateway.launch_gateway,
+        get_create_new_process_group_kwargs=lambda: {"process_group": 0},
+    )
+    return {
+        "launch_gateway": functools.partial(launch, create_new_process_group=True),
+        "JavaGateway": WorkerBoundGateway,
+    }
+
+
+def qlass_launch(cls: type[Any]) -> type[Any]:
+    """A subclass of the simulator wrapper ``cls`` that launches its JVM as qlass needs.
+
+    The wrappers (TextWorldExpress, ScienceWorld) build their gateway in ``__init__`` with
+    py4j's ``launch_gateway`` and ``JavaGateway``, with no way to pass launch options. The
+    subclass runs that same ``__init__`` code with two names bound differently: the JVM is
+    started in its own process group, and the gateway's client sends py4j's release
+    messages from the worker thread only (see :class:`_ReleasesInOwnerThread`; nothing in
+    the wrapper's module changes). Its ``__del__`` does nothing: the wrappers
+    call ``close()`` from ``__del__``, which on a JVM qlass already terminated prints a
+    BrokenPipeError; qlass closes explicitly instead.
+
+    Raises:
+        RuntimeError: ``cls.__init__`` no longer calls both names (a wrapper release changed
+            how it launches; this function needs updating).
+    """
+    init = _rebound(cls.__init__, **_launch_names())
+    return type(cls.__name__, (cls,), {"__init__": init, "__del__": lambda self: None})
 
 
 def _reap(proc: subprocess.Popen[bytes]) -> int | None:
@@ -114,29 +218,6 @@ def _dispose(sim: Any, proc: subprocess.Popen[bytes], release: Callable[[Any], N
         release(sim)
 
 
-class _WorkerOnlyRelease:
-    """py4j tells the JVM to drop an object when its Python proxy is garbage-collected, over
-    the socket, in whatever thread the collector happens to run: possibly the event loop's.
-    Releases requested outside the worker thread are queued here and sent by the worker
-    before its next call."""
-
-    def __init__(self, client: Any, worker: threading.Thread) -> None:
-        self._send = client.garbage_collect_object
-        self._worker = worker
-        self._pending: collections.deque[Any] = collections.deque()
-        client.garbage_collect_object = self
-
-    def __call__(self, target_id: Any, *args: Any, **kwargs: Any) -> None:
-        if threading.current_thread() is self._worker:
-            self._send(target_id, *args, **kwargs)
-        else:
-            self._pending.append(target_id)
-
-    def flush(self) -> None:
-        while self._pending:
-            self._send(self._pending.popleft())
-
-
 def _is_py4j_error(exc: BaseException) -> bool:
     return type(exc).__module__.startswith("py4j")
 
@@ -160,11 +241,11 @@ class JvmEnv(ABC):
         self._executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"qlass-{self.family}"
         )
+        self._worker_started = False
         self._lock = threading.Lock()
         self._sim: Any = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
-        self._releases: _WorkerOnlyRelease | None = None
         self._closed = False
         self._dead: str | None = None
         self._task: TaskSpec | None = None
@@ -174,7 +255,11 @@ class JvmEnv(ABC):
 
     @abstractmethod
     def _launch(self) -> Any:
-        """Start the simulator; return its py4j wrapper (which has ``_gateway``)."""
+        """Start the simulator; return its py4j wrapper (which has ``_gateway``).
+
+        Build the wrapper from :func:`qlass_launch` so that its JVM only stops when qlass
+        stops it and its releases stay in this (the worker) thread.
+        """
 
     @abstractmethod
     def _reset_blocking(self, task: TaskSpec, gold: bool) -> tuple[Observation, list[str]]:
@@ -262,8 +347,17 @@ class JvmEnv(ABC):
             raise EnvCrashedError(
                 f"{self.family} simulator is dead ({self._dead}); cannot do {what}"
             )
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, self._guarded, fn, args, what)
+        if self._worker_started:
+            loop = asyncio.get_running_loop()
+            future = loop.run_in_executor(self._executor, self._guarded, fn, args, what)
+        else:
+            # The executor starts its thread on the first submit, and Thread.start() waits
+            # for the new thread to run (tens of ms on a loaded machine): not in the loop.
+            submitted = await asyncio.to_thread(
+                self._executor.submit, self._guarded, fn, args, what
+            )
+            self._worker_started = True
+            future = asyncio.wrap_future(submitted)
         try:
             async with asyncio.timeout(limit_s) as scope:
                 return await future
@@ -283,8 +377,9 @@ class JvmEnv(ABC):
         """Run ``fn`` in the worker thread, translating py4j/socket failures."""
         try:
             self._ensure_started()
-            assert self._releases is not None
-            self._releases.flush()
+            client = self._sim._gateway._gateway_client
+            if isinstance(client, _ReleasesInOwnerThread):
+                client.flush_releases()
             return fn(*args)
         except QlassError:
             raise
@@ -293,6 +388,8 @@ class JvmEnv(ABC):
                 raise
             if self._dead is not None:  # killed after a timeout: already reported
                 raise EnvCrashedError(f"{self.family} simulator was killed ({self._dead})") from exc
+            if self._closed:  # closed while this call was under way (a stop): no crash
+                raise EnvCrashedError(f"{self.family} env was closed during {what}") from exc
             if (
                 type(exc).__name__ == "Py4JJavaError"
                 and self._proc is not None
@@ -320,9 +417,6 @@ class JvmEnv(ABC):
             sim = self._launch()
             self._sim = sim
             self._proc = sim._gateway.java_process
-            self._releases = _WorkerOnlyRelease(
-                sim._gateway._gateway_client, threading.current_thread()
-            )
             self._finalizer = weakref.finalize(self, _dispose, sim, self._proc, type(self)._release)
             log.debug("env_started", env=self.family, pid=self._proc.pid if self._proc else None)
 
@@ -333,7 +427,8 @@ class JvmEnv(ABC):
                 return
             if self._finalizer is not None:
                 self._finalizer.detach()
-            if proc.poll() is None:
+            running = proc.poll() is None
+            if running:
                 with contextlib.suppress(Exception):
                     sim._gateway.shutdown()
             else:
@@ -341,7 +436,11 @@ class JvmEnv(ABC):
                 with contextlib.suppress(Exception):
                     sim._gateway.shutdown_callback_server()
             _disconnect(sim)
-            _reap(proc)
+            code = _reap(proc)
             with contextlib.suppress(Exception):
                 self._release(sim)
             self._proc = None
+        # running_until_close=False: the JVM had exited by itself (or was killed) before.
+        log.debug(
+            "env_closed", env=self.family, pid=proc.pid, exit_code=code, running_until_close=running
+        )

@@ -59,7 +59,13 @@ class GoldPathEnv(Env, Protocol):
 
 
 def require_action(action: str) -> str:
-    """Return ``action`` stripped, or raise :class:`InvalidActionError` if nothing is left."""
+    """Return ``action`` stripped, or raise :class:`InvalidActionError` (see there)."""
     if not isinstance(action, str) or not action.strip():
         raise InvalidActionError(f"env actions must be non-empty text, got {action!r}")
+    try:
+        action.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidActionError(
+            f"env actions must be valid text; {action!r} holds bytes that are not UTF-8"
+        ) from None
     return action.strip()

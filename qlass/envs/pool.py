@@ -47,6 +47,7 @@ import structlog
 
 from qlass.envs.base import Env, require_action
 from qlass.envs.pool_stats import PoolStats
+from qlass.envs.pool_waiters import Waiters
 from qlass.errors import EnvCrashedError, EnvTimeoutError, ReplayMismatchError
 from qlass.types import Observation, StepResult, TaskSpec
 
@@ -179,7 +180,7 @@ class EnvPool:
         self._owns_envs = owns_envs
         self.stats = PoolStats()
         self._slots: list[_Slot] = []
-        self._cond = asyncio.Condition()
+        self._waiters = Waiters()
         self._closed = False
 
     @classmethod
@@ -247,8 +248,7 @@ class EnvPool:
         for error in results:
             if isinstance(error, BaseException):
                 log.warning("env_close_failed", pool=self.name, error=repr(error))
-        async with self._cond:
-            self._cond.notify_all()
+        self._waiters.wake(lambda _waiter: True)
 
     @contextlib.asynccontextmanager
     async def at(
@@ -335,26 +335,30 @@ class EnvPool:
 
     async def _acquire(self, task: TaskSpec, path: tuple[str, ...]) -> _Slot:
         loop = asyncio.get_running_loop()
-        async with self._cond:
-            while True:
-                if self._closed:
-                    raise RuntimeError(f"{self.name} pool is closed")
-                choice = self._choose(task, path, loop.time())
-                if isinstance(choice, _Slot):
-                    choice.busy, choice.finished = True, False
-                    return choice
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(choice):
-                        await self._cond.wait()
+        while True:
+            if self._closed:
+                raise RuntimeError(f"{self.name} pool is closed")
+            choice = self._choose(task, path, loop.time())
+            if isinstance(choice, _Slot):
+                choice.busy, choice.finished = True, False
+                return choice
+            await self._waiters.wait(task, choice)
 
     async def _release(self, slot: _Slot) -> None:
         if slot.broken:
             await self._discard(slot)
-        async with self._cond:
-            slot.busy = False
-            slot.idle_since = asyncio.get_running_loop().time()
-            slot.owner = asyncio.current_task()
-            self._cond.notify_all()
+        slot.busy = False
+        slot.idle_since = asyncio.get_running_loop().time()
+        slot.owner = asyncio.current_task()
+        # Wake only the waiters whose choice this release can change (waking all of them
+        # at every release made each of hundreds of waiting episodes scan the pool once
+        # per step): any waiter for a free env; a waiter of the same task (it may continue
+        # from this env); a waiter that saw no idle env at all (it now has one to linger
+        # on). A waiter with a timeout already lingers on an older idle env, which is free
+        # to take sooner than this one.
+        free = slot.env is None or slot.position is None or self._at_end(slot)
+        task = slot.position.task if slot.position is not None else None
+        self._waiters.wake(lambda waiter: free or not waiter.timed or waiter.task == task)
 
     # -- positioning -----------------------------------------------------------------------
 

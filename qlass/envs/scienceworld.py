@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
-from qlass.envs._jvm import JvmEnv, without_del
+from qlass.envs._jvm import JvmEnv, qlass_launch
 from qlass.envs.family import BaseEnvFamily
 from qlass.errors import ConfigError, MissingDependencyError, UnknownNameError
 from qlass.types import Observation, Split, StepResult, TaskSpec
@@ -137,7 +137,7 @@ def _simulator_class() -> type[Any]:
     except ImportError as exc:  # pragma: no cover - a core dependency
         raise MissingDependencyError("scienceworld", "scienceworld", "ScienceWorld") from exc
 
-    return without_del(_Sim)
+    return qlass_launch(_Sim)
 
 
 class ScienceWorldEnv(JvmEnv):

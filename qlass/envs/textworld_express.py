@@ -18,7 +18,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from qlass.envs._jvm import JvmEnv, without_del
+from qlass.envs._jvm import JvmEnv, qlass_launch
 from qlass.envs.family import BaseEnvFamily
 from qlass.errors import ConfigError, MissingDependencyError, UnknownNameError
 from qlass.types import Observation, Split, StepResult, TaskSpec
@@ -67,7 +67,7 @@ def _simulator_class() -> type[Any]:
             "textworld-express", "textworld_express", "TextWorldExpress"
         ) from exc
 
-    return without_del(_Sim)
+    return qlass_launch(_Sim)
 
 
 class TextWorldExpressEnv(JvmEnv):

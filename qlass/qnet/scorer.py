@@ -12,8 +12,14 @@ gathers their queries into one batch, which a worker thread then
    runs one forward pass under ``torch.inference_mode``;
 5. restores the callers' order.
 
+Candidates of the same state (the M candidates of one step) share their history: with
+``shared_prefix`` (the default) their common token prefix runs through the model once and
+only each candidate's own tokens after it (:mod:`qlass.qnet.prefix`); where the prefix
+cannot be shared (left truncation cut into it) they are scored as above, and counted.
+
 Batched scores equal one-at-a-time scores up to float rounding: right padding with an
-attention mask leaves every real token's positions and context unchanged.
+attention mask leaves every real token's positions and context unchanged, and so does a
+cached prefix.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from qlass.errors import ValueModelError
 from qlass.qnet.base import ValueQuery
 from qlass.qnet.encoding import bucket_by_length, encode_texts, pad_right, render, text_key
 from qlass.qnet.model import QNet, load_tokenizer
+from qlass.qnet.prefix import PrefixForward, PrefixGroup, plan_shared_prefixes
+from qlass.types import History
 
 __all__ = ["QNetScorer", "ScorerStats"]
 
@@ -46,9 +54,12 @@ log = structlog.get_logger(__name__)
 class ScorerStats:
     """Counters since start.
 
-    ``queries`` asked, ``cache_hits`` answered from the cache, ``sequences`` run through the
+    ``queries`` asked, ``cache_hits`` answered from the cache, ``sequences`` scored by the
     model in ``forward_passes`` passes, ``tokens`` real tokens run and ``padded_tokens`` the
     tokens run including padding (their ratio is the padding overhead).
+    ``shared_prefixes``: groups of candidates whose common prefix ran once, holding
+    ``shared_sequences`` of the sequences; ``prefix_fallbacks``: groups of two or more
+    candidates of one state scored the plain way because their prefix could not be shared.
     """
 
     queries: int = 0
@@ -57,6 +68,9 @@ class ScorerStats:
     forward_passes: int = 0
     tokens: int = 0
     padded_tokens: int = 0
+    shared_prefixes: int = 0
+    shared_sequences: int = 0
+    prefix_fallbacks: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -66,6 +80,9 @@ class ScorerStats:
             "forward_passes": self.forward_passes,
             "tokens": self.tokens,
             "padded_tokens": self.padded_tokens,
+            "shared_prefixes": self.shared_prefixes,
+            "shared_sequences": self.shared_sequences,
+            "prefix_fallbacks": self.prefix_fallbacks,
         }
 
 
@@ -83,6 +100,12 @@ class QNetScorer:
         max_padding: pad tokens per real token allowed in a forward pass (length bucketing).
         cache_size: rendered queries remembered (0 disables the cache).
         max_wait_s: how long the first query of a batch waits for others to join.
+        shared_prefix: encode the prefix shared by the candidates of one state once (see
+            :mod:`qlass.qnet.prefix`); off, or where the backbone fails its check, every
+            sequence runs whole.
+        cache_budget: attended tokens (candidates x (prefix + suffix)) per shared-prefix
+            suffix pass at most; bounds the memory of the copied KV cache. Default: 8 x
+            ``token_budget``.
     """
 
     def __init__(
@@ -96,12 +119,15 @@ class QNetScorer:
         max_padding: float = 0.25,
         cache_size: int = 100_000,
         max_wait_s: float = 0.005,
+        shared_prefix: bool = True,
+        cache_budget: int | None = None,
     ) -> None:
         if max_batch < 1 or (token_budget is not None and token_budget < 1) or cache_size < 0:
             raise ValueError("max_batch and token_budget must be >= 1, cache_size >= 0")
         self.device = resolve_device(device, error=ValueModelError)
         if token_budget is None:
             token_budget = 32768 if self.device.type == "cuda" else 4096
+        self.cache_budget = cache_budget if cache_budget is not None else 8 * token_budget
         self.qnet = qnet.to(self.device).eval()
         self.tokenizer = tokenizer
         self.max_length = qnet.max_length
@@ -113,6 +139,14 @@ class QNetScorer:
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._cache: OrderedDict[str, float] = OrderedDict()
         self._lock = threading.Lock()  # guards the cache and stats; batches may come from threads
+        self._prefix: PrefixForward | None = None
+        if shared_prefix:
+            prefix = PrefixForward(self.qnet, device=self.device, pad_id=self._pad_id)
+            problem = prefix.probe()
+            if problem is None:
+                self._prefix = prefix
+            else:
+                log.warning("qnet shared-prefix scoring disabled", reason=problem)
         self._batcher: MicroBatcher[ValueQuery, float] = MicroBatcher(
             self.score_batch, max_batch=max_batch, max_wait_s=max_wait_s, name="qnet-scorer"
         )
@@ -175,12 +209,14 @@ class QNetScorer:
                         self._cache.move_to_end(key)
                         results[key] = self._cache[key]
                         self.stats.cache_hits += 1
-        todo: dict[str, str] = {}
-        for key, text in zip(keys, texts, strict=True):
+        todo: dict[str, tuple[str, History]] = {}
+        for key, text, query in zip(keys, texts, queries, strict=True):
             if key not in results and key not in todo:
-                todo[key] = text
+                todo[key] = (text, query.history)
         if todo:
-            values = self._forward(list(todo.values()))
+            values = self._forward(
+                [text for text, _ in todo.values()], [h for _, h in todo.values()]
+            )
             results.update(zip(todo.keys(), values, strict=True))
             if self.cache_size:
                 with self._lock:
@@ -191,22 +227,45 @@ class QNetScorer:
                         self._cache.popitem(last=False)
         return [results[key] for key in keys]
 
-    def _forward(self, texts: list[str]) -> list[float]:
+    @property
+    def shares_prefixes(self) -> bool:
+        """Whether shared-prefix scoring is on (asked for, and the backbone passed its check)."""
+        return self._prefix is not None
+
+    def _forward(self, texts: list[str], histories: list[History]) -> list[float]:
         try:
             encoded = encode_texts(self.tokenizer, texts, self.max_length)
         except ValueError as exc:
             raise ValueModelError(f"cannot tokenize a query: {exc}") from exc
         values: list[float] = [math.nan] * len(texts)
-        groups = bucket_by_length(
-            [len(ids) for ids in encoded],
-            max_items=self.max_batch,
-            token_budget=self.token_budget,
-            max_padding=self.max_padding,
-        )
-        tokens = padded = 0
+        plain = list(range(len(texts)))
+        groups: list[PrefixGroup] = []
+        fallbacks = 0
+        if self._prefix is not None:
+            groups, plain, fallbacks = plan_shared_prefixes(encoded, histories)
+        passes = tokens = padded = 0
         try:
             with torch.inference_mode():
-                for group in groups:
+                if groups:
+                    assert self._prefix is not None
+                    counts = self._prefix.values(
+                        groups,
+                        max_items=self.max_batch,
+                        token_budget=self.token_budget,
+                        cache_budget=self.cache_budget,
+                        max_padding=self.max_padding,
+                    )
+                    for index, value in counts.values.items():
+                        values[index] = value
+                    passes, tokens, padded = counts.passes, counts.tokens, counts.padded_tokens
+                buckets = bucket_by_length(
+                    [len(encoded[i]) for i in plain],
+                    max_items=self.max_batch,
+                    token_budget=self.token_budget,
+                    max_padding=self.max_padding,
+                )
+                for bucket in buckets:
+                    group = [plain[i] for i in bucket]
                     input_ids, mask = pad_right([encoded[i] for i in group], self._pad_id)
                     tokens += int(mask.sum())
                     padded += mask.numel()
@@ -214,17 +273,28 @@ class QNetScorer:
                     assert out is not None
                     for index, value in zip(group, out.tolist(), strict=True):
                         values[index] = float(value)
+                passes += len(buckets)
         except RuntimeError as exc:  # includes torch.cuda.OutOfMemoryError
             raise ValueModelError(f"QNet forward pass failed: {exc}") from exc
         if not all(math.isfinite(v) for v in values):
             raise ValueModelError("the QNet produced a non-finite score (NaN or inf)")
+        shared = sum(len(g.members) for g in groups)
         with self._lock:
             self.stats.sequences += len(texts)
-            self.stats.forward_passes += len(groups)
+            self.stats.forward_passes += passes
             self.stats.tokens += tokens
             self.stats.padded_tokens += padded
+            self.stats.shared_prefixes += len(groups)
+            self.stats.shared_sequences += shared
+            self.stats.prefix_fallbacks += fallbacks
         log.debug(
-            "qnet batch", sequences=len(texts), passes=len(groups), tokens=tokens, padded=padded
+            "qnet batch",
+            sequences=len(texts),
+            shared=shared,
+            fallbacks=fallbacks,
+            passes=passes,
+            tokens=tokens,
+            padded=padded,
         )
         return values
 

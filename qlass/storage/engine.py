@@ -115,6 +115,18 @@ def make_engine(
     Nothing connects yet; connection errors surface on first use (see :func:`translate_error`).
     """
     url = normalize_url(url_or_path)
+    if (
+        url.get_backend_name() == "sqlite"
+        and not _is_memory(url)
+        and "poolclass" not in engine_kwargs
+    ):
+        # Each aiosqlite connection is a thread, started on the event loop (blocking it
+        # until the thread runs: tens of ms on a loaded machine). SQLAlchemy's default
+        # pool (5 kept + 10 overflow) closes overflow connections on return, so under
+        # load connections were opened and closed over and over; keeping all 15 keeps
+        # the same limit without the churn.
+        engine_kwargs.setdefault("pool_size", 15)
+        engine_kwargs.setdefault("max_overflow", 0)
     try:
         engine = create_async_engine(url, echo=echo, json_serializer=strict_json, **engine_kwargs)
     except (exc.ArgumentError, exc.NoSuchModuleError, ImportError) as error:

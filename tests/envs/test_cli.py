@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -77,3 +79,21 @@ def test_gold_writes_trajectories_with_a_summary(cli: CliRunner, tmp_path: Path)
         "textworld_express/arithmetic/dev/10001",
         "textworld_express/arithmetic/dev/10002",
     ]
+
+
+def test_play_rejects_a_line_that_is_not_utf8_and_plays_on() -> None:
+    # A real process and a real stdin: bytes typed in another encoding reach the reader.
+    args = ["envs", "play", "twx", "coin", "--variation", "1"]
+    done = subprocess.run(
+        [sys.executable, "-m", "qlass", *args, "--params", "numLocations=3,includeDoors=0"],
+        input=b"look around\n\xff\xfe take coin\ntake coin\n",
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    out, err = done.stdout.decode(), done.stderr.decode(errors="replace")
+    assert done.returncode == 0, err[-3000:]
+    assert out.count("that line is not valid UTF-8 text; type the action again") == 1
+    assert "success: final score 1.00" in out  # the simulator survived and played on
+    assert "step 2 " in out and "step 3 " not in out  # the bad line was not a step
+    assert "Traceback" not in err + out

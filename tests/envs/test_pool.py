@@ -4,7 +4,7 @@ test_pool_simulators.py)."""
 from __future__ import annotations
 
 import asyncio
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 
@@ -309,3 +309,42 @@ async def test_around_lends_the_callers_env_and_never_closes_it() -> None:
             assert handle.env is env and env.path == ["a"]
         assert (pool.stats.continuations, env.resets, pool.stats.created) == (1, 2, 1)
     assert not env.closed
+
+
+class CountingPool(EnvPool):
+    """Counts how often a request looks for an env (each wake-up of a waiter is one)."""
+
+    looks = 0
+
+    def _choose(self, task: TaskSpec, path: tuple[str, ...], now: float) -> Any:
+        CountingPool.looks += 1
+        return super()._choose(task, path, now)
+
+
+async def test_a_release_wakes_only_the_requests_it_can_serve() -> None:
+    # One env, a long grace: while it stands mid-episode of TASK, requests of other
+    # tasks wait for the grace to run out. TASK's own steps must not wake them each time.
+    async with CountingPool(PathEnv, size=1, linger_s=3600) as pool:
+        async with pool.at(TASK, ["a"]):
+            pass
+        others = [TaskSpec("fake", "walk", v, "train") for v in range(1, 21)]
+
+        async def want(task: TaskSpec) -> None:
+            async with pool.at(task, ["x"]) as env:
+                env.finish()
+
+        CountingPool.looks = 0
+        waiting = [asyncio.create_task(want(t)) for t in others]
+        await asyncio.sleep(0)  # each new task runs until it waits
+        assert CountingPool.looks == len(others)
+        CountingPool.looks = 0
+        for depth in range(2, 6):  # TASK's branch goes on from its env: no replay
+            async with pool.at(TASK, ["a"] * depth):
+                pass
+            await asyncio.sleep(0)
+        assert CountingPool.looks == 4  # its own four requests, no other request woke
+        assert pool.stats.replays == 1  # its first reset only
+        async with pool.at(TASK, ["a"] * 6) as env:
+            env.finish()  # the episode is over: the env is free for anyone now
+        await asyncio.gather(*waiting)
+        assert pool.stats.replays == 1 + len(others)

@@ -78,3 +78,10 @@ def test_observation_comparison_is_the_familys_own() -> None:
         assert get_family(name).same_observation(a, a)
         assert not get_family(name).same_observation(reordered, a)
     assert EnvPool.for_env("sciworld").same_observation == sciworld.same_observation
+
+
+def test_require_action_rejects_text_that_is_not_utf8() -> None:
+    undecodable = b"take \xff coin".decode("utf-8", errors="surrogateescape")
+    with pytest.raises(InvalidActionError, match="not UTF-8"):
+        require_action(undecodable)
+    assert require_action(" prendre la pi\u00e8ce ") == "prendre la pi\u00e8ce"

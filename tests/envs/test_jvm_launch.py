@@ -1,0 +1,93 @@
+"""How qlass launches the simulators' JVMs: a process group of their own (a terminal's
+Ctrl-C reaches qlass alone), py4j traffic only from the env's worker thread (finalizers
+included), actions that no simulator can take rejected before they reach one."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+from typing import Any
+
+import pytest
+
+from qlass.envs._jvm import qlass_launch
+from qlass.envs.base import InvalidActionError
+from qlass.envs.scienceworld import ScienceWorldEnv
+from qlass.envs.textworld_express import TextWorldExpressEnv
+from qlass.types import TaskSpec
+
+COIN = TaskSpec("textworld_express", "coin", 0, "train", "numLocations=3,includeDoors=0")
+
+
+@pytest.mark.parametrize(
+    ("make", "task"),
+    [
+        (TextWorldExpressEnv, COIN),
+        (ScienceWorldEnv, TaskSpec("scienceworld", "boil", 0, "train", "easy")),
+    ],
+    ids=["textworld_express", "scienceworld"],
+)
+async def test_jvm_has_a_process_group_of_its_own_in_this_session(
+    make: Any, task: TaskSpec
+) -> None:
+    env = make()
+    try:
+        await env.reset(task)
+        pid = env.pid
+        assert os.getpgid(pid) == pid != os.getpgid(0)  # a terminal's SIGINT misses it
+        assert os.getsid(pid) == os.getsid(0)  # still findable as part of this session
+    finally:
+        await env.close()
+
+
+async def test_proxies_collected_on_the_loop_thread_are_released_by_the_worker() -> None:
+    env = TextWorldExpressEnv()
+    try:
+        await env.reset(COIN)
+        loop = asyncio.get_running_loop()
+
+        made: list[Any] = []  # the worker's result stays referenced by its future: pass it here
+
+        def new_proxy() -> None:
+            made.append(env._sim._gateway.jvm.java.util.ArrayList())
+
+        await loop.run_in_executor(env._executor, new_proxy)
+        client = env._sim._gateway._gateway_client
+        sent: list[str] = []
+        real_send = client.send_command
+        client.send_command = lambda command, *a, **k: (
+            sent.append(command) or real_send(command, *a, **k)
+        )
+        target = made[0]._target_id
+        made.clear()
+        gc.collect()  # the proxy's finalizer runs here, in the event loop's thread
+        assert sent == [] and target in client._pending
+        await env.step("look around")  # the worker sends the release before its call
+        assert not client._pending
+        assert f"m\nd\n{target}\ne\n" in sent  # py4j's release message, sent by the worker
+    finally:
+        await env.close()
+
+
+def test_launch_needs_the_names_it_rebinds() -> None:
+    class Wrapper:
+        def __init__(self) -> None:
+            self.started = True
+
+    with pytest.raises(RuntimeError, match="no longer calls"):
+        qlass_launch(Wrapper)
+
+
+async def test_action_with_undecodable_bytes_is_rejected_and_the_jvm_survives() -> None:
+    env = TextWorldExpressEnv()
+    try:
+        await env.reset(COIN)
+        pid = env.pid
+        action = b"move \xff\xfe north".decode("utf-8", errors="surrogateescape")
+        with pytest.raises(InvalidActionError, match="not UTF-8"):
+            await env.step(action)
+        assert env.alive and env.pid == pid
+        await env.step("look around")
+    finally:
+        await env.close()
