@@ -40,6 +40,7 @@ from packaging.version import Version
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from qlass._batching import BatchStats, MicroBatcher
+from qlass._log import adopt_library_logging
 from qlass._torch import default_dtype, resolve_device
 from qlass.backends.cache import sample_seed
 from qlass.errors import ConfigError, MissingDataError, PolicyCallError, PromptTooLongError
@@ -49,6 +50,9 @@ from qlass.types import Candidate, ChatMessage, Usage
 __all__ = ["Generation", "HFPolicy", "PromptTooLongError"]
 
 log = structlog.get_logger(__name__)
+
+# transformers attached its own log handler on import: hand its records to qlass's.
+adopt_library_logging()
 
 # transformers 4.56 renamed from_pretrained's torch_dtype argument to dtype.
 _DTYPE_ARG = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"

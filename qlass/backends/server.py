@@ -194,10 +194,18 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def serve(app: FastAPI, sock: socket.socket, *, access_log: bool = False) -> None:
-    """Run ``app`` on the bound socket until interrupted (blocking; for the CLI)."""
+    """Run ``app`` on the bound socket until interrupted (blocking; for the CLI).
+
+    uvicorn's records go to the standard library's logging as they are (``log_config``
+    None, no levels of its own), where qlass's handler renders them.
+    """
+    import logging
+
     import uvicorn
 
+    if access_log:  # its lines are INFO records of "uvicorn.access"
+        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
     config = uvicorn.Config(
-        app, log_level="warning", access_log=access_log, log_config=None, lifespan="on"
+        app, log_level=None, access_log=access_log, log_config=None, lifespan="on"
     )
     uvicorn.Server(config).run(sockets=[sock])

@@ -27,6 +27,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from qlass._log import adopt_library_logging
 from qlass._version import __version__, code_version
 from qlass.errors import MissingDataError, ValueModelError
 
@@ -42,6 +43,9 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
+
+# transformers attached its own log handler on import: hand its records to qlass's.
+adopt_library_logging()
 
 CHECKPOINT_FORMAT = 1
 CONFIG_FILE = "qnet_config.json"
