@@ -14,10 +14,17 @@ ids that ignore the left padding. Temperature 0 is greedy. Identical prompts in 
 together (padding a 300-token prompt to 700 wastes more than batching gains on CPU) and
 their caches joined; rows that finish leave the batch.
 
-Prompts that do not fit the context: the oldest turns are dropped (an assistant turn with
-the observation after it) while the system message, the first user message (task and first
-observation) and the last message are kept; if even that does not fit beside
-``max_tokens``, the call fails with :class:`~qlass.errors.PolicyCallError`.
+Prompts that do not fit the context: with ``trim=True`` (the default for :meth:`sample`)
+the oldest turns are dropped (an assistant turn with the observation after it) while the
+system message, the first user message (task and first observation) and the last message
+are kept, and :attr:`Generation.dropped_messages` says how many went; if even that does not
+fit beside ``max_tokens``, or with ``trim=False``, the call fails with
+:class:`PromptTooLongError`.
+
+``top_p`` (nucleus sampling) keeps the smallest set of most likely tokens whose probability
+reaches ``top_p`` (after temperature). ``logprobs=k`` returns, per generated token, its log
+probability under the model (the raw distribution, before temperature and ``top_p``, as
+vLLM reports them) and the ``k`` most likely alternatives.
 
 This module needs torch and transformers only (GPU boxes may have nothing else).
 """
@@ -37,6 +44,7 @@ import structlog
 import torch
 import transformers
 from packaging.version import Version
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from qlass._batching import BatchStats, MicroBatcher
@@ -47,7 +55,7 @@ from qlass.errors import ConfigError, MissingDataError, PolicyCallError, PromptT
 from qlass.parsing import candidate_from_text
 from qlass.types import Candidate, ChatMessage, Usage
 
-__all__ = ["Generation", "HFPolicy", "PromptTooLongError"]
+__all__ = ["Generation", "HFPolicy", "PromptTooLongError", "TokenLogprob"]
 
 log = structlog.get_logger(__name__)
 
@@ -59,16 +67,29 @@ _DTYPE_ARG = "dtype" if Version(transformers.__version__) >= Version("4.56") els
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One generated token, its log probability, and the most likely alternatives."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Generation:
     """One generated completion with its real token counts.
 
     ``finish_reason`` is ``"stop"`` (end-of-turn token or a stop string) or ``"length"``.
+    ``dropped_messages`` counts the messages trimmed off the prompt to fit the context;
+    ``logprobs`` is set when the request asked for them.
     """
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
+    dropped_messages: int = 0
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +99,9 @@ class _Request:
     max_tokens: int
     stop: tuple[str, ...]
     seed: int
+    top_p: float = 1.0
+    logprobs: int | None = None  # None: none; k: the chosen token and its k best rivals
+    trim: bool = True
 
 
 class HFPolicy:
@@ -109,10 +133,15 @@ class HFPolicy:
         self.device = resolve_device(device, error=ConfigError, field="policy.device")
         if dtype is None:
             dtype = default_dtype(self.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise ConfigError(f"the tokenizer in {path} has no chat template")
-        model: Any = AutoModelForCausalLM.from_pretrained(path, **{_DTYPE_ARG: dtype})
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise ConfigError(f"the tokenizer in {path} has no chat template")
+            model: Any = AutoModelForCausalLM.from_pretrained(path, **{_DTYPE_ARG: dtype})
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
+            # A corrupt config.json, tokenizer or weights file: one line, not a traceback.
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise MissingDataError(f"cannot load the model in {path}: {reason}") from exc
         self.model: Any = model.to(self.device).eval()
         config = self.model.config
         positions = getattr(config, "max_position_embeddings", None) or 2048
@@ -186,21 +215,43 @@ class HFPolicy:
         max_tokens: int = 256,
         stop: Sequence[str] | None = None,
         seed: int | None = None,
+        top_p: float = 1.0,
+        logprobs: int | None = None,
+        trim: bool = True,
     ) -> list[Generation]:
-        """Return ``n`` raw completions (what the OpenAI-compatible server sends back)."""
+        """Return ``n`` raw completions (what the OpenAI-compatible server sends back).
+
+        ``top_p``, ``logprobs`` and ``trim`` are described in the module docstring.
+        """
         if n < 1:
             raise ValueError("n must be at least 1")
         if max_tokens < 1:
             raise ValueError("max_tokens must be at least 1")
         if temperature < 0:
             raise ValueError("temperature must be >= 0")
+        if not 0 <= top_p <= 1:
+            raise ValueError("top_p must be in [0, 1]")
+        if logprobs is not None and logprobs < 0:
+            raise ValueError("logprobs must be >= 0")
         seeds = [
             sample_seed(seed, i) if seed is not None else self._rng.getrandbits(31)
             for i in range(n)
         ]
         frozen = tuple(ChatMessage(role=m["role"], content=m["content"]) for m in messages)
         stops = tuple(s for s in stop or () if s)
-        requests = [_Request(frozen, float(temperature), int(max_tokens), stops, s) for s in seeds]
+        requests = [
+            _Request(
+                frozen,
+                float(temperature),
+                int(max_tokens),
+                stops,
+                s,
+                top_p=float(top_p),
+                logprobs=logprobs,
+                trim=trim,
+            )
+            for s in seeds
+        ]
         results = await self._batcher.submit_many(requests)
         for result in results:
             if isinstance(result, Exception):
@@ -250,7 +301,8 @@ class HFPolicy:
         )
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def _prompt_ids(self, request: _Request) -> list[int]:
+    def _prompt_ids(self, request: _Request) -> tuple[list[int], int]:
+        """The prompt's token ids and how many messages were dropped to fit the context."""
         budget = self.max_context - request.max_tokens
         if budget < 1:
             raise PromptTooLongError(
@@ -260,28 +312,40 @@ class HFPolicy:
         messages = list(request.messages)
         ids = self._encode(messages)
         if len(ids) <= budget:
-            return ids
+            return ids, 0
         head = next((i + 1 for i, m in enumerate(messages) if m["role"] == "user"), 1)
         original = len(ids)
-        while len(ids) > budget and len(messages) - head >= 3:
+        while request.trim and len(ids) > budget and len(messages) - head >= 3:
             messages = messages[:head] + messages[head + 2 :]
             ids = self._encode(messages)
         if len(ids) > budget:
+            kept = (
+                ", even with only the system message, the task and the last message kept"
+                if request.trim
+                else " (no messages are dropped for this request)"
+            )
             raise PromptTooLongError(
                 f"prompt of {original} tokens does not fit the model's context of "
-                f"{self.max_context} positions with max_tokens={request.max_tokens}, even "
-                "with only the system message, the task and the last message kept"
+                f"{self.max_context} positions with max_tokens={request.max_tokens}{kept}"
             )
-        log.debug("policy.truncated", model=self._model_name, tokens=original, kept=len(ids))
-        return ids
+        dropped = len(request.messages) - len(messages)
+        log.debug(
+            "policy.truncated",
+            model=self._model_name,
+            tokens=original,
+            kept=len(ids),
+            dropped_messages=dropped,
+        )
+        return ids, dropped
 
     def _run_batch(self, requests: list[_Request]) -> list[Generation | Exception]:
         outcomes: list[Generation | Exception | None] = [None] * len(requests)
-        encoded: dict[str, list[int] | Exception] = {}
+        encoded: dict[str, tuple[list[int], int] | Exception] = {}
         rows: list[int] = []
         prompts: list[list[int]] = []
+        dropped: list[int] = []
         for i, request in enumerate(requests):
-            memo = json.dumps([request.messages, request.max_tokens])
+            memo = json.dumps([request.messages, request.max_tokens, request.trim])
             if memo not in encoded:
                 try:
                     encoded[memo] = self._prompt_ids(request)
@@ -292,10 +356,11 @@ class HFPolicy:
                 outcomes[i] = prompt
             else:
                 rows.append(i)
-                prompts.append(prompt)
+                prompts.append(prompt[0])
+                dropped.append(prompt[1])
         if rows:
             try:
-                generated = self._decode([requests[i] for i in rows], prompts)
+                generated = self._decode([requests[i] for i in rows], prompts, dropped)
             except (RuntimeError, ValueError, IndexError) as exc:
                 error = PolicyCallError(f"local generation failed: {exc}")
                 error.__cause__ = exc
@@ -306,7 +371,7 @@ class HFPolicy:
 
     @torch.inference_mode()
     def _decode(
-        self, requests: list[_Request], prompts: list[list[int]]
+        self, requests: list[_Request], prompts: list[list[int]], dropped: list[int]
     ) -> list[Generation | Exception]:
         device, model = self.device, self.model
         extra = self._extra
@@ -325,6 +390,8 @@ class HFPolicy:
             for r in requests
         ]
         tokens: list[list[int]] = [[] for _ in requests]
+        # Per row that asked: (token, logprob, top alternatives) of each generated token.
+        logprobs: list[list[tuple[int, float, list[tuple[int, float]]]]] = [[] for _ in requests]
         finish: list[str | None] = [None] * len(requests)
         texts: list[str | None] = [None] * len(requests)
         active = list(range(len(requests)))  # the request of each row of the batch
@@ -339,7 +406,11 @@ class HFPolicy:
                     token = int(greedy[slot])
                 else:
                     probs = torch.softmax(scores[slot] / request.temperature, dim=-1)
+                    if request.top_p < 1.0:
+                        probs = _nucleus(probs, request.top_p)
                     token = int(torch.multinomial(probs, 1, generator=generator).item())
+                if request.logprobs is not None:
+                    logprobs[row].append(_token_logprobs(scores[slot], token, request.logprobs))
                 tokens[row].append(token)
                 finish[row], texts[row] = self._check_stop(request, tokens[row])
                 if finish[row] is None:
@@ -372,8 +443,44 @@ class HFPolicy:
             text = texts[row]
             if text is None:
                 text = self._text(tokens[row])
-            results.append(Generation(text, len(prompt), len(tokens[row]), finish[row] or "length"))
+            results.append(
+                Generation(
+                    text,
+                    len(prompt),
+                    len(tokens[row]),
+                    finish[row] or "length",
+                    dropped_messages=dropped[row],
+                    logprobs=self._logprob_entries(logprobs[row], text)
+                    if requests[row].logprobs is not None
+                    else None,
+                )
+            )
         return results
+
+    def _logprob_entries(
+        self, raw: list[tuple[int, float, list[tuple[int, float]]]], text: str
+    ) -> tuple[TokenLogprob, ...]:
+        """Entries for the tokens that make up ``text`` (end-of-turn tokens and the tokens
+        after a stop string's cut are not part of it)."""
+        entries: list[TokenLogprob] = []
+        ids: list[int] = []
+        whole = self._text([token for token, _, _ in raw]) == text
+        for token, logprob, top in raw:
+            if token in self._eos_ids or (not whole and len(self._text(ids)) >= len(text)):
+                break
+            ids.append(token)
+            entries.append(
+                TokenLogprob(
+                    self._piece(token),
+                    logprob,
+                    tuple((self._piece(alt), value) for alt, value in top),
+                )
+            )
+        return tuple(entries)
+
+    def _piece(self, token: int) -> str:
+        # Decoded as the text is: a special token the text leaves out is an empty string.
+        return str(self.tokenizer.decode([token], skip_special_tokens=True))
 
     def _forward_padded(self, prompts: Sequence[Sequence[int]]) -> tuple[Any, torch.Tensor]:
         """Prefill left-padded ``prompts`` as one batch: (KV cache, last-position logits)."""
@@ -462,3 +569,30 @@ class HFPolicy:
         if len(tokens) >= request.max_tokens:
             return "length", None
         return None, None
+
+
+def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``probs`` with every token outside the top-``top_p`` nucleus set to zero.
+
+    The nucleus is the smallest set of most likely tokens whose probabilities sum to at
+    least ``top_p`` (the most likely token is always kept). A stable sort keeps ties in
+    token order, so a seeded row samples the same token on every run.
+    """
+    ordered, order = torch.sort(probs, descending=True, stable=True)
+    before = torch.cumsum(ordered, dim=-1) - ordered  # mass of the tokens ranked above
+    outside = before >= top_p
+    outside[..., 0] = False
+    ordered = ordered.masked_fill(outside, 0.0)
+    return torch.zeros_like(probs).scatter(-1, order, ordered)
+
+
+def _token_logprobs(
+    scores: torch.Tensor, token: int, top: int
+) -> tuple[int, float, list[tuple[int, float]]]:
+    """The raw model log probability of ``token`` and of the ``top`` most likely tokens."""
+    logprobs = torch.log_softmax(scores, dim=-1)
+    best: list[tuple[int, float]] = []
+    if top > 0:
+        values, ids = torch.topk(logprobs, min(top, logprobs.shape[-1]))
+        best = [(int(i), float(v)) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
+    return token, float(logprobs[token]), best
