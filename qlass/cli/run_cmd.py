@@ -61,7 +61,7 @@ def load_run_config(
         from qlass.storage import TreeStore
 
         url = db_url(db or f"runs/{resume}/qlass.db")
-        async with await TreeStore.open(url, upgrade=False) as store:
+        async with await TreeStore.open(url, read_only=True) as store:
             run = await store.runs.get(resume)
         data = dict(run.config)
         if db is not None:
