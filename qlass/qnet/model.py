@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
@@ -240,11 +241,16 @@ class QNet(nn.Module):
             )
         backbone = _load_backbone(directory / BACKBONE_DIR, dtype)
         qnet = cls(backbone, spec)
+        head = directory / HEAD_FILE
+        if not head.is_file():
+            raise MissingDataError(f"{directory} lacks {HEAD_FILE}")
         try:
-            state = load_file(str(directory / HEAD_FILE))
-        except (OSError, FileNotFoundError) as exc:
-            raise MissingDataError(f"{directory} lacks {HEAD_FILE}") from exc
-        qnet.head.load_state_dict(state)
+            qnet.head.load_state_dict(load_file(str(head)))
+        except (OSError, SafetensorError, RuntimeError, ValueError) as exc:
+            # A truncated or foreign file: safetensors cannot parse it, or its tensors do
+            # not fit the head the config describes.
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise MissingDataError(f"{head} is not a usable value head: {reason}") from exc
         return qnet
 
     def save_pretrained(
