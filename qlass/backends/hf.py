@@ -12,19 +12,13 @@ row has its own ``torch.Generator`` seeded from the request's per-sample seed
 ids that ignore the left padding. Temperature 0 is greedy. Identical prompts in a batch
 (the ``n`` samples of one call) are prefilled once; prompts of similar length are prefilled
 together (padding a 300-token prompt to 700 wastes more than batching gains on CPU) and
-their caches joined; rows that finish leave the batch.
+their caches joined (:mod:`qlass.backends._prefill`); rows that finish leave the batch.
 
 Prompts that do not fit the context: with ``trim=True`` (the default for :meth:`sample`)
-the oldest turns are dropped (an assistant turn with the observation after it) while the
-system message, the first user message (task and first observation) and the last message
-are kept, and :attr:`Generation.dropped_messages` says how many went; if even that does not
-fit beside ``max_tokens``, or with ``trim=False``, the call fails with
-:class:`PromptTooLongError`.
-
-``top_p`` (nucleus sampling) keeps the smallest set of most likely tokens whose probability
-reaches ``top_p`` (after temperature). ``logprobs=k`` returns, per generated token, its log
-probability under the model (the raw distribution, before temperature and ``top_p``, as
-vLLM reports them) and the ``k`` most likely alternatives.
+the oldest turns are dropped (:mod:`qlass.backends._prompt_fit`) and
+:attr:`Generation.dropped_messages` says how many went; otherwise, or when even that does
+not fit, the call fails with :class:`PromptTooLongError`. ``top_p`` and ``logprobs`` are
+described in :mod:`qlass.backends._sampling`.
 
 This module needs torch and transformers only (GPU boxes may have nothing else).
 """
@@ -45,11 +39,20 @@ import torch
 import transformers
 from packaging.version import Version
 from safetensors import SafetensorError
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from qlass._batching import BatchStats, MicroBatcher
 from qlass._log import adopt_library_logging
 from qlass._torch import default_dtype, resolve_device
+from qlass.backends._prefill import prefill
+from qlass.backends._prompt_fit import fit_prompt
+from qlass.backends._sampling import (
+    RawLogprob,
+    TokenLogprob,
+    logprob_entries,
+    sample_token,
+    token_logprobs,
+)
 from qlass.backends.cache import sample_seed
 from qlass.errors import ConfigError, MissingDataError, PolicyCallError, PromptTooLongError
 from qlass.parsing import candidate_from_text
@@ -64,15 +67,6 @@ adopt_library_logging()
 
 # transformers 4.56 renamed from_pretrained's torch_dtype argument to dtype.
 _DTYPE_ARG = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
-
-
-@dataclass(frozen=True, slots=True)
-class TokenLogprob:
-    """One generated token, its log probability, and the most likely alternatives."""
-
-    token: str
-    logprob: float
-    top: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,40 +297,22 @@ class HFPolicy:
 
     def _prompt_ids(self, request: _Request) -> tuple[list[int], int]:
         """The prompt's token ids and how many messages were dropped to fit the context."""
-        budget = self.max_context - request.max_tokens
-        if budget < 1:
-            raise PromptTooLongError(
-                f"max_tokens={request.max_tokens} leaves no room for a prompt in the "
-                f"model's context of {self.max_context} positions"
-            )
-        messages = list(request.messages)
-        ids = self._encode(messages)
-        if len(ids) <= budget:
-            return ids, 0
-        head = next((i + 1 for i, m in enumerate(messages) if m["role"] == "user"), 1)
-        original = len(ids)
-        while request.trim and len(ids) > budget and len(messages) - head >= 3:
-            messages = messages[:head] + messages[head + 2 :]
-            ids = self._encode(messages)
-        if len(ids) > budget:
-            kept = (
-                ", even with only the system message, the task and the last message kept"
-                if request.trim
-                else " (no messages are dropped for this request)"
-            )
-            raise PromptTooLongError(
-                f"prompt of {original} tokens does not fit the model's context of "
-                f"{self.max_context} positions with max_tokens={request.max_tokens}{kept}"
-            )
-        dropped = len(request.messages) - len(messages)
-        log.debug(
-            "policy.truncated",
-            model=self._model_name,
-            tokens=original,
-            kept=len(ids),
-            dropped_messages=dropped,
+        fitted = fit_prompt(
+            request.messages,
+            self._encode,
+            max_context=self.max_context,
+            max_tokens=request.max_tokens,
+            trim=request.trim,
         )
-        return ids, dropped
+        if fitted.dropped_messages:
+            log.debug(
+                "policy.truncated",
+                model=self._model_name,
+                tokens=fitted.original_tokens,
+                kept=len(fitted.ids),
+                dropped_messages=fitted.dropped_messages,
+            )
+        return fitted.ids, fitted.dropped_messages
 
     def _run_batch(self, requests: list[_Request]) -> list[Generation | Exception]:
         outcomes: list[Generation | Exception | None] = [None] * len(requests)
@@ -378,7 +354,12 @@ class HFPolicy:
         # Identical prompts (the n samples of one call) are prefilled once, then shared.
         distinct: dict[tuple[int, ...], int] = {}
         owner = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
-        cache, logits, attention = self._prefill(list(distinct))
+        cache, logits, attention = prefill(
+            list(distinct),
+            self._forward_padded,
+            device=device,
+            max_padded_tokens=self.prefill_tokens if self._mergeable_cache else None,
+        )
         index = torch.tensor(owner, dtype=torch.long, device=device)
         if len(distinct) < len(requests):
             cache.reorder_cache(index)
@@ -391,7 +372,7 @@ class HFPolicy:
         ]
         tokens: list[list[int]] = [[] for _ in requests]
         # Per row that asked: (token, logprob, top alternatives) of each generated token.
-        logprobs: list[list[tuple[int, float, list[tuple[int, float]]]]] = [[] for _ in requests]
+        logprobs: list[list[RawLogprob]] = [[] for _ in requests]
         finish: list[str | None] = [None] * len(requests)
         texts: list[str | None] = [None] * len(requests)
         active = list(range(len(requests)))  # the request of each row of the batch
@@ -402,15 +383,13 @@ class HFPolicy:
             chosen: list[int] = []
             for slot, row in enumerate(active):
                 request, generator = requests[row], generators[row]
-                if generator is None:
-                    token = int(greedy[slot])
-                else:
-                    probs = torch.softmax(scores[slot] / request.temperature, dim=-1)
-                    if request.top_p < 1.0:
-                        probs = _nucleus(probs, request.top_p)
-                    token = int(torch.multinomial(probs, 1, generator=generator).item())
+                token = (
+                    int(greedy[slot])
+                    if generator is None
+                    else sample_token(scores[slot], request.temperature, request.top_p, generator)
+                )
                 if request.logprobs is not None:
-                    logprobs[row].append(_token_logprobs(scores[slot], token, request.logprobs))
+                    logprobs[row].append(token_logprobs(scores[slot], token, request.logprobs))
                 tokens[row].append(token)
                 finish[row], texts[row] = self._check_stop(request, tokens[row])
                 if finish[row] is None:
@@ -450,33 +429,18 @@ class HFPolicy:
                     len(tokens[row]),
                     finish[row] or "length",
                     dropped_messages=dropped[row],
-                    logprobs=self._logprob_entries(logprobs[row], text)
+                    logprobs=logprob_entries(
+                        logprobs[row],
+                        text,
+                        end_ids=self._eos_ids,
+                        decode=self._text,
+                        piece=self._piece,
+                    )
                     if requests[row].logprobs is not None
                     else None,
                 )
             )
         return results
-
-    def _logprob_entries(
-        self, raw: list[tuple[int, float, list[tuple[int, float]]]], text: str
-    ) -> tuple[TokenLogprob, ...]:
-        """Entries for the tokens that make up ``text`` (end-of-turn tokens and the tokens
-        after a stop string's cut are not part of it)."""
-        entries: list[TokenLogprob] = []
-        ids: list[int] = []
-        whole = self._text([token for token, _, _ in raw]) == text
-        for token, logprob, top in raw:
-            if token in self._eos_ids or (not whole and len(self._text(ids)) >= len(text)):
-                break
-            ids.append(token)
-            entries.append(
-                TokenLogprob(
-                    self._piece(token),
-                    logprob,
-                    tuple((self._piece(alt), value) for alt, value in top),
-                )
-            )
-        return tuple(entries)
 
     def _piece(self, token: int) -> str:
         # Decoded as the text is: a special token the text leaves out is an empty string.
@@ -500,59 +464,6 @@ class HFPolicy:
         )
         return getattr(out, self._cache_arg), out.logits[:, -1, :]
 
-    def _prefill(self, prompts: list[tuple[int, ...]]) -> tuple[Any, torch.Tensor, torch.Tensor]:
-        """KV cache left-padded to the longest prompt, last logits, and the attention mask.
-
-        Padding a batch to its longest prompt wastes compute on short prompts (and attention
-        is quadratic in the padded width), so prompts of similar length are prefilled in
-        groups of at most ``prefill_tokens`` padded tokens, and their caches are copied into
-        one left-padded cache for decoding.
-        """
-        width = max(len(p) for p in prompts)
-        attention = torch.zeros((len(prompts), width), dtype=torch.long, device=self.device)
-        for row, prompt in enumerate(prompts):
-            attention[row, width - len(prompt) :] = 1
-        groups = self._groups(prompts)
-        if len(groups) == 1:
-            cache, logits = self._forward_padded(prompts)
-            return cache, logits, attention
-        keys: list[torch.Tensor] = []
-        values: list[torch.Tensor] = []
-        logits = torch.empty(0)
-        for group in groups:
-            cache, group_logits = self._forward_padded([prompts[r] for r in group])
-            group_width = max(len(prompts[r]) for r in group)
-            if logits.numel() == 0:
-                logits = group_logits.new_empty((len(prompts), group_logits.shape[-1]))
-            logits[group] = group_logits
-            for layer, entry in enumerate(cache):
-                k, v = entry[0], entry[1]
-                if layer == len(keys):
-                    keys.append(k.new_zeros((len(prompts), k.shape[1], width, k.shape[3])))
-                    values.append(v.new_zeros((len(prompts), v.shape[1], width, v.shape[3])))
-                for j, row in enumerate(group):
-                    n = len(prompts[row])
-                    keys[layer][row, :, width - n :] = k[j, :, group_width - n :]
-                    values[layer][row, :, width - n :] = v[j, :, group_width - n :]
-        merged = DynamicCache()
-        for layer, (k, v) in enumerate(zip(keys, values, strict=True)):
-            merged.update(k, v, layer)
-        return merged, logits, attention
-
-    def _groups(self, prompts: list[tuple[int, ...]]) -> list[list[int]]:
-        """Rows by increasing length, cut into groups of at most ``prefill_tokens`` padded."""
-        if not self._mergeable_cache:
-            return [list(range(len(prompts)))]
-        groups: list[list[int]] = []
-        current: list[int] = []
-        for row in sorted(range(len(prompts)), key=lambda r: len(prompts[r])):
-            if current and (len(current) + 1) * len(prompts[row]) > self.prefill_tokens:
-                groups.append(current)
-                current = []
-            current.append(row)
-        groups.append(current)
-        return groups
-
     def _text(self, tokens: list[int]) -> str:
         kept = [t for t in tokens if t not in self._eos_ids]
         return str(self.tokenizer.decode(kept, skip_special_tokens=True))
@@ -569,30 +480,3 @@ class HFPolicy:
         if len(tokens) >= request.max_tokens:
             return "length", None
         return None, None
-
-
-def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """``probs`` with every token outside the top-``top_p`` nucleus set to zero.
-
-    The nucleus is the smallest set of most likely tokens whose probabilities sum to at
-    least ``top_p`` (the most likely token is always kept). A stable sort keeps ties in
-    token order, so a seeded row samples the same token on every run.
-    """
-    ordered, order = torch.sort(probs, descending=True, stable=True)
-    before = torch.cumsum(ordered, dim=-1) - ordered  # mass of the tokens ranked above
-    outside = before >= top_p
-    outside[..., 0] = False
-    ordered = ordered.masked_fill(outside, 0.0)
-    return torch.zeros_like(probs).scatter(-1, order, ordered)
-
-
-def _token_logprobs(
-    scores: torch.Tensor, token: int, top: int
-) -> tuple[int, float, list[tuple[int, float]]]:
-    """The raw model log probability of ``token`` and of the ``top`` most likely tokens."""
-    logprobs = torch.log_softmax(scores, dim=-1)
-    best: list[tuple[int, float]] = []
-    if top > 0:
-        values, ids = torch.topk(logprobs, min(top, logprobs.shape[-1]))
-        best = [(int(i), float(v)) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
-    return token, float(logprobs[token]), best

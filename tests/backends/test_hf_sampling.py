@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from qlass.backends.hf import HFPolicy, PromptTooLongError, _nucleus
+from qlass.backends._sampling import nucleus
+from qlass.backends.hf import HFPolicy, PromptTooLongError
 from qlass.errors import MissingDataError
 from qlass.types import ChatMessage
 
@@ -28,12 +29,12 @@ async def load(model_dir: Path, **options: object) -> HFPolicy:
 
 def test_nucleus_keeps_the_smallest_set_reaching_top_p() -> None:
     probs = torch.tensor([0.2, 0.5, 0.3])
-    assert _nucleus(probs, 0.5).tolist() == [0.0, 0.5, 0.0]  # 0.5 alone reaches 0.5
-    assert _nucleus(probs, 0.6).tolist() == pytest.approx([0.0, 0.5, 0.3])
-    assert _nucleus(probs, 0.81).tolist() == pytest.approx([0.2, 0.5, 0.3])
-    assert _nucleus(probs, 0.0).tolist() == [0.0, 0.5, 0.0]  # the most likely is always kept
+    assert nucleus(probs, 0.5).tolist() == [0.0, 0.5, 0.0]  # 0.5 alone reaches 0.5
+    assert nucleus(probs, 0.6).tolist() == pytest.approx([0.0, 0.5, 0.3])
+    assert nucleus(probs, 0.81).tolist() == pytest.approx([0.2, 0.5, 0.3])
+    assert nucleus(probs, 0.0).tolist() == [0.0, 0.5, 0.0]  # the most likely is always kept
     tied = torch.tensor([0.25, 0.25, 0.25, 0.25])
-    assert _nucleus(tied, 0.3).tolist() == [0.25, 0.25, 0.0, 0.0]  # ties: in token order
+    assert nucleus(tied, 0.3).tolist() == [0.25, 0.25, 0.0, 0.0]  # ties: in token order
 
 
 async def test_a_tiny_top_p_samples_the_greedy_text(tiny_model_dir: Path) -> None:
