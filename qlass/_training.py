@@ -8,7 +8,12 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from qlass._log import adopt_library_logging
+
 __all__ = ["StopCallback"]
+
+# transformers attached its own log handler on import: hand its records to qlass's.
+adopt_library_logging()
 
 
 class StopCallback(TrainerCallback):

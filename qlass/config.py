@@ -322,6 +322,14 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid {path.suffix[1:]}: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a table/mapping at the top level")
+    if not data:
+        # Probably a mistake (a file saved before it was written): running on would start
+        # the paper's full settings, thousands of tasks.
+        raise ConfigError(
+            f"config file {path} holds no settings: an empty config runs the paper's full "
+            "settings (every task of every game); write the settings you want into it, or "
+            "leave out --config to run the defaults on purpose"
+        )
     return data
 
 

@@ -12,12 +12,13 @@ row has its own ``torch.Generator`` seeded from the request's per-sample seed
 ids that ignore the left padding. Temperature 0 is greedy. Identical prompts in a batch
 (the ``n`` samples of one call) are prefilled once; prompts of similar length are prefilled
 together (padding a 300-token prompt to 700 wastes more than batching gains on CPU) and
-their caches joined; rows that finish leave the batch.
+their caches joined (:mod:`qlass.backends._prefill`); rows that finish leave the batch.
 
-Prompts that do not fit the context: the oldest turns are dropped (an assistant turn with
-the observation after it) while the system message, the first user message (task and first
-observation) and the last message are kept; if even that does not fit beside
-``max_tokens``, the call fails with :class:`~qlass.errors.PolicyCallError`.
+Prompts that do not fit the context: with ``trim=True`` (the default for :meth:`sample`)
+the oldest turns are dropped (:mod:`qlass.backends._prompt_fit`) and
+:attr:`Generation.dropped_messages` says how many went; otherwise, or when even that does
+not fit, the call fails with :class:`PromptTooLongError`. ``top_p`` and ``logprobs`` are
+described in :mod:`qlass.backends._sampling`.
 
 This module needs torch and transformers only (GPU boxes may have nothing else).
 """
@@ -37,18 +38,32 @@ import structlog
 import torch
 import transformers
 from packaging.version import Version
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from safetensors import SafetensorError
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from qlass._batching import BatchStats, MicroBatcher
+from qlass._log import adopt_library_logging
 from qlass._torch import default_dtype, resolve_device
+from qlass.backends._prefill import prefill
+from qlass.backends._prompt_fit import fit_prompt
+from qlass.backends._sampling import (
+    RawLogprob,
+    TokenLogprob,
+    logprob_entries,
+    sample_token,
+    token_logprobs,
+)
 from qlass.backends.cache import sample_seed
 from qlass.errors import ConfigError, MissingDataError, PolicyCallError, PromptTooLongError
 from qlass.parsing import candidate_from_text
 from qlass.types import Candidate, ChatMessage, Usage
 
-__all__ = ["Generation", "HFPolicy", "PromptTooLongError"]
+__all__ = ["Generation", "HFPolicy", "PromptTooLongError", "TokenLogprob"]
 
 log = structlog.get_logger(__name__)
+
+# transformers attached its own log handler on import: hand its records to qlass's.
+adopt_library_logging()
 
 # transformers 4.56 renamed from_pretrained's torch_dtype argument to dtype.
 _DTYPE_ARG = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
@@ -59,12 +74,16 @@ class Generation:
     """One generated completion with its real token counts.
 
     ``finish_reason`` is ``"stop"`` (end-of-turn token or a stop string) or ``"length"``.
+    ``dropped_messages`` counts the messages trimmed off the prompt to fit the context;
+    ``logprobs`` is set when the request asked for them.
     """
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
+    dropped_messages: int = 0
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +93,9 @@ class _Request:
     max_tokens: int
     stop: tuple[str, ...]
     seed: int
+    top_p: float = 1.0
+    logprobs: int | None = None  # None: none; k: the chosen token and its k best rivals
+    trim: bool = True
 
 
 class HFPolicy:
@@ -105,10 +127,15 @@ class HFPolicy:
         self.device = resolve_device(device, error=ConfigError, field="policy.device")
         if dtype is None:
             dtype = default_dtype(self.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise ConfigError(f"the tokenizer in {path} has no chat template")
-        model: Any = AutoModelForCausalLM.from_pretrained(path, **{_DTYPE_ARG: dtype})
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise ConfigError(f"the tokenizer in {path} has no chat template")
+            model: Any = AutoModelForCausalLM.from_pretrained(path, **{_DTYPE_ARG: dtype})
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
+            # A corrupt config.json, tokenizer or weights file: one line, not a traceback.
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise MissingDataError(f"cannot load the model in {path}: {reason}") from exc
         self.model: Any = model.to(self.device).eval()
         config = self.model.config
         positions = getattr(config, "max_position_embeddings", None) or 2048
@@ -182,21 +209,43 @@ class HFPolicy:
         max_tokens: int = 256,
         stop: Sequence[str] | None = None,
         seed: int | None = None,
+        top_p: float = 1.0,
+        logprobs: int | None = None,
+        trim: bool = True,
     ) -> list[Generation]:
-        """Return ``n`` raw completions (what the OpenAI-compatible server sends back)."""
+        """Return ``n`` raw completions (what the OpenAI-compatible server sends back).
+
+        ``top_p``, ``logprobs`` and ``trim`` are described in the module docstring.
+        """
         if n < 1:
             raise ValueError("n must be at least 1")
         if max_tokens < 1:
             raise ValueError("max_tokens must be at least 1")
         if temperature < 0:
             raise ValueError("temperature must be >= 0")
+        if not 0 <= top_p <= 1:
+            raise ValueError("top_p must be in [0, 1]")
+        if logprobs is not None and logprobs < 0:
+            raise ValueError("logprobs must be >= 0")
         seeds = [
             sample_seed(seed, i) if seed is not None else self._rng.getrandbits(31)
             for i in range(n)
         ]
         frozen = tuple(ChatMessage(role=m["role"], content=m["content"]) for m in messages)
         stops = tuple(s for s in stop or () if s)
-        requests = [_Request(frozen, float(temperature), int(max_tokens), stops, s) for s in seeds]
+        requests = [
+            _Request(
+                frozen,
+                float(temperature),
+                int(max_tokens),
+                stops,
+                s,
+                top_p=float(top_p),
+                logprobs=logprobs,
+                trim=trim,
+            )
+            for s in seeds
+        ]
         results = await self._batcher.submit_many(requests)
         for result in results:
             if isinstance(result, Exception):
@@ -246,38 +295,33 @@ class HFPolicy:
         )
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def _prompt_ids(self, request: _Request) -> list[int]:
-        budget = self.max_context - request.max_tokens
-        if budget < 1:
-            raise PromptTooLongError(
-                f"max_tokens={request.max_tokens} leaves no room for a prompt in the "
-                f"model's context of {self.max_context} positions"
+    def _prompt_ids(self, request: _Request) -> tuple[list[int], int]:
+        """The prompt's token ids and how many messages were dropped to fit the context."""
+        fitted = fit_prompt(
+            request.messages,
+            self._encode,
+            max_context=self.max_context,
+            max_tokens=request.max_tokens,
+            trim=request.trim,
+        )
+        if fitted.dropped_messages:
+            log.debug(
+                "policy.truncated",
+                model=self._model_name,
+                tokens=fitted.original_tokens,
+                kept=len(fitted.ids),
+                dropped_messages=fitted.dropped_messages,
             )
-        messages = list(request.messages)
-        ids = self._encode(messages)
-        if len(ids) <= budget:
-            return ids
-        head = next((i + 1 for i, m in enumerate(messages) if m["role"] == "user"), 1)
-        original = len(ids)
-        while len(ids) > budget and len(messages) - head >= 3:
-            messages = messages[:head] + messages[head + 2 :]
-            ids = self._encode(messages)
-        if len(ids) > budget:
-            raise PromptTooLongError(
-                f"prompt of {original} tokens does not fit the model's context of "
-                f"{self.max_context} positions with max_tokens={request.max_tokens}, even "
-                "with only the system message, the task and the last message kept"
-            )
-        log.debug("policy.truncated", model=self._model_name, tokens=original, kept=len(ids))
-        return ids
+        return fitted.ids, fitted.dropped_messages
 
     def _run_batch(self, requests: list[_Request]) -> list[Generation | Exception]:
         outcomes: list[Generation | Exception | None] = [None] * len(requests)
-        encoded: dict[str, list[int] | Exception] = {}
+        encoded: dict[str, tuple[list[int], int] | Exception] = {}
         rows: list[int] = []
         prompts: list[list[int]] = []
+        dropped: list[int] = []
         for i, request in enumerate(requests):
-            memo = json.dumps([request.messages, request.max_tokens])
+            memo = json.dumps([request.messages, request.max_tokens, request.trim])
             if memo not in encoded:
                 try:
                     encoded[memo] = self._prompt_ids(request)
@@ -288,10 +332,11 @@ class HFPolicy:
                 outcomes[i] = prompt
             else:
                 rows.append(i)
-                prompts.append(prompt)
+                prompts.append(prompt[0])
+                dropped.append(prompt[1])
         if rows:
             try:
-                generated = self._decode([requests[i] for i in rows], prompts)
+                generated = self._decode([requests[i] for i in rows], prompts, dropped)
             except (RuntimeError, ValueError, IndexError) as exc:
                 error = PolicyCallError(f"local generation failed: {exc}")
                 error.__cause__ = exc
@@ -302,14 +347,19 @@ class HFPolicy:
 
     @torch.inference_mode()
     def _decode(
-        self, requests: list[_Request], prompts: list[list[int]]
+        self, requests: list[_Request], prompts: list[list[int]], dropped: list[int]
     ) -> list[Generation | Exception]:
         device, model = self.device, self.model
         extra = self._extra
         # Identical prompts (the n samples of one call) are prefilled once, then shared.
         distinct: dict[tuple[int, ...], int] = {}
         owner = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
-        cache, logits, attention = self._prefill(list(distinct))
+        cache, logits, attention = prefill(
+            list(distinct),
+            self._forward_padded,
+            device=device,
+            max_padded_tokens=self.prefill_tokens if self._mergeable_cache else None,
+        )
         index = torch.tensor(owner, dtype=torch.long, device=device)
         if len(distinct) < len(requests):
             cache.reorder_cache(index)
@@ -321,6 +371,8 @@ class HFPolicy:
             for r in requests
         ]
         tokens: list[list[int]] = [[] for _ in requests]
+        # Per row that asked: (token, logprob, top alternatives) of each generated token.
+        logprobs: list[list[RawLogprob]] = [[] for _ in requests]
         finish: list[str | None] = [None] * len(requests)
         texts: list[str | None] = [None] * len(requests)
         active = list(range(len(requests)))  # the request of each row of the batch
@@ -331,11 +383,13 @@ class HFPolicy:
             chosen: list[int] = []
             for slot, row in enumerate(active):
                 request, generator = requests[row], generators[row]
-                if generator is None:
-                    token = int(greedy[slot])
-                else:
-                    probs = torch.softmax(scores[slot] / request.temperature, dim=-1)
-                    token = int(torch.multinomial(probs, 1, generator=generator).item())
+                token = (
+                    int(greedy[slot])
+                    if generator is None
+                    else sample_token(scores[slot], request.temperature, request.top_p, generator)
+                )
+                if request.logprobs is not None:
+                    logprobs[row].append(token_logprobs(scores[slot], token, request.logprobs))
                 tokens[row].append(token)
                 finish[row], texts[row] = self._check_stop(request, tokens[row])
                 if finish[row] is None:
@@ -368,8 +422,29 @@ class HFPolicy:
             text = texts[row]
             if text is None:
                 text = self._text(tokens[row])
-            results.append(Generation(text, len(prompt), len(tokens[row]), finish[row] or "length"))
+            results.append(
+                Generation(
+                    text,
+                    len(prompt),
+                    len(tokens[row]),
+                    finish[row] or "length",
+                    dropped_messages=dropped[row],
+                    logprobs=logprob_entries(
+                        logprobs[row],
+                        text,
+                        end_ids=self._eos_ids,
+                        decode=self._text,
+                        piece=self._piece,
+                    )
+                    if requests[row].logprobs is not None
+                    else None,
+                )
+            )
         return results
+
+    def _piece(self, token: int) -> str:
+        # Decoded as the text is: a special token the text leaves out is an empty string.
+        return str(self.tokenizer.decode([token], skip_special_tokens=True))
 
     def _forward_padded(self, prompts: Sequence[Sequence[int]]) -> tuple[Any, torch.Tensor]:
         """Prefill left-padded ``prompts`` as one batch: (KV cache, last-position logits)."""
@@ -388,59 +463,6 @@ class HFPolicy:
             **self._extra,
         )
         return getattr(out, self._cache_arg), out.logits[:, -1, :]
-
-    def _prefill(self, prompts: list[tuple[int, ...]]) -> tuple[Any, torch.Tensor, torch.Tensor]:
-        """KV cache left-padded to the longest prompt, last logits, and the attention mask.
-
-        Padding a batch to its longest prompt wastes compute on short prompts (and attention
-        is quadratic in the padded width), so prompts of similar length are prefilled in
-        groups of at most ``prefill_tokens`` padded tokens, and their caches are copied into
-        one left-padded cache for decoding.
-        """
-        width = max(len(p) for p in prompts)
-        attention = torch.zeros((len(prompts), width), dtype=torch.long, device=self.device)
-        for row, prompt in enumerate(prompts):
-            attention[row, width - len(prompt) :] = 1
-        groups = self._groups(prompts)
-        if len(groups) == 1:
-            cache, logits = self._forward_padded(prompts)
-            return cache, logits, attention
-        keys: list[torch.Tensor] = []
-        values: list[torch.Tensor] = []
-        logits = torch.empty(0)
-        for group in groups:
-            cache, group_logits = self._forward_padded([prompts[r] for r in group])
-            group_width = max(len(prompts[r]) for r in group)
-            if logits.numel() == 0:
-                logits = group_logits.new_empty((len(prompts), group_logits.shape[-1]))
-            logits[group] = group_logits
-            for layer, entry in enumerate(cache):
-                k, v = entry[0], entry[1]
-                if layer == len(keys):
-                    keys.append(k.new_zeros((len(prompts), k.shape[1], width, k.shape[3])))
-                    values.append(v.new_zeros((len(prompts), v.shape[1], width, v.shape[3])))
-                for j, row in enumerate(group):
-                    n = len(prompts[row])
-                    keys[layer][row, :, width - n :] = k[j, :, group_width - n :]
-                    values[layer][row, :, width - n :] = v[j, :, group_width - n :]
-        merged = DynamicCache()
-        for layer, (k, v) in enumerate(zip(keys, values, strict=True)):
-            merged.update(k, v, layer)
-        return merged, logits, attention
-
-    def _groups(self, prompts: list[tuple[int, ...]]) -> list[list[int]]:
-        """Rows by increasing length, cut into groups of at most ``prefill_tokens`` padded."""
-        if not self._mergeable_cache:
-            return [list(range(len(prompts)))]
-        groups: list[list[int]] = []
-        current: list[int] = []
-        for row in sorted(range(len(prompts)), key=lambda r: len(prompts[r])):
-            if current and (len(current) + 1) * len(prompts[row]) > self.prefill_tokens:
-                groups.append(current)
-                current = []
-            current.append(row)
-        groups.append(current)
-        return groups
 
     def _text(self, tokens: list[int]) -> str:
         kept = [t for t in tokens if t not in self._eos_ids]

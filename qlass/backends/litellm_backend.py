@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from qlass._log import redact, secret_values
+from qlass._log import adopt_library_logging, redact, secret_values
 from qlass.backends.base import BasePolicy
 from qlass.backends.cache import sample_seed
 from qlass.errors import (
@@ -60,6 +60,7 @@ def _import_litellm() -> Any:
     # LiteLLM prints a "Give Feedback / Get Help" banner to stdout on every failed call;
     # stdout is for results, and failures are logged (and raised) by this module.
     litellm.suppress_debug_info = True
+    adopt_library_logging()  # its records go through qlass's handler, not its own
     try:
         # Load the CA bundle into LiteLLM's process-wide SSL context cache now, so that the
         # first request (on the event loop) does not read it from disk.

@@ -16,7 +16,12 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from qlass._log import adopt_library_logging
+
 __all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "new_tiny_model", "save_model", "train_tokenizer"]
+
+# transformers attached its own log handler on import: hand its records to qlass's.
+adopt_library_logging()
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 

@@ -57,7 +57,8 @@ def _root(
         str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")
     ] = "INFO",
 ) -> None:
-    configure_logging(json_logs=log_json, level=log_level)
+    # The CLI owns the process: every library's log records go through qlass's handler.
+    configure_logging(json_logs=log_json, level=log_level, route_libraries=True)
 
 
 config_cmd.register(app)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from qlass.config import RunConfig, load_config
+from qlass.errors import ConfigError
 
 ConfigOption = Annotated[
     Path | None,
@@ -39,8 +41,18 @@ DbOption = Annotated[
 ]
 
 
+_PASSWORD_IN_URL = re.compile(r"(://[^:/@\s\"]*:)[^\s/\"]+(@)")
+
+
+def mask_passwords(text: str) -> str:
+    """``scheme://user:secret@host`` -> ``scheme://user:***@host``, wherever it occurs."""
+    return _PASSWORD_IN_URL.sub(r"\1***\2", text)
+
+
 def db_url(db: str) -> str:
     """Accept a plain file path as shorthand for ``sqlite+aiosqlite:///PATH``."""
+    if not db.strip():
+        raise ConfigError("--db is empty: give a SQLite file path or a database URL")
     return db if "://" in db else f"sqlite+aiosqlite:///{db}"
 
 

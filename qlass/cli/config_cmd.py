@@ -6,7 +6,8 @@ import os
 
 import typer
 
-from qlass.cli._common import ConfigOption, DbOption, SetOption, resolve_config
+from qlass._log import redact
+from qlass.cli._common import ConfigOption, DbOption, SetOption, mask_passwords, resolve_config
 from qlass.config import env_overrides
 
 
@@ -17,9 +18,12 @@ def register(app: typer.Typer) -> None:
     @group.command("show")
     def show(config: ConfigOption = None, set_: SetOption = None, db: DbOption = None) -> None:
         """Print the resolved configuration (defaults < file < QLASS_* environment
-        variables < --set) as JSON; the fields set by the environment are listed on stderr."""
+        variables < --set) as JSON; the fields set by the environment are listed on stderr.
+
+        Passwords in URLs (a PostgreSQL store) are shown as ***, as in every message.
+        """
         resolved = resolve_config(config, set_, db)
-        typer.echo(resolved.model_dump_json(indent=2))
+        typer.echo(redact(mask_passwords(resolved.model_dump_json(indent=2))))
         given = {item.partition("=")[0].strip() for item in set_ or []}
         if db is not None:
             given.add("store.url")

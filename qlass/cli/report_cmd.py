@@ -53,7 +53,7 @@ def _with_store(
     progress = RichProgress()
 
     async def main() -> T:
-        async with await TreeStore.open(config.store_url, upgrade=False) as store:
+        async with await TreeStore.open(config.store_url, read_only=True) as store:
             return await work(store, progress)
 
     with progress.running():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import re
 import shlex
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,16 +21,30 @@ from rich.console import Console
 from rich.table import Table
 
 from qlass._log import redact
-from qlass.cli._common import ConfigOption, DbOption, SetOption, db_url, resolve_config
+from qlass.cli._common import (
+    ConfigOption,
+    DbOption,
+    SetOption,
+    db_url,
+    mask_passwords,
+    resolve_config,
+)
 from qlass.config import RunConfig
-from qlass.errors import UnknownNameError
+from qlass.errors import ConfigError, UnknownNameError
 from qlass.runtime.evaluate import StrategyReport
 from qlass.runtime.stages import OPTIONAL_STAGES, STAGES
 
 if TYPE_CHECKING:  # the pipeline imports models and simulators: only when a command runs
     from qlass.runtime.pipeline import Pipeline, StageResult
 
-__all__ = ["load_run_config", "print_reports", "print_stages", "register", "run_pipeline"]
+__all__ = [
+    "load_run_config",
+    "parse_stages",
+    "print_reports",
+    "print_stages",
+    "register",
+    "run_pipeline",
+]
 
 T = TypeVar("T")
 
@@ -54,15 +67,28 @@ ForceOption = Annotated[
 def load_run_config(
     config: Path | None, overrides: list[str] | None, db: str | None, resume: str | None
 ) -> RunConfig:
-    """The config of a new run (file + overrides), or the stored one of ``--resume RUN``."""
+    """The config of a new run (file + overrides), or the stored one of ``--resume RUN``.
+
+    ``--resume`` with ``--config`` or ``--set`` is refused: the stored config is what makes
+    the resume continue the same run, so a change there would be silently ignored.
+    """
     if resume is None:
         return resolve_config(config, overrides, db)
+    if config is not None or overrides:
+        given = " and ".join(
+            name for name, used in (("--config", config), ("--set", overrides)) if used
+        )
+        raise ConfigError(
+            f"--resume {resume} runs with the config stored with the run; {given} cannot "
+            "be combined with it (to change settings, start a run under a new name with "
+            "--config/--set)"
+        )
 
     async def stored() -> RunConfig:
         from qlass.storage import TreeStore
 
         url = db_url(db or f"runs/{resume}/qlass.db")
-        async with await TreeStore.open(url, upgrade=False) as store:
+        async with await TreeStore.open(url, read_only=True) as store:
             run = await store.runs.get(resume)
         data = dict(run.config)
         if db is not None:
@@ -72,6 +98,20 @@ def load_run_config(
     if db is None and not Path(f"runs/{resume}/qlass.db").exists():
         raise UnknownNameError(f"no run {resume!r} under runs/ (give its store with --db)")
     return asyncio.run(stored())
+
+
+def parse_stages(text: str) -> list[str]:
+    """The stage names of ``--stages``, checked: none unknown, at least one."""
+    known = STAGES + OPTIONAL_STAGES
+    chosen = [name.strip() for name in text.split(",") if name.strip()]
+    if not chosen:
+        raise ConfigError(f"--stages is empty: name at least one of {', '.join(known)}")
+    unknown = [name for name in chosen if name not in known]
+    if unknown:
+        raise UnknownNameError(
+            f"--stages: unknown stage {unknown[0]!r}; stages are {', '.join(known)}"
+        )
+    return chosen
 
 
 def run_pipeline(config: RunConfig, work: Callable[[Pipeline], Awaitable[T]]) -> T:
@@ -104,7 +144,6 @@ def run_pipeline(config: RunConfig, work: Callable[[Pipeline], Awaitable[T]]) ->
 
 
 _RESUMABLE = ("run", "bc", "explore", "label", "eval", "self-train")
-_PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^\s/]+(@)")
 
 
 def _resume_hint(config: RunConfig, *, aborted: bool) -> None:
@@ -114,7 +153,7 @@ def _resume_hint(config: RunConfig, *, aborted: bool) -> None:
 
     what = "aborted" if aborted else "stopped"
     command = next((arg for arg in sys.argv[1:] if arg in _RESUMABLE), "run")  # demo: run
-    argv = [_PASSWORD_IN_URL.sub(r"\1***\2", arg) for arg in sys.argv[1:]]
+    argv = [mask_passwords(arg) for arg in sys.argv[1:]]
     again = ["qlass", *argv]
     resume = ["qlass", command, "--resume", config.name, "--db", safe_url(config.store_url)]
     if "--worker" in argv:
@@ -216,8 +255,8 @@ def register(app: typer.Typer) -> None:
         Each stage already done for the same config is skipped, so rerunning continues an
         interrupted run.
         """
+        chosen = parse_stages(stages)  # before anything is opened or created
         resolved = load_run_config(config, set_, db, resume)
-        chosen = [s.strip() for s in stages.split(",") if s.strip()]
 
         async def work(pipeline: Pipeline) -> list[StageResult]:
             return await pipeline.run(chosen)

@@ -46,6 +46,13 @@ def register(app: typer.Typer) -> None:
         default_max_tokens: Annotated[
             int, typer.Option(min=1, help="Completion tokens when a request sets none.")
         ] = 256,
+        trim_history: Annotated[
+            bool,
+            typer.Option(
+                help="Drop the oldest turns of a conversation too long for the context "
+                "(each response says how many) instead of refusing it with 400."
+            ),
+        ] = False,
         access_log: Annotated[
             bool, typer.Option(help="Log every HTTP request (uvicorn access log).")
         ] = False,
@@ -77,7 +84,7 @@ def register(app: typer.Typer) -> None:
         except BaseException:
             sock.close()
             raise
-        app_ = create_app(policy, default_max_tokens=default_max_tokens)
+        app_ = create_app(policy, default_max_tokens=default_max_tokens, trim_history=trim_history)
         bound_port = sock.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
         typer.echo(

@@ -41,7 +41,7 @@ def _existing(url: str) -> str:
 
 
 async def _with_store(url: str, action: Callable[[TreeStore], Awaitable[T]]) -> T:
-    async with await TreeStore.open(url, upgrade=False) as store:
+    async with await TreeStore.open(url, read_only=True) as store:
         return await action(store)
 
 
@@ -141,7 +141,7 @@ async def _with_upgrade(url: str) -> SchemaState:
 
 
 async def _read_revision(url: str) -> str | None:
-    engine = make_engine(url)
+    engine = await asyncio.to_thread(make_engine, url, read_only=True)
     try:
         return await read_revision(engine)
     finally:

@@ -22,11 +22,13 @@ from typing import Any
 
 import structlog
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from qlass._log import adopt_library_logging
 from qlass._version import __version__, code_version
 from qlass.errors import MissingDataError, ValueModelError
 
@@ -42,6 +44,9 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
+
+# transformers attached its own log handler on import: hand its records to qlass's.
+adopt_library_logging()
 
 CHECKPOINT_FORMAT = 1
 CONFIG_FILE = "qnet_config.json"
@@ -236,11 +241,16 @@ class QNet(nn.Module):
             )
         backbone = _load_backbone(directory / BACKBONE_DIR, dtype)
         qnet = cls(backbone, spec)
+        head = directory / HEAD_FILE
+        if not head.is_file():
+            raise MissingDataError(f"{directory} lacks {HEAD_FILE}")
         try:
-            state = load_file(str(directory / HEAD_FILE))
-        except (OSError, FileNotFoundError) as exc:
-            raise MissingDataError(f"{directory} lacks {HEAD_FILE}") from exc
-        qnet.head.load_state_dict(state)
+            qnet.head.load_state_dict(load_file(str(head)))
+        except (OSError, SafetensorError, RuntimeError, ValueError) as exc:
+            # A truncated or foreign file: safetensors cannot parse it, or its tensors do
+            # not fit the head the config describes.
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise MissingDataError(f"{head} is not a usable value head: {reason}") from exc
         return qnet
 
     def save_pretrained(

@@ -12,7 +12,7 @@ a malformed body answers 422; more than ``max_queries`` in one request answers 4
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -113,8 +113,13 @@ def serve(
     token_budget: int | None = None,
     max_wait_s: float = 0.005,
     cache_size: int = 100_000,
+    on_ready: Callable[[], None] | None = None,
 ) -> None:
-    """Load a QNet checkpoint and serve it until interrupted (blocking)."""
+    """Load a QNet checkpoint and serve it until interrupted (blocking).
+
+    ``on_ready`` is called once the checkpoint has loaded, before the server starts: the
+    place to print its URL (a checkpoint that fails to load never gets that far).
+    """
     import uvicorn
 
     from qlass.qnet.scorer import QNetScorer
@@ -128,6 +133,8 @@ def serve(
         cache_size=cache_size,
     )
     app = create_app(scorer, name=f"qnet:{checkpoint.name}")
+    if on_ready is not None:
+        on_ready()
     log.info(
         "serving qnet", checkpoint=str(checkpoint), host=host, port=port, device=str(scorer.device)
     )

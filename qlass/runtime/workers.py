@@ -150,10 +150,20 @@ async def run_worker(
                 max_attempts=settings.max_attempts,
             )
             if task is None:
-                if not await store.claims.live_leases(run_id, exclude=settings.worker_id):
+                if await store.claims.live_leases(run_id, exclude=settings.worker_id):
+                    await _sleep_unless_stopped(stop, settings.poll)
+                    continue
+                # A lease that expired between the claim and the count made its task
+                # claimable: claim once more before leaving, or that task is orphaned.
+                task = await store.claims.claim(
+                    run_id,
+                    settings.worker_id,
+                    lease_s=settings.lease_s,
+                    split=split,
+                    max_attempts=settings.max_attempts,
+                )
+                if task is None:
                     return
-                await _sleep_unless_stopped(stop, settings.poll)
-                continue
             report.claimed += 1
             await _work_on(store, task, grow, settings, stop, report, on_failed)
 

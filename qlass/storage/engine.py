@@ -17,14 +17,23 @@ between).
 JSON columns are written as strict JSON: a non-finite float (``inf``, ``nan``, for example the
 value of an unscored Best-of-N episode) is stored as ``null``. Python's ``json`` would write
 ``-Infinity``, which SQLite accepts and PostgreSQL's ``json`` type rejects.
+
+``read_only=True`` (the commands that only look: ``qlass runs``, ``report``, ``view``, the
+config of ``--resume``) opens a SQLite file with ``mode=ro`` and ``PRAGMA query_only``, and
+sets no journal mode, so a file that is not a qlass store (a foreign database, an empty
+file) is left byte for byte as it was. In a folder this process cannot write, the file is
+opened ``immutable`` (SQLite could not create the ``-shm`` file a WAL reader needs); on
+PostgreSQL the transactions are ``READ ONLY``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 from sqlalchemy import event, exc
 from sqlalchemy.engine import URL, Connection, make_url
@@ -35,6 +44,7 @@ from qlass.errors import DatabaseUnavailableError, StoreError
 
 __all__ = [
     "WRITE_OPTION",
+    "check_writable",
     "make_engine",
     "normalize_url",
     "safe_url",
@@ -76,7 +86,12 @@ def sqlite_file(url: URL | str) -> Path | None:
     if parsed.get_backend_name() != "sqlite":
         return None
     database = parsed.database or ""
-    if database in ("", ":memory:") or database.startswith("file:"):
+    if database.startswith("file:"):  # a URI filename (``uri=true``), as read_only makes
+        location, _, options = database[len("file:") :].partition("?")
+        if "mode=memory" in options.split("&") or location in ("", ":memory:"):
+            return None
+        return Path(unquote(location))
+    if database in ("", ":memory:"):
         return None
     return Path(database)
 
@@ -103,16 +118,64 @@ def _is_memory(url: URL) -> bool:
     return url.get_backend_name() == "sqlite" and sqlite_file(url) is None
 
 
+def _writable(path: Path) -> bool:
+    return os.access(path, os.W_OK | (os.X_OK if path.is_dir() else 0))
+
+
+def check_writable(path: Path) -> None:
+    """Fail before any work when this process cannot write the SQLite store at ``path``.
+
+    SQLite writes its journal (``-wal``, ``-shm``) beside the database, so the folder must
+    be writable as well as the file. ``path``'s folder must exist.
+
+    Raises:
+        DatabaseUnavailableError: the file, a journal file or the folder is read-only.
+    """
+    for file in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))):
+        if file.exists() and not _writable(file):
+            raise DatabaseUnavailableError(
+                f"the tree store {file} is read-only for this user: this command writes to "
+                "it (read-only commands such as `qlass runs show` still work); make it "
+                "writable or give another store with --db"
+            )
+    if not _writable(path.parent):
+        raise DatabaseUnavailableError(
+            f"the folder {path.parent} of the tree store {path.name} is read-only for this "
+            f"user: SQLite writes its journal files ({path.name}-wal, {path.name}-shm) beside "
+            "the store, so the folder must be writable too (read-only commands such as "
+            "`qlass runs show` still work); make it writable or copy the store elsewhere"
+        )
+
+
+def _read_only_url(url: URL) -> URL:
+    """A ``mode=ro`` URI for the SQLite file of ``url`` (see the module docstring)."""
+    path = sqlite_file(url)
+    if path is None:
+        return url
+    options = "mode=ro"
+    wal = path.with_name(path.name + "-wal")
+    if not _writable(path.parent) and not (wal.exists() and wal.stat().st_size > 0):
+        # Nothing is in a WAL file, and nobody can write here: the file is all there is.
+        options += "&immutable=1"
+    return URL.create(
+        url.drivername,
+        database=f"file:{quote(str(path.absolute()))}?{options}",
+        query={"uri": "true"},
+    )
+
+
 def make_engine(
     url_or_path: str | Path | URL,
     *,
     busy_timeout_s: float = 30.0,
     echo: bool = False,
+    read_only: bool = False,
     **engine_kwargs: Any,
 ) -> AsyncEngine:
     """Create the async engine for ``url_or_path``, with the SQLite set-up described above.
 
     Nothing connects yet; connection errors surface on first use (see :func:`translate_error`).
+    ``read_only`` checks the file system (call it from a worker thread on an event loop).
     """
     url = normalize_url(url_or_path)
     if (
@@ -127,6 +190,11 @@ def make_engine(
         # the same limit without the churn.
         engine_kwargs.setdefault("pool_size", 15)
         engine_kwargs.setdefault("max_overflow", 0)
+    if read_only and url.get_backend_name() == "sqlite":
+        url = _read_only_url(url)
+    elif read_only and url.get_backend_name() == "postgresql":
+        options = dict(engine_kwargs.pop("execution_options", None) or {})
+        engine_kwargs["execution_options"] = {**options, "postgresql_readonly": True}
     try:
         engine = create_async_engine(url, echo=echo, json_serializer=strict_json, **engine_kwargs)
     except (exc.ArgumentError, exc.NoSuchModuleError, ImportError) as error:
@@ -134,11 +202,16 @@ def make_engine(
             f"cannot use database URL {safe_url(url)}: {error}"
         ) from error
     if url.get_backend_name() == "sqlite":
-        _install_sqlite_hooks(engine, busy_ms=int(busy_timeout_s * 1000), wal=not _is_memory(url))
+        _install_sqlite_hooks(
+            engine,
+            busy_ms=int(busy_timeout_s * 1000),
+            wal=not _is_memory(url) and not read_only,
+            read_only=read_only,
+        )
     return engine
 
 
-def _install_sqlite_hooks(engine: AsyncEngine, *, busy_ms: int, wal: bool) -> None:
+def _install_sqlite_hooks(engine: AsyncEngine, *, busy_ms: int, wal: bool, read_only: bool) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
         # Let SQLAlchemy emit BEGIN itself (see _on_begin); the driver's legacy mode
@@ -148,6 +221,9 @@ def _install_sqlite_hooks(engine: AsyncEngine, *, busy_ms: int, wal: bool) -> No
         try:
             cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
             cursor.execute("PRAGMA foreign_keys = ON")
+            if read_only:
+                cursor.execute("PRAGMA query_only = ON")
+                return
             if wal:
                 cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute("PRAGMA synchronous = NORMAL")
@@ -156,7 +232,7 @@ def _install_sqlite_hooks(engine: AsyncEngine, *, busy_ms: int, wal: bool) -> No
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        write = connection.get_execution_options().get(WRITE_OPTION, False)
+        write = not read_only and connection.get_execution_options().get(WRITE_OPTION, False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 

@@ -103,7 +103,7 @@ async def read_revision(engine: AsyncEngine) -> str | None:
 def _check_and_upgrade(
     connection: Connection, script: ScriptDirectory, upgrade: bool, where: str
 ) -> SchemaState:
-    if connection.dialect.name == "postgresql":
+    if upgrade and connection.dialect.name == "postgresql":  # only migrations need it
         connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
     head = script.get_current_head()
     assert head is not None

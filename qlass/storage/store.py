@@ -16,7 +16,14 @@ from qlass.storage._db import Database
 from qlass.storage.calls import PolicyCallCache
 from qlass.storage.checkpoints import CheckpointRepository
 from qlass.storage.claims import ClaimRepository
-from qlass.storage.engine import make_engine, normalize_url, safe_url, sqlite_file, translate_error
+from qlass.storage.engine import (
+    check_writable,
+    make_engine,
+    normalize_url,
+    safe_url,
+    sqlite_file,
+    translate_error,
+)
 from qlass.storage.episodes import EpisodeRepository
 from qlass.storage.export import export_triples
 from qlass.storage.labels import LabelRepository
@@ -71,22 +78,27 @@ class TreeStore:
         url: str | Path,
         *,
         upgrade: bool = True,
+        read_only: bool = False,
         busy_timeout_s: float = 30.0,
         **engine_kwargs: Any,
     ) -> TreeStore:
         """Open the store at ``url`` (a SQLAlchemy URL or a SQLite file path).
 
-        A missing SQLite file (and its directory) is created. The schema is migrated to the
-        newest revision unless ``upgrade`` is false, in which case a store that is missing
-        or not at head is refused.
+        A missing SQLite file (and its directory) is created, and a SQLite store this
+        process could not write (a read-only file or folder) is refused at once, before any
+        work. The schema is migrated to the newest revision unless ``upgrade`` is false, in
+        which case a store that is missing or not at head is refused. ``read_only`` (which
+        implies ``upgrade=False``) is for commands that only look: the database is opened
+        so that nothing can be written to it (see :mod:`qlass.storage.engine`).
 
         Raises:
-            DatabaseUnavailableError: the database cannot be reached, is locked, or the file
-                is not a database.
+            DatabaseUnavailableError: the database cannot be reached, is locked, is
+                read-only where it must be written, or the file is not a database.
             SchemaVersionError: the schema is newer than this qlass, or foreign.
         """
         parsed = normalize_url(url)
         path = sqlite_file(parsed)
+        upgrade = upgrade and not read_only
         if path is not None and upgrade:
             try:
                 await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
@@ -101,7 +113,15 @@ class TreeStore:
                 f"no tree store at {path}: create it with `qlass db upgrade --db {path}` "
                 "(or open it with upgrade=True)"
             )
-        engine = make_engine(parsed, busy_timeout_s=busy_timeout_s, **engine_kwargs)
+        if path is not None and not read_only:
+            await asyncio.to_thread(check_writable, path)
+        engine = await asyncio.to_thread(
+            make_engine,
+            parsed,
+            busy_timeout_s=busy_timeout_s,
+            read_only=read_only,
+            **engine_kwargs,
+        )
         try:
             schema = await ensure_schema(engine, upgrade=upgrade)
         except (exc.DBAPIError, exc.TimeoutError, OSError) as error:

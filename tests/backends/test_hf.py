@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -164,8 +165,9 @@ async def test_long_history_drops_old_turns_and_keeps_task_and_last(tiny_model_d
         assert expected[:2] == long[:2] and expected[-1] == long[-1]
         assert 3 <= len(expected) < len(long)
         assert gens[0].prompt_tokens == policy.count_prompt_tokens(expected)
+        assert gens[0].dropped_messages == len(long) - len(expected)
         again = await policy.generate(expected, n=1, temperature=0, max_tokens=8)
-        assert again == gens
+        assert again == [dataclasses.replace(g, dropped_messages=0) for g in gens]
     finally:
         await policy.aclose()
 

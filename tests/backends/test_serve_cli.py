@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from qlass.cli import app
@@ -13,7 +14,7 @@ from qlass.errors import ConfigError, MissingDataError
 def test_help_explains_the_server_and_its_options(cli: CliRunner) -> None:
     result = cli.invoke(app, ["serve", "--help"], env={"COLUMNS": "160"})
     assert result.exit_code == 0
-    for text in ["/v1/chat/completions", "hosted_vllm/NAME", "--max-batch", "--max-wait-ms"]:
+    for text in ["/v1/chat/completions", "hosted_vllm/NAME", "--max-batch", "--trim-history"]:
         assert text in result.output
 
 
@@ -35,3 +36,27 @@ def test_busy_port_is_a_clear_error(cli: CliRunner, tiny_model_dir: Path) -> Non
         )
     assert isinstance(result.exception, ConfigError)
     assert f"cannot listen on 127.0.0.1:{port}" in str(result.exception)
+
+
+def test_a_corrupt_config_json_is_one_line_not_a_traceback(
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import shutil
+    import sys
+
+    from qlass.cli import main
+
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "config.json").write_text('{"model_type": "llama", "hidden_size": ')
+    monkeypatch.setattr(sys, "argv", ["qlass", "serve", str(broken), "--port", "0"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.startswith(f"error: cannot load the model in {broken}: ")
+    assert "config.json" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

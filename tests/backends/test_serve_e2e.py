@@ -10,6 +10,7 @@ rerun answered entirely from the store (no request reaches the server).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import subprocess
@@ -32,7 +33,7 @@ from qlass.backends.wrappers import RetryingPolicy
 from qlass.envs.textworld_express import TextWorldExpressEnv
 from qlass.storage import TreeStore
 from qlass.types import Candidate, TaskSpec
-from tests.backends.helpers import TWX_GAME, TWX_PARAMS, episode_messages
+from tests.backends.helpers import SYSTEM_PROMPT, TWX_GAME, TWX_PARAMS, episode_messages
 
 STEPS = 4
 EPISODES = (3, 4)  # dev seeds 10003 and 10004
@@ -48,11 +49,12 @@ class Server:
         return dict(httpx.get(self.base_url.removesuffix("/v1") + "/stats", timeout=10).json())
 
 
-@pytest.fixture(scope="module")
-def served_model(action_model_dir: Path) -> Iterator[Server]:
+@contextlib.contextmanager
+def running_server(model_dir: Path, *options: str) -> Iterator[Server]:
+    """``qlass serve MODEL_DIR --port 0 OPTIONS`` in a subprocess, until the block ends."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "qlass", "serve", str(action_model_dir), "--port", "0"],
+        [sys.executable, "-m", "qlass", "serve", str(model_dir), "--port", "0", *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -89,6 +91,12 @@ def served_model(action_model_dir: Path) -> Iterator[Server]:
                 stream.close()
 
 
+@pytest.fixture(scope="module")
+def served_model(action_model_dir: Path) -> Iterator[Server]:
+    with running_server(action_model_dir) as server:
+        yield server
+
+
 def test_models_endpoint_lists_the_served_model(served_model: Server) -> None:
     from openai import OpenAI
 
@@ -104,6 +112,104 @@ def test_models_endpoint_lists_the_served_model(served_model: Server) -> None:
         )
     assert len(reply.choices) == 3
     assert reply.usage is not None and 0 < reply.usage.completion_tokens <= 24
+
+
+def conversation(turns: int) -> list[dict[str, str]]:
+    """A system message, the task, then ``turns`` (action, observation) pairs."""
+    messages = [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": "Find the coin.\nObservation: You are in the kitchen."},
+    ]
+    for t in range(turns):
+        messages.append({"role": "assistant", "content": f"Action: move north {t}"})
+        messages.append({"role": "user", "content": "Observation: a corridor. " * 12})
+    return messages
+
+
+def test_the_openai_client_gets_openai_errors(served_model: Server) -> None:
+    import openai
+    from openai import OpenAI
+
+    with OpenAI(base_url=served_model.base_url, api_key="unused", max_retries=0) as client:
+        assert client.models.retrieve(served_model.model).id == served_model.model
+        with pytest.raises(openai.NotFoundError) as missing:
+            client.models.retrieve("gpt-4o")
+        assert missing.value.code == "model_not_found"
+
+        long = conversation(13)  # 28 messages, far past the context
+        with pytest.raises(openai.BadRequestError) as too_long:
+            client.chat.completions.create(
+                model=served_model.model,
+                messages=long,
+                max_tokens=8,  # type: ignore[arg-type]
+            )
+        assert too_long.value.code == "context_length_exceeded"
+        assert too_long.value.param == "messages"
+        assert "maximum context length is 1024 tokens" in too_long.value.message
+
+        with pytest.raises(openai.BadRequestError) as tools:
+            client.chat.completions.create(
+                model=served_model.model,
+                messages=conversation(0),  # type: ignore[arg-type]
+                tools=[{"type": "function", "function": {"name": "look", "parameters": {}}}],
+            )
+        assert (tools.value.param, tools.value.code) == ("tools", "unsupported_parameter")
+        with pytest.raises(openai.BadRequestError) as extra:
+            client.chat.completions.create(
+                model=served_model.model,
+                messages=conversation(0),  # type: ignore[arg-type]
+                extra_body={"guided_json": {}},
+            )
+        assert extra.value.message.endswith("Unrecognized request argument supplied: guided_json")
+
+
+def test_the_openai_client_gets_top_p_and_logprobs(served_model: Server) -> None:
+    from openai import OpenAI
+
+    with OpenAI(base_url=served_model.base_url, api_key="unused", max_retries=0) as client:
+        messages = conversation(0)
+        greedy = client.chat.completions.create(
+            model=served_model.model,
+            messages=messages,  # type: ignore[arg-type]
+            max_tokens=12,
+            temperature=0,
+            logprobs=True,
+            top_logprobs=3,
+        )
+        narrow = client.chat.completions.create(
+            model=served_model.model,
+            messages=messages,  # type: ignore[arg-type]
+            max_tokens=12,
+            temperature=1.8,
+            top_p=0.0,
+            n=4,
+            seed=11,
+        )
+    text = greedy.choices[0].message.content
+    assert text and {c.message.content for c in narrow.choices} == {text}
+    logprobs = greedy.choices[0].logprobs
+    assert logprobs is not None and logprobs.content
+    assert "".join(t.token for t in logprobs.content) == text
+    assert all(len(t.top_logprobs) == 3 for t in logprobs.content)
+    assert all(t.logprob == max(a.logprob for a in t.top_logprobs) for t in logprobs.content)
+
+
+def test_trimming_is_a_server_option_reported_in_each_response(action_model_dir: Path) -> None:
+    from openai import OpenAI
+
+    with running_server(action_model_dir, "--trim-history") as server:
+        client = OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(
+            model=server.model,
+            messages=conversation(13),  # type: ignore[arg-type]
+            max_tokens=8,
+            temperature=0,
+        )
+        client.close()
+    reply = raw.parse()
+    dropped = (reply.model_extra or {})["qlass"]["dropped_messages"]
+    assert dropped >= 2 and raw.headers["x-qlass-dropped-messages"] == str(dropped)
+    assert reply.usage is not None and reply.usage.prompt_tokens <= 1024 - 8
 
 
 def task(seed: int) -> TaskSpec:

@@ -5,6 +5,7 @@ back when its lease expires, and no sample is ever stored twice."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +17,8 @@ from qlass.backends.scripted import ScriptedPolicy
 from qlass.envs.pool import EnvPool
 from qlass.runtime.context import SearchContext
 from qlass.runtime.explore import ExploreSettings, TreeExplorer
-from qlass.storage import Tree, TreeStore
+from qlass.storage import NewNode, NodeRecord, TaskRecord, Tree, TreeStore
+from qlass.storage.trees import TreeRepository
 from qlass.testing import new_run
 from qlass.types import TaskSpec
 from tests.runtime.toys import Corridor
@@ -73,13 +75,15 @@ async def test_expired_lease_is_taken_over_and_the_old_owner_is_refused(
 ) -> None:
     a, b = stores[0], stores[1]
     run_id = await _run_with_tasks(a, 1)
-    task = await a.claims.claim(run_id, "A", lease_s=0.5)
+    task = await a.claims.claim(run_id, "A", lease_s=60)  # live whatever the machine's load
     assert task is not None
     assert await b.claims.claim(run_id, "B", lease_s=60) is None  # A's lease is live
     assert await b.claims.live_leases(run_id, exclude="B") == 1
-    assert await a.claims.renew(task.id, "A", lease_s=0.5)
-    await asyncio.sleep(0.8)  # A stops beating (it died)
-    assert await b.claims.live_leases(run_id, exclude="B") == 0
+    assert await a.claims.renew(task.id, "A", lease_s=0.2)  # A's last beat; then it dies
+    deadline = time.monotonic() + 60
+    while await b.claims.live_leases(run_id, exclude="B"):  # waits as long as expiry takes
+        assert time.monotonic() < deadline, "the lease never expired"
+        await asyncio.sleep(0.05)
     taken = await b.claims.claim(run_id, "B", lease_s=60)
     assert taken is not None and taken.id == task.id
     assert taken.attempts == 2 and taken.claimed_by == "B"
@@ -145,25 +149,82 @@ async def _explore(store: TreeStore, task_id: int, delay_s: float) -> int:
     return stats.new_nodes
 
 
+class _ParkedTrees:
+    """An explorer's tree repository that lets its first ``free`` child inserts through and
+    parks every later one until ``release`` is set: a chosen point of the explorer's work,
+    not a timer, decides when the other explorer gets the tree to itself."""
+
+    def __init__(self, inner: TreeRepository, free: int) -> None:
+        self._inner = inner
+        self._free = free
+        self.parked = asyncio.Event()
+        self.release = asyncio.Event()
+        self.lost = 0  # inserts that found the child already stored by the other explorer
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    async def add_child_if_absent(self, parent_id: int, node: NewNode) -> tuple[NodeRecord, bool]:
+        if self._free > 0:
+            self._free -= 1
+            return await self._inner.add_child_if_absent(parent_id, node)
+        self.parked.set()
+        await self.release.wait()
+        stored, created = await self._inner.add_child_if_absent(parent_id, node)
+        self.lost += not created
+        return stored, created
+
+
+async def _check_tree(store: TreeStore, task: TaskRecord, made: int) -> None:
+    tree = await store.trees.load(task.id)
+    siblings = Counter((n.parent_id, n.sample_index) for n in tree.nodes if n.parent_id)
+    assert max(siblings.values()) == 1  # no sample stored twice
+    assert made == len(tree.nodes)  # each node created by exactly one explorer
+    assert _shape(tree) == _shape(await _reference_tree(task.spec))
+
+
 async def test_two_explorers_of_one_tree_store_each_sample_once(stores: list[TreeStore]) -> None:
+    """A grows part of each tree and stops mid-way (parked before storing a child); B grows
+    the whole rest; A then resumes, loses every remaining insert to B's stored nodes and
+    continues from them. Both create nodes whatever the machine's load."""
     a, b = stores[0], stores[1]
     run = await a.runs.create("r", config={}, seed=0)
     labels = await a.labels.create_set(run.id, gamma=0.9, normalize=False)
     tasks = await a.tasks.add_many(run.id, RACED)
-    made = {"a": 0, "b": 0}
-    for task in tasks:  # each tree grown by both at once, racing on every node
+    trees = a.trees
+    try:
+        for task in tasks:
+            parked = _ParkedTrees(trees, free=2)
+            a.trees = parked  # type: ignore[assignment]
+            first = asyncio.create_task(_explore(a, task.id, 0.0))
+            waiting = asyncio.create_task(parked.parked.wait())
+            await asyncio.wait({first, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            assert parked.parked.is_set() and not first.done()  # A stopped mid-tree
+            made_b = await _explore(b, task.id, 0.0)
+            parked.release.set()
+            made_a = await first
+            assert made_a == 3 and made_b >= 1  # A: the root and two children
+            assert parked.lost >= 1  # A met B's nodes and continued from them
+            await _check_tree(a, task, made_a + made_b)
+    finally:
+        a.trees = trees
+    assert await a.labels.recompute(labels.id) == 0  # incremental labels stayed exact
+
+
+async def test_two_explorers_racing_freely_store_each_sample_once(
+    stores: list[TreeStore],
+) -> None:
+    """Both explorers at once, interleaved however the scheduler and the database let
+    them: which one creates which node varies from run to run; the tree does not."""
+    a, b = stores[0], stores[1]
+    run = await a.runs.create("r", config={}, seed=0)
+    labels = await a.labels.create_set(run.id, gamma=0.9, normalize=False)
+    for task in await a.tasks.add_many(run.id, RACED):
         made_a, made_b = await asyncio.gather(
             _explore(a, task.id, 0.002), _explore(b, task.id, 0.003)
         )
-        tree = await a.trees.load(task.id)
-        siblings = Counter((n.parent_id, n.sample_index) for n in tree.nodes if n.parent_id)
-        assert max(siblings.values()) == 1
-        assert made_a + made_b == len(tree.nodes)  # each node created by exactly one of them
-        assert _shape(tree) == _shape(await _reference_tree(task.spec))
-        made["a"] += made_a
-        made["b"] += made_b
-    assert made["a"] and made["b"]  # both really worked on the trees
-    assert await a.labels.recompute(labels.id) == 0  # incremental labels stayed exact
+        await _check_tree(a, task, made_a + made_b)
+    assert await a.labels.recompute(labels.id) == 0
 
 
 async def _reference_tree(spec: TaskSpec) -> Tree:

@@ -193,3 +193,84 @@ def test_locked_store_times_out_with_a_clear_message(
     assert code == 1
     assert "is locked: another process held the write lock longer than the busy timeout" in err
     assert time.monotonic() - started >= 25  # it waited for the busy timeout first
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--stages", "gold,foo"], "error: --stages: unknown stage 'foo'; stages are gold"),
+        (["run", "--stages", ""], "error: --stages is empty: name at least one of gold, bc"),
+        (["run", "--stages", " , "], "error: --stages is empty"),
+        (["explore", "--db", ""], "error: --db is empty: give a SQLite file path"),
+        (["runs", "list", "--db", " "], "error: --db is empty"),
+        (
+            ["explore", "--resume", "demo", "--set", "explore.width=3"],
+            "error: --resume demo runs with the config stored with the run; --set cannot",
+        ),
+        (
+            ["eval", "--resume", "demo", "-c", "x.toml"],
+            "error: --resume demo runs with the config stored with the run; --config cannot",
+        ),
+    ],
+)
+def test_bad_command_line_input_is_refused_before_anything_is_created(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "run"
+    if args[0] == "run":
+        args = [*args, *BASE, "--set", f"run_dir={run_dir}"]
+    code, err = _run(monkeypatch, capsys, *args)
+    assert code == 2
+    assert err.strip().startswith(message)
+    assert len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # no store, no run folder, nothing
+
+
+def test_resume_with_a_stored_run_still_refuses_config_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "store.db"
+    assert _run(monkeypatch, capsys, "db", "upgrade", "--db", str(db))[0] == 0
+    before = db.read_bytes()
+    code, err = _run(
+        monkeypatch, capsys, "explore", "--resume", "r", "--db", str(db), "-s", "seed=3"
+    )
+    assert code == 2 and "--set cannot be combined with it" in err
+    assert db.read_bytes() == before
+
+
+@pytest.mark.parametrize("text", ["", "# nothing set yet\n"])
+@pytest.mark.parametrize("suffix", [".toml", ".yaml"])
+def test_an_empty_config_file_is_refused_not_run_as_the_paper(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    text: str,
+    suffix: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / f"empty{suffix}"
+    config.write_text(text)
+    code, err = _run(monkeypatch, capsys, "explore", "-c", str(config))
+    assert code == 2
+    assert err.startswith(f"error: config file {config} holds no settings: an empty config")
+    assert "paper's full settings" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [config.name]
+
+
+def test_config_show_masks_database_passwords(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = "postgresql+asyncpg://qlass:hunter2-secret@db.example:5432/qlass"
+    monkeypatch.setattr(sys, "argv", ["qlass", "config", "show", "--db", url])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert '"url": "postgresql+asyncpg://qlass:***@db.example:5432/qlass"' in out
+    assert "hunter2" not in out

@@ -6,6 +6,8 @@ before it leaves (so that a dead worker's task is never orphaned)."""
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -36,14 +38,49 @@ async def _wait_stopped(stop: StopSignal, limit_s: float) -> bool:
     return False
 
 
-async def test_heartbeats_keep_a_lease_longer_than_its_length(tmp_path: Path) -> None:
+class _Clock:
+    """The store's clock for lease times (SQLite reads this machine's clock), moved by the
+    test: leases expire when the test says, not when a busy machine gets round to it."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+async def _expiry(store: TreeStore, run_id: int) -> datetime:
+    (task,) = await store.tasks.of_run(run_id)
+    assert task.lease_expires_at is not None
+    expiry = task.lease_expires_at
+    return expiry if expiry.tzinfo else expiry.replace(tzinfo=UTC)
+
+
+async def _renewed_after(store: TreeStore, run_id: int, when: datetime, lease_s: float) -> None:
+    """Wait (however long the machine takes) for a heartbeat made at ``when``."""
+    target = when + timedelta(seconds=lease_s)
+    deadline = time.monotonic() + 60
+    while await _expiry(store, run_id) < target:
+        assert time.monotonic() < deadline, "no heartbeat renewed the lease"
+        await asyncio.sleep(0.02)
+
+
+async def test_heartbeats_keep_a_lease_longer_than_its_length(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = _Clock()
+    monkeypatch.setattr("qlass.storage.claims.utcnow", clock)
     store, run_id = await _store(tmp_path, 1)
     settings = WorkerSettings("A", lease_s=0.3, heartbeat_s=0.05)
     thief = await TreeStore.open(tmp_path / "w.db")
     stolen: list[TaskRecord | None] = []
 
     async def grow(task: TaskRecord, stop: StopSignal) -> TreeStats:
-        await asyncio.sleep(0.5)  # longer than the lease: only the heartbeat keeps it
+        claimed_until = await _expiry(store, run_id)
+        for _ in range(2):  # 0.4 s of lease time: longer than the lease
+            clock.now += timedelta(seconds=0.2)
+            await _renewed_after(store, run_id, clock.now, 0.3)
+        assert clock.now > claimed_until  # without the heartbeats it would have expired
         stolen.append(await thief.claims.claim(run_id, "B", lease_s=60))
         return TreeStats()
 
@@ -64,12 +101,12 @@ async def test_a_lost_lease_stops_the_tree_and_leaves_the_task_to_its_owner(
     stopped: list[bool] = []
 
     async def grow(task: TaskRecord, stop: StopSignal) -> TreeStats:
-        # A's lease runs out (as after a long pause or a network partition: here it is cut
-        # short directly) and B takes the task over.
-        assert await thief.claims.renew(task.id, "A", lease_s=0.001)
-        await asyncio.sleep(0.01)
+        # A loses the task (as after a long pause or a network partition: here it is taken
+        # from A directly, so that no heartbeat of A's can win it back in between) and B
+        # takes it over.
+        assert await thief.claims.release(task.id, "A")
         assert await thief.claims.claim(run_id, "B", lease_s=60) is not None
-        stopped.append(await _wait_stopped(stop, 2.0))
+        stopped.append(await _wait_stopped(stop, 60.0))  # A's next heartbeat notices
         assert await thief.claims.finish(task.id, "B")  # B completes the tree
         return TreeStats(stopped=stop.requested)
 
@@ -126,11 +163,40 @@ async def test_a_worker_waits_for_live_leases_then_takes_over_a_dead_workers_tas
 
     settings = WorkerSettings("A", lease_s=5, poll_s=0.1)
     report = await asyncio.wait_for(
-        run_worker(store, run_id, grow, settings, stop=StopSignal()), timeout=10
+        run_worker(store, run_id, grow, settings, stop=StopSignal()), timeout=120
     )
     assert grown == [2] and report.done == 1
     (task,) = await store.tasks.of_run(run_id)
     assert (task.status, task.claimed_by) == ("done", "A")
+    await store.aclose()
+
+
+async def test_a_lease_expiring_between_claim_and_count_is_not_orphaned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dead worker's lease runs out after A's claim found nothing and before A counts
+    the live leases: A must still take the task, not leave because none is live."""
+    clock = _Clock()
+    monkeypatch.setattr("qlass.storage.claims.utcnow", clock)
+    store, run_id = await _store(tmp_path, 1)
+    assert await store.claims.claim(run_id, "dead", lease_s=5) is not None
+    count = store.claims.live_leases
+
+    async def expiring_count(*args: object, **kwargs: object) -> int:
+        clock.now += timedelta(seconds=10)  # the lease expires just now
+        return await count(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store.claims, "live_leases", expiring_count)
+    grown: list[int] = []
+
+    async def grow(task: TaskRecord, stop: StopSignal) -> TreeStats:
+        grown.append(task.attempts)
+        return TreeStats()
+
+    report = await run_worker(
+        store, run_id, grow, WorkerSettings("A", lease_s=5), stop=StopSignal()
+    )
+    assert grown == [2] and report.done == 1
     await store.aclose()
 
 
