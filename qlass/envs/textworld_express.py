@@ -5,10 +5,12 @@ A task is ``TaskSpec("textworld_express", game, seed, fold, params)``: ``game`` 
 10000-10999, test 20000-20999, the simulator's own folds) and ``params`` the simulator's
 game parameters (``"numLocations=5,includeDoors=0"``; empty for its defaults).
 
-Gold paths come from the simulator (``generateGoldPath``). For games with exploration
-(coin, mapreader) the gold agent explores at random, so two calls may return different
-(both winning) paths for the same task; the observations for a given action sequence are
-deterministic.
+Expert paths (:meth:`TextWorldExpressFamily.expert_actions`): the simulator's gold path
+(``generateGoldPath``) where its gold agent is deterministic; for coin and twc, whose gold
+agent walks at random inside the JVM (two calls give different winning paths for the same
+task, and no seed reaches it), qlass's own search (:mod:`qlass.envs.expert`), which gives
+the same path on every call. The observations for a given action sequence are
+deterministic, which the search relies on.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from qlass.envs._jvm import JvmEnv, without_del
+from qlass.envs.base import Env
+from qlass.envs.expert import DEFAULT_MAX_CALLS, SearchState, search_expert_path
 from qlass.envs.family import BaseEnvFamily
 from qlass.errors import ConfigError, MissingDependencyError, UnknownNameError
 from qlass.types import Observation, Split, StepResult, TaskSpec
 
-__all__ = ["FAMILY", "GAMES", "TextWorldExpressEnv", "TextWorldExpressFamily"]
+__all__ = ["FAMILY", "GAMES", "RANDOM_GOLD_GAMES", "TextWorldExpressEnv", "TextWorldExpressFamily"]
 
 GAMES = (
     "cookingworld",
@@ -35,6 +39,10 @@ GAMES = (
     "simonsays",
     "peckingorder",
 )
+# Games whose gold agent picks random moves (a random walk over the rooms; measured: 26 of
+# 30 coin tasks and 9 of 10 twc tasks got another path from a fresh simulator, the other
+# six games none). Their expert paths come from qlass's search instead.
+RANDOM_GOLD_GAMES = frozenset({"coin", "twc"})
 # The simulator's folds; identical for every game and parameter setting (checked by
 # tests/envs/test_textworld_express.py against the live simulator).
 _SEED_BASE: dict[str, int] = {"train": 0, "dev": 10_000, "test": 20_000}
@@ -81,6 +89,7 @@ class TextWorldExpressEnv(JvmEnv):
         super().__init__(step_timeout_s=step_timeout_s, start_timeout_s=start_timeout_s)
         self._loaded: tuple[str, str] | None = None
         self._score = 0.0
+        self.search_calls = 0  # simulator calls made by expert searches (accounting)
 
     def _launch(self) -> Any:
         return _simulator_class()(envStepLimit=_NO_STEP_LIMIT)
@@ -112,6 +121,35 @@ class TextWorldExpressEnv(JvmEnv):
         )
         return obs, gold_path
 
+    async def expert_actions(
+        self, task: TaskSpec, *, max_calls: int = DEFAULT_MAX_CALLS
+    ) -> list[str]:
+        """qlass's deterministic expert path for ``task`` (see :mod:`qlass.envs.expert`);
+        the env stands at the task's reset afterwards.
+
+        The search is bounded by ``max_calls`` simulator calls; the time limit
+        (``start_timeout_s``) only catches a hung JVM.
+
+        Raises:
+            NoExpertPathError: no winning path within the bound.
+        """
+        return await self._call(
+            self._search_blocking,
+            task,
+            max_calls,
+            limit_s=self.start_timeout_s,
+            what=f"searching an expert path for {task.key}",
+        )
+
+    def _search_blocking(self, task: TaskSpec, max_calls: int) -> list[str]:
+        self._reset_blocking(task, False)  # loads the game and its parameters
+        simulator = _Replayable(self._sim.server, task.variation, task.split)
+        try:
+            return search_expert_path(simulator, max_calls=max_calls)
+        finally:
+            self.search_calls += simulator.calls
+            self._reset_blocking(task, False)
+
     def _step_blocking(self, action: str) -> StepResult:
         # The wrapper's step() also fetches the task description on every step (a second
         # JVM round trip) and keeps a run history; one stepJSON call is all a step needs.
@@ -132,12 +170,43 @@ class TextWorldExpressEnv(JvmEnv):
         )
 
 
+class _Replayable:
+    """The loaded game as the expert search drives it: one JVM call per restart or step."""
+
+    def __init__(self, server: Any, seed: int, fold: str) -> None:
+        self.server, self.seed, self.fold = server, seed, fold
+        self.calls = 0
+
+    def restart(self) -> SearchState:
+        self.calls += 1
+        return _search_state(
+            json.loads(self.server.generateNewGameJSON(self.seed, self.fold, False))
+        )
+
+    def act(self, action: str) -> SearchState:
+        self.calls += 1
+        return _search_state(json.loads(self.server.stepJSON(action)))
+
+
+def _search_state(info: dict[str, Any]) -> SearchState:
+    """A state as the expert search knows it: the room as "look around" shows it (objects,
+    exits, doors), the inventory, the valid actions and the score. The contents of a closed
+    container are not shown; a shortest path never hides something in one, so the states
+    that this makes look alike do not change its result."""
+    actions = tuple(sorted(info["validActions"]))
+    key = (info["look"], info["inventory"], actions, info["scoreRaw"])
+    success, failure = bool(info["tasksuccess"]), bool(info["taskfailure"])
+    score = float(info["score"])
+    return SearchState(key, actions, score, success or score >= 1.0, failure)
+
+
 class TextWorldExpressFamily(BaseEnvFamily):
     """Registry entry: tasks, splits and prompt of TextWorldExpress."""
 
     name = "textworld_express"
     description = "TextWorldExpress text games (JVM, ~1 ms/step)"
     extra = "textworld_express"
+    own_expert = True
 
     def games(self) -> tuple[str, ...]:
         return GAMES
@@ -176,6 +245,15 @@ class TextWorldExpressFamily(BaseEnvFamily):
                 if limit is not None and len(tasks) >= limit:
                     return tasks
         return tasks
+
+    async def expert_actions(self, env: Env, task: TaskSpec) -> list[str]:
+        """The expert path of ``task``, the same on every call: qlass's search for the games
+        of :data:`RANDOM_GOLD_GAMES`, the simulator's gold path for the others."""
+        if not isinstance(env, TextWorldExpressEnv):
+            raise TypeError(f"expected a TextWorldExpressEnv, got {type(env).__name__}")
+        if _check_game(task.name) in RANDOM_GOLD_GAMES:
+            return await env.expert_actions(task)
+        return await env.gold_actions(task)
 
 
 FAMILY = TextWorldExpressFamily()
