@@ -9,9 +9,12 @@ Splits: ``source="paper"`` (default) uses the task/variation lists QLASS and ETO
 (``data/sciworld``; "seen" = dev, "unseen" = test); ``source="simulator"`` uses every
 variation of the simulator's own train/dev/test split.
 
-Scores: ``StepResult.score`` is the highest score reached so far / 100 (the paper's
-episode reward); a negative simulator score means the task failed: the episode is done and
-its score is 0. ``success`` is the simulator's completion flag at score 100.
+Scores, as the paper's code (ETO's ScienceWorld env) computes them: ``StepResult.score`` is
+the highest simulator score reached so far, in [0, 1] and not rounded (the paper's episode
+reward). A negative simulator score (-100) means the task failed: the episode is done and
+keeps the score reached before the failure (``info["task_failure"]`` marks it).
+``success`` is separate: the simulator's completion flag at score 100, so a failed task is
+never a success.
 
 Enumerating the valid actions costs about 85 ms per step (the step itself about 6 ms), so
 it is off by default (``valid_actions=True`` turns it on).
@@ -154,7 +157,7 @@ class ScienceWorldEnv(JvmEnv):
     ) -> None:
         super().__init__(step_timeout_s=step_timeout_s, start_timeout_s=start_timeout_s)
         self.valid_actions = valid_actions
-        self._best = 0
+        self._best = 0.0
 
     def _launch(self) -> Any:
         return _simulator_class()("", envStepLimit=_NO_STEP_LIMIT)
@@ -178,7 +181,7 @@ class ScienceWorldEnv(JvmEnv):
             raise ConfigError(f"ScienceWorld rejected {task.key}: {exc}") from exc
         server = self._sim.server
         text = server.step("look around")
-        self._task, self._moves, self._best = task, 0, 0
+        self._task, self._moves, self._best = task, 0, 0.0
         gold_path = list(server.getGoldActionSequence()) if gold else []
         obs = Observation(
             text=text.strip(),
@@ -191,16 +194,15 @@ class ScienceWorldEnv(JvmEnv):
     def _step_blocking(self, action: str) -> StepResult:
         server = self._sim.server
         text = server.step(action)
-        raw = round(100 * server.getScore())
+        value = float(server.getScore())
+        raw = round(100 * value)
         completed = bool(server.getCompleted())
         self._moves += 1
-        previous = self._best / 100
+        previous = self._best
         failed = raw < 0
-        if failed:
-            self._best = 0
-        else:
-            self._best = max(self._best, raw)
-        score = self._best / 100
+        if not failed:  # a failure keeps the best score so far, as the paper's code does
+            self._best = max(self._best, min(1.0, value))
+        score = self._best
         return StepResult(
             observation=text.strip(),
             reward=score - previous,
