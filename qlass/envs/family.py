@@ -53,6 +53,11 @@ class EnvFamily(Protocol):
         """Tasks of a split in a deterministic order."""
         ...
 
+    def check_params(self, params: Any, games: Sequence[str] | None = None) -> None:
+        """Raise :class:`~qlass.errors.ConfigError` naming the first simulator parameter in
+        ``params`` that ``games`` (default: all) do not take, without starting a simulator."""
+        ...
+
     def prompt(self) -> EnvPrompt:
         """Instruction prompt and in-context example."""
         ...
@@ -75,6 +80,9 @@ class BaseEnvFamily:
 
     name: str
     own_expert = False
+
+    def check_params(self, params: Any, games: Sequence[str] | None = None) -> None:
+        """No simulator parameters to check: anything is accepted here."""
 
     def prompt(self) -> EnvPrompt:
         """The family's prompt from :mod:`qlass.envs.prompts`."""

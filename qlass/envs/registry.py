@@ -24,6 +24,7 @@ from qlass.types import TaskSpec
 
 __all__ = [
     "EnvFamily",
+    "check_params",
     "create_env",
     "env_names",
     "env_prompt",
@@ -86,6 +87,14 @@ def list_tasks(
 def env_prompt(name: str) -> EnvPrompt:
     """The instruction prompt (with one in-context example) of env family ``name``."""
     return get_family(name).prompt()
+
+
+def check_params(name: str, params: Any, games: Sequence[str] | None = None) -> None:
+    """Check simulator parameters for env ``name`` before any work: TextWorldExpress game
+    parameters (names the games take, whole numbers, flags 0/1), ScienceWorld
+    simplifications. Raises :class:`~qlass.errors.ConfigError` naming the parameter;
+    families without such parameters accept anything here."""
+    get_family(name).check_params(params, games)
 
 
 def task_max_steps(task: TaskSpec) -> int | None:

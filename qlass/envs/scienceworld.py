@@ -36,10 +36,12 @@ from qlass.types import Observation, Split, StepResult, TaskSpec
 
 __all__ = [
     "FAMILY",
+    "SIMPLIFICATIONS",
     "TASKS",
     "ScienceWorldEnv",
     "ScienceWorldFamily",
     "canonical_task_name",
+    "check_simplifications",
     "paper_task_name",
 ]
 
@@ -75,6 +77,16 @@ TASKS = (
     "test-conductivity-of-unknown-substances",
     "use-thermometer",
 )
+# What ScienceWorld's load() accepts in its simplification string (its
+# get_possible_simplifications() plus "easy", checked against the simulator by the tests).
+SIMPLIFICATIONS = (
+    "easy",
+    "teleportAction",
+    "selfWateringFlowerPots",
+    "openContainers",
+    "openDoors",
+    "noElectricalAction",
+)
 _SPLIT_ALIASES = {"seen": "dev", "unseen": "test"}
 _PAPER_FILES = {
     "train": "train_indices.json",
@@ -86,6 +98,17 @@ _NO_STEP_LIMIT = 10**9
 
 def _read_json(name: str) -> Any:
     return json.loads((resources.files("qlass.envs") / "data" / "sciworld" / name).read_text())
+
+
+def check_simplifications(params: str) -> None:
+    """Raise :class:`ConfigError` naming the first simplification ScienceWorld does not know
+    in the comma-separated ``params`` (no simulator needed)."""
+    for item in params.split(","):
+        if item.strip() and item.strip() not in SIMPLIFICATIONS:
+            raise ConfigError(
+                f"unknown ScienceWorld simplification {item.strip()!r} "
+                f"(choose from: {', '.join(SIMPLIFICATIONS)}, comma-separated)"
+            )
 
 
 def canonical_task_name(name: str) -> str:
@@ -227,6 +250,10 @@ class ScienceWorldFamily(BaseEnvFamily):
     def create(self, **options: Any) -> ScienceWorldEnv:
         return ScienceWorldEnv(**options)
 
+    def check_params(self, params: str | None, games: Sequence[str] | None = None) -> None:
+        """Check a simplification string (None: the default, ``easy``) without a simulator."""
+        check_simplifications("easy" if params is None else params)
+
     def max_steps(self, task: TaskSpec) -> int | None:
         """The paper's step limit for this task (None where the paper set none)."""
         return _max_steps().get(canonical_task_name(task.name))
@@ -263,6 +290,7 @@ class ScienceWorldFamily(BaseEnvFamily):
         fold = _normalise_split(split)
         wanted = tuple(canonical_task_name(g) for g in games) if games else TASKS
         simplification = "easy" if params is None else params
+        check_simplifications(simplification)
         if source == "paper":
             pairs = [(t, v) for t, v in _paper_split(fold) if t in wanted]
         elif source == "simulator":

@@ -27,7 +27,14 @@ from qlass.envs.family import BaseEnvFamily
 from qlass.errors import ConfigError, MissingDependencyError, UnknownNameError
 from qlass.types import Observation, Split, StepResult, TaskSpec
 
-__all__ = ["FAMILY", "GAMES", "RANDOM_GOLD_GAMES", "TextWorldExpressEnv", "TextWorldExpressFamily"]
+__all__ = [
+    "FAMILY",
+    "GAMES",
+    "RANDOM_GOLD_GAMES",
+    "TextWorldExpressEnv",
+    "TextWorldExpressFamily",
+    "check_params",
+]
 
 GAMES = (
     "cookingworld",
@@ -43,6 +50,49 @@ GAMES = (
 # 30 coin tasks and 9 of 10 twc tasks got another path from a fresh simulator, the other
 # six games none). Their expert paths come from qlass's search instead.
 RANDOM_GOLD_GAMES = frozenset({"coin", "twc"})
+# The parameters each game accepts (the simulator's "Known properties" for the game) and
+# whether each is a flag (0 or 1). The simulator reads every value as a whole number and
+# accepts other text without a word, then fails to generate any game (numLocations=abc), and
+# reads a flag other than 1 as 0; hence the check here. Ranges (numLocations <= 11...) are
+# the simulator's to check: it names them when the game is loaded.
+_FLAG, _NUMBER = "flag", "number"
+_PARAMS: dict[str, dict[str, str]] = {
+    "cookingworld": {
+        "numLocations": _NUMBER,
+        "numDistractorItems": _NUMBER,
+        "numIngredients": _NUMBER,
+        "includeDoors": _FLAG,
+        "limitInventorySize": _FLAG,
+    },
+    "coin": {
+        "numLocations": _NUMBER,
+        "numDistractorItems": _NUMBER,
+        "includeDoors": _FLAG,
+        "limitInventorySize": _FLAG,
+    },
+    "twc": {
+        "numLocations": _NUMBER,
+        "numItemsToPutAway": _NUMBER,
+        "includeDoors": _FLAG,
+        "limitInventorySize": _FLAG,
+    },
+    "mapreader": {
+        "numLocations": _NUMBER,
+        "maxDistractorItemsPerLocation": _NUMBER,
+        "includeDoors": _FLAG,
+        "limitInventorySize": _FLAG,
+        "maxDistanceApart": _NUMBER,
+    },
+    "arithmetic": {},
+    "sorting": {},
+    "simonsays": {
+        "gameLength": _NUMBER,
+        "numDistractors": _NUMBER,
+        "memorization": _FLAG,
+        "verbose": _FLAG,
+    },
+    "peckingorder": {},
+}
 # The simulator's folds; identical for every game and parameter setting (checked by
 # tests/envs/test_textworld_express.py against the live simulator).
 _SEED_BASE: dict[str, int] = {"train": 0, "dev": 10_000, "test": 20_000}
@@ -56,6 +106,32 @@ def _check_game(game: str) -> str:
             f"unknown TextWorldExpress game {game!r}; choose one of: {', '.join(GAMES)}"
         )
     return game
+
+
+def check_params(game: str, params: str) -> None:
+    """Raise :class:`ConfigError` naming the first parameter of ``params`` that ``game`` does
+    not accept: an unknown name, a value that is not a whole number, or a flag not 0 or 1."""
+    known = _PARAMS[_check_game(game)]
+    for item in params.split(","):
+        if not item.strip():
+            continue
+        name, sep, value = (part.strip() for part in item.partition("="))
+        if not sep:
+            raise ConfigError(
+                f"TextWorldExpress parameter {item.strip()!r} must look like name=value "
+                "(e.g. numLocations=5)"
+            )
+        if name not in known:
+            takes = ", ".join(known) if known else "no parameters"
+            raise ConfigError(
+                f"TextWorldExpress {game} has no parameter {name!r} (it takes: {takes})"
+            )
+        if known[name] == _FLAG and value not in {"0", "1"}:
+            raise ConfigError(f"TextWorldExpress parameter {name} must be 0 or 1, got {value!r}")
+        if known[name] == _NUMBER and not value.lstrip("+-").isdigit():
+            raise ConfigError(
+                f"TextWorldExpress parameter {name} must be a whole number, got {value!r}"
+            )
 
 
 def seeds(split: Split) -> range:
@@ -101,6 +177,7 @@ class TextWorldExpressEnv(JvmEnv):
     def _reset_blocking(self, task: TaskSpec, gold: bool) -> tuple[Observation, list[str]]:
         game = _check_game(task.name)
         if self._loaded != (game, task.params):
+            check_params(game, task.params)
             try:
                 self._sim.load(game, task.params)
             except ValueError as exc:
@@ -111,6 +188,8 @@ class TextWorldExpressEnv(JvmEnv):
         text, info = self._sim.reset(
             seed=task.variation, gameFold=task.split, generateGoldPath=gold
         )
+        if text.startswith("ERROR:"):  # the simulator answers some bad settings in the text
+            raise ConfigError(f"TextWorldExpress cannot generate {task.key}: {text.strip()}")
         self._task, self._moves, self._score = task, 0, 0.0
         gold_path = list(self._sim.getGoldActionSequence()) if gold else []
         obs = Observation(
@@ -238,6 +317,7 @@ class TextWorldExpressFamily(BaseEnvFamily):
         per_game = {
             g: (params.get(g, "") if isinstance(params, Mapping) else params or "") for g in chosen
         }
+        self.check_params(params, chosen)
         tasks: list[TaskSpec] = []
         for seed in split_seeds:
             for game in chosen:
@@ -245,6 +325,15 @@ class TextWorldExpressFamily(BaseEnvFamily):
                 if limit is not None and len(tasks) >= limit:
                     return tasks
         return tasks
+
+    def check_params(
+        self, params: str | Mapping[str, str] | None, games: Sequence[str] | None = None
+    ) -> None:
+        """Check ``params`` (one string for all games, or game -> string) for ``games``
+        (default: all), without starting a simulator; see :func:`check_params`."""
+        for game in games or GAMES:
+            given = params.get(game, "") if isinstance(params, Mapping) else params or ""
+            check_params(game, given)
 
     async def expert_actions(self, env: Env, task: TaskSpec) -> list[str]:
         """The expert path of ``task``, the same on every call: qlass's search for the games

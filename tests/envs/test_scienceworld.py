@@ -15,12 +15,14 @@ from qlass.envs._jvm import java_child_pids
 from qlass.envs.gold import replay_gold
 from qlass.envs.registry import list_tasks
 from qlass.envs.scienceworld import (
+    SIMPLIFICATIONS,
     TASKS,
     ScienceWorldEnv,
     canonical_task_name,
+    check_simplifications,
     paper_task_name,
 )
-from qlass.errors import UnknownNameError
+from qlass.errors import ConfigError, UnknownNameError
 from qlass.types import TaskSpec
 from tests.envs.conftest import shutdown_simulator
 from tests.envs.test_prompts import replay_example
@@ -208,8 +210,18 @@ def test_simulator_splits_interleave_tasks_and_match_the_live_simulator() -> Non
             simulator.load(name, 0, "easy")
             listed = list_tasks("scienceworld", "dev", source="simulator", games=[name])
             assert [t.variation for t in listed] == simulator.get_variations_dev(), name
+        # The simplifications checked up front are the simulator's own.
+        assert set(SIMPLIFICATIONS) == {"easy", *simulator.get_possible_simplifications()}
     finally:
         shutdown_simulator(simulator)
+
+
+def test_unknown_simplifications_are_refused_before_a_simulator_starts() -> None:
+    check_simplifications("teleportAction,openDoors")
+    with pytest.raises(ConfigError, match="unknown ScienceWorld simplification 'easyy'"):
+        list_tasks("scienceworld", "dev", games=["boil"], params="easyy")
+    with pytest.raises(ConfigError, match="'numLocations=5'"):
+        check_simplifications("easy,numLocations=5")
 
 
 @shared_loop
