@@ -68,7 +68,11 @@ class GoldTrajectory:
 
 @dataclass(frozen=True, slots=True)
 class GoldExportReport:
-    """What :func:`export_gold` did."""
+    """What :func:`export_gold` did.
+
+    ``steps``: actions in the written trajectories; ``env_steps``: simulator calls made
+    (the replays, plus the steps and restarts of any expert search).
+    """
 
     path: Path
     written: int

@@ -142,3 +142,13 @@ async def test_a_task_without_an_expert_path_is_skipped_with_the_reason(
     assert report.skipped == (
         (task.key, "expert search found no winning path within 3 simulator calls"),
     )
+
+
+def test_the_expert_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """``benchmarks/bench_expert`` (so it cannot rot): its paths win and repeat."""
+    from benchmarks.bench_expert import main
+
+    main(["--games", "3", "--settings", "coin:numLocations=3,includeDoors=0"])
+    out = capsys.readouterr().out
+    assert "coin [numLocations=3,includeDoors=0], 3 train games" in out
+    assert "the same path on a fresh simulator for every game" in out
