@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -128,7 +129,7 @@ def check_params(game: str, params: str) -> None:
             )
         if known[name] == _FLAG and value not in {"0", "1"}:
             raise ConfigError(f"TextWorldExpress parameter {name} must be 0 or 1, got {value!r}")
-        if known[name] == _NUMBER and not value.lstrip("+-").isdigit():
+        if known[name] == _NUMBER and not re.fullmatch(r"[+-]?[0-9]+", value):
             raise ConfigError(
                 f"TextWorldExpress parameter {name} must be a whole number, got {value!r}"
             )

@@ -136,6 +136,7 @@ def test_parameters_are_checked_by_name_and_type_without_a_simulator() -> None:
     refused = {
         ("coin", "numLocations=abc"): "numLocations must be a whole number, got 'abc'",
         ("coin", "numLocations=1.5"): "numLocations must be a whole number, got '1.5'",
+        ("coin", "numLocations=--5"): "numLocations must be a whole number, got '--5'",
         ("coin", "includeDoors=2"): "includeDoors must be 0 or 1, got '2'",
         ("coin", "includeDoors=true"): "includeDoors must be 0 or 1, got 'true'",
         ("sorting", "numLocations=3"): "sorting has no parameter 'numLocations' (it takes: no",
