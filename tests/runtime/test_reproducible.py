@@ -24,6 +24,7 @@ import torch
 
 from qlass.config import RunConfig, load_config
 from qlass.runtime.pipeline import STAGES, Pipeline
+from qlass.runtime.stages.gold import expert_file
 
 OVERRIDES = [
     "name=twice",
@@ -119,7 +120,7 @@ async def _run_and_read(config: RunConfig) -> dict[str, Any]:
         assert checkpoint is not None
         stages = {s.name: s.metrics for s in await store.stages.of_run(run.id)}
     return {
-        "expert": _digest(pipeline.expert_file()),
+        "expert": _digest(expert_file(config)),
         "policy": _model_files(config.policy_dir),
         "trees": trees,
         "qnet": _model_files(config.qnet_dir),
