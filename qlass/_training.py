@@ -3,14 +3,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from transformers import TrainerCallback
+import torch
+from transformers import TrainerCallback, set_seed
 
 from qlass._log import adopt_library_logging
+from qlass._reproducibility import torch_settings
 
-__all__ = ["StopCallback"]
+__all__ = ["StopCallback", "reproducible_training"]
+
+# cuBLAS picks its GEMM algorithms deterministically only with a fixed workspace; the
+# setting must be in place before the first cuBLAS call of the process.
+_CUBLAS_WORKSPACE = ":4096:8"
 
 # transformers attached its own log handler on import: hand its records to qlass's.
 adopt_library_logging()
@@ -32,3 +40,36 @@ class StopCallback(TrainerCallback):
         if self.should_stop():
             self.stopped = True
             control.should_training_stop = True
+
+
+@contextlib.contextmanager
+def reproducible_training(seed: int) -> Iterator[dict[str, Any]]:
+    """Seed Python, numpy and torch, and turn on torch's deterministic algorithms (and
+    cuDNN's) for the duration; the previous flags come back afterwards.
+
+    Deterministic algorithms are asked for with ``warn_only``: an op without a
+    deterministic implementation warns instead of failing the run. On CUDA the cuBLAS
+    workspace setting is put in place unless the user set one or CUDA already started.
+    Yields the torch settings in effect (:func:`~qlass._reproducibility.torch_settings`),
+    which the trainer records with its result.
+    """
+    if torch.cuda.is_available() and not torch.cuda.is_initialized():
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", _CUBLAS_WORKSPACE)
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    set_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        settings = torch_settings()
+        assert settings is not None
+        if settings["cuda"]:
+            settings["cublas_workspace"] = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+        yield settings
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[2:]

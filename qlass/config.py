@@ -75,7 +75,9 @@ class EnvConfig(_Section):
     gold_tries: int = Field(
         1,
         ge=1,
-        description="gold paths asked per task, the shortest kept (TWX's gold agent wanders: 5)",
+        description="gold paths asked per task from a simulator's own gold agent, the shortest "
+        "kept; matters only where that agent is random (no built-in env: TextWorldExpress's "
+        "random ones are replaced by a deterministic search)",
     )
     step_timeout_s: float = Field(30.0, gt=0, description="a step slower than this fails")
     train_tasks: int | None = Field(None, ge=1, description="cap on training tasks (None: all)")

@@ -17,6 +17,7 @@ they occur, with the original kept as ``__cause__``.
         ├── EnvError                  a simulator failed
         │   ├── EnvCrashedError       the simulator process died
         │   ├── EnvTimeoutError       a step took longer than the step timeout
+        │   ├── NoExpertPathError     the expert search found no winning path within its bound
         │   └── ReplayMismatchError   replaying a prefix did not reach the recorded state
         ├── PolicyError               a policy backend failed
         │   ├── PolicyCallError       the call failed after all retries
@@ -41,6 +42,7 @@ __all__ = [
     "InvalidActionError",
     "MissingDataError",
     "MissingDependencyError",
+    "NoExpertPathError",
     "PolicyCallError",
     "PolicyError",
     "PolicyTimeoutError",
@@ -115,6 +117,11 @@ class EnvCrashedError(EnvError):
 
 class EnvTimeoutError(EnvError):
     """A simulator call took longer than its timeout."""
+
+
+class NoExpertPathError(EnvError):
+    """The expert search (:mod:`qlass.envs.expert`) found no winning path for a task within
+    its bound; the gold export skips the task with this reason."""
 
 
 class ReplayMismatchError(EnvError):

@@ -172,8 +172,9 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--tries",
                 min=1,
-                help="Ask for the gold path this many times and keep the shortest winning one "
-                "(TextWorldExpress's gold agent explores at random; ScienceWorld's is fixed).",
+                help="Ask a simulator's own gold agent this many times and keep the shortest "
+                "winning path; matters only where that agent is random (none of the built-in "
+                "envs: TextWorldExpress's random ones are replaced by qlass's search).",
             ),
         ] = 1,
         source: SourceOpt = None,
@@ -186,7 +187,7 @@ def register(app: typer.Typer) -> None:
             ),
         ] = False,
     ) -> None:
-        """Write expert trajectories (gold paths replayed to full score) as JSONL for BC."""
+        """Write expert trajectories (expert paths replayed to full score) as JSONL for BC."""
         from qlass.envs.gold import export_gold
 
         tasks = list_tasks(

@@ -8,9 +8,11 @@ from qlass.envs.base import Env, EnvPrompt, GoldPathEnv, InvalidActionError, req
 from qlass.envs.pool import EnvHandle, EnvPool, PoolStats
 from qlass.envs.registry import (
     EnvFamily,
+    check_params,
     create_env,
     env_names,
     env_prompt,
+    expert_actions,
     get_family,
     gold_actions,
     list_tasks,
@@ -26,9 +28,11 @@ __all__ = [
     "GoldPathEnv",
     "InvalidActionError",
     "PoolStats",
+    "check_params",
     "create_env",
     "env_names",
     "env_prompt",
+    "expert_actions",
     "get_family",
     "gold_actions",
     "list_tasks",

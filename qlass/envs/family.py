@@ -3,8 +3,8 @@ its hooks in :class:`BaseEnvFamily`.
 
 Each family module (``textworld_express``, ``scienceworld``, ``webshop``, ``alfworld``)
 exposes one ``FAMILY`` object. Everything the rest of qlass needs to know about a family
-goes through it: its tasks, a new env, its prompt, its step limit per task and how to tell
-whether a replayed observation shows the recorded state.
+goes through it: its tasks, a new env, its prompt, its step limit per task, how to tell
+whether a replayed observation shows the recorded state and its expert path of a task.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from qlass.envs.base import Env, EnvPrompt
+from qlass.envs.base import Env, EnvPrompt, GoldPathEnv
+from qlass.errors import UserError
 from qlass.types import TaskSpec
 
-__all__ = ["BaseEnvFamily", "EnvFamily"]
+__all__ = ["BaseEnvFamily", "EnvFamily", "gold_actions"]
 
 
 class EnvFamily(Protocol):
@@ -24,6 +25,9 @@ class EnvFamily(Protocol):
     name: str
     description: str
     extra: str
+    own_expert: bool
+    """Whether :meth:`expert_actions` is the family's own choice, the same path on every
+    call; if not, it is the simulator's gold path, which may be random."""
 
     def games(self) -> tuple[str, ...]:
         """Games / task types of the family (what ``games=`` selects)."""
@@ -49,6 +53,11 @@ class EnvFamily(Protocol):
         """Tasks of a split in a deterministic order."""
         ...
 
+    def check_params(self, params: Any, games: Sequence[str] | None = None) -> None:
+        """Raise :class:`~qlass.errors.ConfigError` naming the first simulator parameter in
+        ``params`` that ``games`` (default: all) do not take, without starting a simulator."""
+        ...
+
     def prompt(self) -> EnvPrompt:
         """Instruction prompt and in-context example."""
         ...
@@ -61,11 +70,19 @@ class EnvFamily(Protocol):
         """Whether a replayed observation shows the same state as the recorded one."""
         ...
 
+    async def expert_actions(self, env: Env, task: TaskSpec) -> list[str]:
+        """The expert action sequence the gold stage replays for ``task``."""
+        ...
+
 
 class BaseEnvFamily:
     """Defaults for the hooks of :class:`EnvFamily` that most families share."""
 
     name: str
+    own_expert = False
+
+    def check_params(self, params: Any, games: Sequence[str] | None = None) -> None:
+        """No simulator parameters to check: anything is accepted here."""
 
     def prompt(self) -> EnvPrompt:
         """The family's prompt from :mod:`qlass.envs.prompts`."""
@@ -80,3 +97,14 @@ class BaseEnvFamily:
     def same_observation(self, replayed: str, recorded: str) -> bool:
         """The same text: a deterministic simulator shows the same state the same way."""
         return replayed == recorded
+
+    async def expert_actions(self, env: Env, task: TaskSpec) -> list[str]:
+        """The simulator's gold path (:func:`gold_actions`)."""
+        return await gold_actions(env, task)
+
+
+async def gold_actions(env: Env, task: TaskSpec) -> list[str]:
+    """The simulator's gold action sequence for ``task``; ``env`` is left at its reset."""
+    if not isinstance(env, GoldPathEnv):
+        raise UserError(f"env {task.env!r} has no gold paths (its simulator provides none)")
+    return await env.gold_actions(task)

@@ -1,4 +1,9 @@
-"""Expert trajectories from the simulators' gold paths, as JSONL for behaviour cloning.
+"""Expert trajectories, as JSONL for behaviour cloning.
+
+The expert path of a task is its env family's (:func:`~qlass.envs.registry.expert_actions`):
+the simulator's gold path, or for TextWorldExpress's coin and twc, whose gold agent walks
+at random, qlass's deterministic search (:mod:`qlass.envs.expert`). Either way the same
+task gives the same trajectory on every export.
 
 Each line is one episode::
 
@@ -30,8 +35,8 @@ import structlog
 
 from qlass.chat import policy_messages
 from qlass.envs.base import Env
-from qlass.envs.registry import create_env, env_prompt, gold_actions
-from qlass.errors import EnvError
+from qlass.envs.registry import create_env, env_prompt, expert_actions, has_own_expert
+from qlass.errors import EnvError, NoExpertPathError
 from qlass.parsing import format_turn
 from qlass.types import ChatMessage, History, TaskSpec, Turn
 
@@ -63,7 +68,11 @@ class GoldTrajectory:
 
 @dataclass(frozen=True, slots=True)
 class GoldExportReport:
-    """What :func:`export_gold` did."""
+    """What :func:`export_gold` did.
+
+    ``steps``: actions in the written trajectories; ``env_steps``: simulator calls made
+    (the replays, plus the steps and restarts of any expert search).
+    """
 
     path: Path
     written: int
@@ -79,13 +88,15 @@ class GoldExportReport:
 async def replay_gold(
     env: Env, task: TaskSpec, *, max_steps: int | None = None, tries: int = 1
 ) -> GoldTrajectory:
-    """Get ``task``'s gold path from ``env`` and replay it to the first ``done``.
+    """Get ``task``'s expert path from ``env`` and replay it to the first ``done``.
 
-    Some simulators' gold agents explore at random (TextWorldExpress coin, mapreader), so
-    with ``tries`` > 1 the gold path is asked for that many times and the shortest one that
-    reaches full score is kept.
+    ``tries`` matters only for a family without its own expert whose simulator's gold
+    agent is random (none of the built-in ones: TextWorldExpress's random gold agents are
+    replaced by a search): the gold path is asked for that many times and the shortest
+    one that reaches full score is kept.
     """
-    candidates = {tuple(await gold_actions(env, task)) for _ in range(max(1, tries))}
+    asks = 1 if has_own_expert(task.env) else max(1, tries)
+    candidates = {tuple(await expert_actions(env, task)) for _ in range(asks)}
     trajectory: GoldTrajectory | None = None
     for actions in sorted(candidates, key=lambda a: (len(a), a)):
         trajectory = await _replay(env, task, actions[:max_steps])
@@ -166,15 +177,20 @@ async def export_gold(
         try:
             while not queue.empty():
                 index, task = queue.get_nowait()
+                searched = _search_calls(env)
                 try:
                     trajectory = await replay_gold(env, task, max_steps=max_steps, tries=tries)
+                except NoExpertPathError as exc:  # the simulator is fine: keep it
+                    log.warning("gold_failed", task=task.key, error=str(exc))
+                    results[index] = str(exc)
+                    env_steps += _search_calls(env) - searched
                 except EnvError as exc:
                     log.warning("gold_failed", task=task.key, error=str(exc))
                     results[index] = f"{type(exc).__name__}: {exc}"
                     await env.close()
                     env = create_env(env_name, **(env_options or {}))
                 else:
-                    env_steps += len(trajectory.actions)
+                    env_steps += len(trajectory.actions) + _search_calls(env) - searched
                     if trajectory.final_score >= _FULL_SCORE:
                         results[index] = trajectory_record(trajectory, system)
                     else:
@@ -193,6 +209,11 @@ async def export_gold(
     )
     steps = sum(r["steps"] for r in records if isinstance(r, dict))
     return GoldExportReport(out, len(lines), skipped, steps, env_steps)
+
+
+def _search_calls(env: Env) -> int:
+    """Simulator calls the env's expert searches made so far (0 for envs without one)."""
+    return int(getattr(env, "search_calls", 0))
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:

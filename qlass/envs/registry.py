@@ -4,6 +4,7 @@
     list_tasks("scienceworld", "dev", games=["boil"])     -> [TaskSpec, ...] (deterministic)
     env_prompt("webshop")                                 -> EnvPrompt
     await gold_actions(env, task)                         -> ["look around", ...]
+    await expert_actions(env, task)                       -> the family's expert path
 
 Names: ``textworld_express`` (alias ``twx``), ``scienceworld`` (``sciworld``), ``webshop``,
 ``alfworld``. A family module is imported on first use, and its simulator package only
@@ -16,18 +17,21 @@ from collections.abc import Sequence
 from typing import Any
 
 from qlass._registry import Registry, load_object
-from qlass.envs.base import Env, EnvPrompt, GoldPathEnv
-from qlass.envs.family import EnvFamily
-from qlass.errors import UserError
+from qlass.envs.base import Env, EnvPrompt
+from qlass.envs.family import EnvFamily, gold_actions
+from qlass.errors import UnknownNameError, UserError
 from qlass.types import TaskSpec
 
 __all__ = [
     "EnvFamily",
+    "check_params",
     "create_env",
     "env_names",
     "env_prompt",
+    "expert_actions",
     "get_family",
     "gold_actions",
+    "has_own_expert",
     "list_tasks",
     "task_max_steps",
 ]
@@ -85,13 +89,42 @@ def env_prompt(name: str) -> EnvPrompt:
     return get_family(name).prompt()
 
 
+def check_params(name: str, params: Any, games: Sequence[str] | None = None) -> None:
+    """Check simulator parameters for env ``name`` before any work: TextWorldExpress game
+    parameters (names the games take, whole numbers, flags 0/1), ScienceWorld
+    simplifications. Raises :class:`~qlass.errors.ConfigError` naming the parameter;
+    families without such parameters accept anything here."""
+    get_family(name).check_params(params, games)
+
+
 def task_max_steps(task: TaskSpec) -> int | None:
     """The family's recommended step limit for ``task`` (the paper's, where it set one)."""
     return get_family(task.env).max_steps(task)
 
 
-async def gold_actions(env: Env, task: TaskSpec) -> list[str]:
-    """The simulator's gold action sequence for ``task``; ``env`` is left at its reset."""
-    if not isinstance(env, GoldPathEnv):
-        raise UserError(f"env {task.env!r} has no gold paths (its simulator provides none)")
-    return await env.gold_actions(task)
+def _family_or_none(name: str) -> EnvFamily | None:
+    """The registered family ``name``; None for an env outside the registry (an env of your
+    own), whose gold paths are the expert."""
+    try:
+        return get_family(name)
+    except UnknownNameError:
+        return None
+
+
+def has_own_expert(name: str) -> bool:
+    """Whether env family ``name`` chooses its expert paths itself (``own_expert``), so that
+    they are the same on every call; otherwise they are its simulator's gold paths."""
+    family = _family_or_none(name)
+    return family is not None and family.own_expert
+
+
+async def expert_actions(env: Env, task: TaskSpec) -> list[str]:
+    """The expert action sequence the gold stage replays for ``task``: its family's
+    ``expert_actions`` (TextWorldExpress: its own search where the simulator's gold agent is
+    random; the simulator's gold path by default); for an env outside the registry, its gold
+    path (:func:`gold_actions`).
+    """
+    family = _family_or_none(task.env)
+    if family is None:
+        return await gold_actions(env, task)
+    return await family.expert_actions(env, task)

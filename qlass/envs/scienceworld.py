@@ -9,9 +9,12 @@ Splits: ``source="paper"`` (default) uses the task/variation lists QLASS and ETO
 (``data/sciworld``; "seen" = dev, "unseen" = test); ``source="simulator"`` uses every
 variation of the simulator's own train/dev/test split.
 
-Scores: ``StepResult.score`` is the highest score reached so far / 100 (the paper's
-episode reward); a negative simulator score means the task failed: the episode is done and
-its score is 0. ``success`` is the simulator's completion flag at score 100.
+Scores, as the paper's code (ETO's ScienceWorld env) computes them: ``StepResult.score`` is
+the highest simulator score reached so far, in [0, 1] and not rounded (the paper's episode
+reward). A negative simulator score (-100) means the task failed: the episode is done and
+keeps the score reached before the failure (``info["task_failure"]`` marks it).
+``success`` is separate: the simulator's completion flag at score 100, so a failed task is
+never a success.
 
 Enumerating the valid actions costs about 85 ms per step (the step itself about 6 ms), so
 it is off by default (``valid_actions=True`` turns it on).
@@ -33,10 +36,12 @@ from qlass.types import Observation, Split, StepResult, TaskSpec
 
 __all__ = [
     "FAMILY",
+    "SIMPLIFICATIONS",
     "TASKS",
     "ScienceWorldEnv",
     "ScienceWorldFamily",
     "canonical_task_name",
+    "check_simplifications",
     "paper_task_name",
 ]
 
@@ -72,6 +77,16 @@ TASKS = (
     "test-conductivity-of-unknown-substances",
     "use-thermometer",
 )
+# What ScienceWorld's load() accepts in its simplification string (its
+# get_possible_simplifications() plus "easy", checked against the simulator by the tests).
+SIMPLIFICATIONS = (
+    "easy",
+    "teleportAction",
+    "selfWateringFlowerPots",
+    "openContainers",
+    "openDoors",
+    "noElectricalAction",
+)
 _SPLIT_ALIASES = {"seen": "dev", "unseen": "test"}
 _PAPER_FILES = {
     "train": "train_indices.json",
@@ -83,6 +98,17 @@ _NO_STEP_LIMIT = 10**9
 
 def _read_json(name: str) -> Any:
     return json.loads((resources.files("qlass.envs") / "data" / "sciworld" / name).read_text())
+
+
+def check_simplifications(params: str) -> None:
+    """Raise :class:`ConfigError` naming the first simplification ScienceWorld does not know
+    in the comma-separated ``params`` (no simulator needed)."""
+    for item in params.split(","):
+        if item.strip() and item.strip() not in SIMPLIFICATIONS:
+            raise ConfigError(
+                f"unknown ScienceWorld simplification {item.strip()!r} "
+                f"(choose from: {', '.join(SIMPLIFICATIONS)}, comma-separated)"
+            )
 
 
 def canonical_task_name(name: str) -> str:
@@ -154,7 +180,7 @@ class ScienceWorldEnv(JvmEnv):
     ) -> None:
         super().__init__(step_timeout_s=step_timeout_s, start_timeout_s=start_timeout_s)
         self.valid_actions = valid_actions
-        self._best = 0
+        self._best = 0.0
 
     def _launch(self) -> Any:
         return _simulator_class()("", envStepLimit=_NO_STEP_LIMIT)
@@ -178,7 +204,7 @@ class ScienceWorldEnv(JvmEnv):
             raise ConfigError(f"ScienceWorld rejected {task.key}: {exc}") from exc
         server = self._sim.server
         text = server.step("look around")
-        self._task, self._moves, self._best = task, 0, 0
+        self._task, self._moves, self._best = task, 0, 0.0
         gold_path = list(server.getGoldActionSequence()) if gold else []
         obs = Observation(
             text=text.strip(),
@@ -191,16 +217,15 @@ class ScienceWorldEnv(JvmEnv):
     def _step_blocking(self, action: str) -> StepResult:
         server = self._sim.server
         text = server.step(action)
-        raw = round(100 * server.getScore())
+        value = float(server.getScore())
+        raw = round(100 * value)
         completed = bool(server.getCompleted())
         self._moves += 1
-        previous = self._best / 100
+        previous = self._best
         failed = raw < 0
-        if failed:
-            self._best = 0
-        else:
-            self._best = max(self._best, raw)
-        score = self._best / 100
+        if not failed:  # a failure keeps the best score so far, as the paper's code does
+            self._best = max(self._best, min(1.0, value))
+        score = self._best
         return StepResult(
             observation=text.strip(),
             reward=score - previous,
@@ -224,6 +249,10 @@ class ScienceWorldFamily(BaseEnvFamily):
 
     def create(self, **options: Any) -> ScienceWorldEnv:
         return ScienceWorldEnv(**options)
+
+    def check_params(self, params: str | None, games: Sequence[str] | None = None) -> None:
+        """Check a simplification string (None: the default, ``easy``) without a simulator."""
+        check_simplifications("easy" if params is None else params)
 
     def max_steps(self, task: TaskSpec) -> int | None:
         """The paper's step limit for this task (None where the paper set none)."""
@@ -261,6 +290,7 @@ class ScienceWorldFamily(BaseEnvFamily):
         fold = _normalise_split(split)
         wanted = tuple(canonical_task_name(g) for g in games) if games else TASKS
         simplification = "easy" if params is None else params
+        check_simplifications(simplification)
         if source == "paper":
             pairs = [(t, v) for t, v in _paper_split(fold) if t in wanted]
         elif source == "simulator":

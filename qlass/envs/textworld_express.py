@@ -5,25 +5,37 @@ A task is ``TaskSpec("textworld_express", game, seed, fold, params)``: ``game`` 
 10000-10999, test 20000-20999, the simulator's own folds) and ``params`` the simulator's
 game parameters (``"numLocations=5,includeDoors=0"``; empty for its defaults).
 
-Gold paths come from the simulator (``generateGoldPath``). For games with exploration
-(coin, mapreader) the gold agent explores at random, so two calls may return different
-(both winning) paths for the same task; the observations for a given action sequence are
-deterministic.
+Expert paths (:meth:`TextWorldExpressFamily.expert_actions`): the simulator's gold path
+(``generateGoldPath``) where its gold agent is deterministic; for coin and twc, whose gold
+agent walks at random inside the JVM (two calls give different winning paths for the same
+task, and no seed reaches it), qlass's own search (:mod:`qlass.envs.expert`), which gives
+the same path on every call. The observations for a given action sequence are
+deterministic, which the search relies on.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from qlass.envs._jvm import JvmEnv, qlass_launch
+from qlass.envs.base import Env
+from qlass.envs.expert import DEFAULT_MAX_CALLS, SearchState, search_expert_path
 from qlass.envs.family import BaseEnvFamily
 from qlass.errors import ConfigError, MissingDependencyError, UnknownNameError
 from qlass.types import Observation, Split, StepResult, TaskSpec
 
-__all__ = ["FAMILY", "GAMES", "TextWorldExpressEnv", "TextWorldExpressFamily"]
+__all__ = [
+    "FAMILY",
+    "GAMES",
+    "RANDOM_GOLD_GAMES",
+    "TextWorldExpressEnv",
+    "TextWorldExpressFamily",
+    "check_params",
+]
 
 GAMES = (
     "cookingworld",
@@ -35,6 +47,53 @@ GAMES = (
     "simonsays",
     "peckingorder",
 )
+# Games whose gold agent picks random moves (a random walk over the rooms; measured: 26 of
+# 30 coin tasks and 9 of 10 twc tasks got another path from a fresh simulator, the other
+# six games none). Their expert paths come from qlass's search instead.
+RANDOM_GOLD_GAMES = frozenset({"coin", "twc"})
+# The parameters each game accepts (the simulator's "Known properties" for the game) and
+# whether each is a flag (0 or 1). The simulator reads every value as a whole number and
+# accepts other text without a word, then fails to generate any game (numLocations=abc), and
+# reads a flag other than 1 as 0; hence the check here. Ranges (numLocations <= 11...) are
+# the simulator's to check: it names them when the game is loaded.
+_FLAG, _NUMBER = "flag", "number"
+_PARAMS: dict[str, dict[str, str]] = {
+    "cookingworld": {
+        "numLocations": _NUMBER,
+        "numDistractorItems": _NUMBER,
+        "numIngredients": _NUMBER,
+        "includeDoors": _FLAG,
+        "limitInventorySize": _FLAG,
+    },
+    "coin": {
+        "numLocations": _NUMBER,
+        "numDistractorItems": _NUMBER,
+        "includeDoors": _FLAG,
+        "limitInventorySize": _FLAG,
+    },
+    "twc": {
+        "numLocations": _NUMBER,
+        "numItemsToPutAway": _NUMBER,
+        "includeDoors": _FLAG,
+        "limitInventorySize": _FLAG,
+    },
+    "mapreader": {
+        "numLocations": _NUMBER,
+        "maxDistractorItemsPerLocation": _NUMBER,
+        "includeDoors": _FLAG,
+        "limitInventorySize": _FLAG,
+        "maxDistanceApart": _NUMBER,
+    },
+    "arithmetic": {},
+    "sorting": {},
+    "simonsays": {
+        "gameLength": _NUMBER,
+        "numDistractors": _NUMBER,
+        "memorization": _FLAG,
+        "verbose": _FLAG,
+    },
+    "peckingorder": {},
+}
 # The simulator's folds; identical for every game and parameter setting (checked by
 # tests/envs/test_textworld_express.py against the live simulator).
 _SEED_BASE: dict[str, int] = {"train": 0, "dev": 10_000, "test": 20_000}
@@ -48,6 +107,32 @@ def _check_game(game: str) -> str:
             f"unknown TextWorldExpress game {game!r}; choose one of: {', '.join(GAMES)}"
         )
     return game
+
+
+def check_params(game: str, params: str) -> None:
+    """Raise :class:`ConfigError` naming the first parameter of ``params`` that ``game`` does
+    not accept: an unknown name, a value that is not a whole number, or a flag not 0 or 1."""
+    known = _PARAMS[_check_game(game)]
+    for item in params.split(","):
+        if not item.strip():
+            continue
+        name, sep, value = (part.strip() for part in item.partition("="))
+        if not sep:
+            raise ConfigError(
+                f"TextWorldExpress parameter {item.strip()!r} must look like name=value "
+                "(e.g. numLocations=5)"
+            )
+        if name not in known:
+            takes = ", ".join(known) if known else "no parameters"
+            raise ConfigError(
+                f"TextWorldExpress {game} has no parameter {name!r} (it takes: {takes})"
+            )
+        if known[name] == _FLAG and value not in {"0", "1"}:
+            raise ConfigError(f"TextWorldExpress parameter {name} must be 0 or 1, got {value!r}")
+        if known[name] == _NUMBER and not re.fullmatch(r"[+-]?[0-9]+", value):
+            raise ConfigError(
+                f"TextWorldExpress parameter {name} must be a whole number, got {value!r}"
+            )
 
 
 def seeds(split: Split) -> range:
@@ -81,6 +166,7 @@ class TextWorldExpressEnv(JvmEnv):
         super().__init__(step_timeout_s=step_timeout_s, start_timeout_s=start_timeout_s)
         self._loaded: tuple[str, str] | None = None
         self._score = 0.0
+        self.search_calls = 0  # simulator calls made by expert searches (accounting)
 
     def _launch(self) -> Any:
         return _simulator_class()(envStepLimit=_NO_STEP_LIMIT)
@@ -92,6 +178,7 @@ class TextWorldExpressEnv(JvmEnv):
     def _reset_blocking(self, task: TaskSpec, gold: bool) -> tuple[Observation, list[str]]:
         game = _check_game(task.name)
         if self._loaded != (game, task.params):
+            check_params(game, task.params)
             try:
                 self._sim.load(game, task.params)
             except ValueError as exc:
@@ -102,6 +189,8 @@ class TextWorldExpressEnv(JvmEnv):
         text, info = self._sim.reset(
             seed=task.variation, gameFold=task.split, generateGoldPath=gold
         )
+        if text.startswith("ERROR:"):  # the simulator answers some bad settings in the text
+            raise ConfigError(f"TextWorldExpress cannot generate {task.key}: {text.strip()}")
         self._task, self._moves, self._score = task, 0, 0.0
         gold_path = list(self._sim.getGoldActionSequence()) if gold else []
         obs = Observation(
@@ -111,6 +200,37 @@ class TextWorldExpressEnv(JvmEnv):
             info={"seed": task.variation, "fold": task.split},
         )
         return obs, gold_path
+
+    async def expert_actions(
+        self, task: TaskSpec, *, max_calls: int = DEFAULT_MAX_CALLS
+    ) -> list[str]:
+        """qlass's deterministic expert path for ``task`` (see :mod:`qlass.envs.expert`);
+        the env stands at the task's reset afterwards.
+
+        The search is bounded by ``max_calls`` simulator calls; the time limit
+        (``start_timeout_s`` plus 2 ms a call, about 5 times what a call takes on a busy
+        2-core box) only catches a hung JVM.
+
+        Raises:
+            NoExpertPathError: no winning path within the bound.
+        """
+        limit = None if self.start_timeout_s is None else self.start_timeout_s + 2e-3 * max_calls
+        return await self._call(
+            self._search_blocking,
+            task,
+            max_calls,
+            limit_s=limit,
+            what=f"searching an expert path for {task.key}",
+        )
+
+    def _search_blocking(self, task: TaskSpec, max_calls: int) -> list[str]:
+        self._reset_blocking(task, False)  # loads the game and its parameters
+        simulator = _Replayable(self._sim.server, task.variation, task.split)
+        try:
+            return search_expert_path(simulator, max_calls=max_calls)
+        finally:
+            self.search_calls += simulator.calls
+            self._reset_blocking(task, False)
 
     def _step_blocking(self, action: str) -> StepResult:
         # The wrapper's step() also fetches the task description on every step (a second
@@ -132,12 +252,43 @@ class TextWorldExpressEnv(JvmEnv):
         )
 
 
+class _Replayable:
+    """The loaded game as the expert search drives it: one JVM call per restart or step."""
+
+    def __init__(self, server: Any, seed: int, fold: str) -> None:
+        self.server, self.seed, self.fold = server, seed, fold
+        self.calls = 0
+
+    def restart(self) -> SearchState:
+        self.calls += 1
+        return _search_state(
+            json.loads(self.server.generateNewGameJSON(self.seed, self.fold, False))
+        )
+
+    def act(self, action: str) -> SearchState:
+        self.calls += 1
+        return _search_state(json.loads(self.server.stepJSON(action)))
+
+
+def _search_state(info: dict[str, Any]) -> SearchState:
+    """A state as the expert search knows it: the room as "look around" shows it (objects,
+    exits, doors), the inventory, the valid actions and the score. The contents of a closed
+    container are not shown; a shortest path never hides something in one, so the states
+    that this makes look alike do not change its result."""
+    actions = tuple(sorted(info["validActions"]))
+    key = (info["look"], info["inventory"], actions, info["scoreRaw"])
+    success, failure = bool(info["tasksuccess"]), bool(info["taskfailure"])
+    score = float(info["score"])
+    return SearchState(key, actions, score, success or score >= 1.0, failure)
+
+
 class TextWorldExpressFamily(BaseEnvFamily):
     """Registry entry: tasks, splits and prompt of TextWorldExpress."""
 
     name = "textworld_express"
     description = "TextWorldExpress text games (JVM, ~1 ms/step)"
     extra = "textworld_express"
+    own_expert = True
 
     def games(self) -> tuple[str, ...]:
         return GAMES
@@ -169,6 +320,7 @@ class TextWorldExpressFamily(BaseEnvFamily):
         per_game = {
             g: (params.get(g, "") if isinstance(params, Mapping) else params or "") for g in chosen
         }
+        self.check_params(params, chosen)
         tasks: list[TaskSpec] = []
         for seed in split_seeds:
             for game in chosen:
@@ -176,6 +328,24 @@ class TextWorldExpressFamily(BaseEnvFamily):
                 if limit is not None and len(tasks) >= limit:
                     return tasks
         return tasks
+
+    def check_params(
+        self, params: str | Mapping[str, str] | None, games: Sequence[str] | None = None
+    ) -> None:
+        """Check ``params`` (one string for all games, or game -> string) for ``games``
+        (default: all), without starting a simulator; see :func:`check_params`."""
+        for game in games or GAMES:
+            given = params.get(game, "") if isinstance(params, Mapping) else params or ""
+            check_params(game, given)
+
+    async def expert_actions(self, env: Env, task: TaskSpec) -> list[str]:
+        """The expert path of ``task``, the same on every call: qlass's search for the games
+        of :data:`RANDOM_GOLD_GAMES`, the simulator's gold path for the others."""
+        if not isinstance(env, TextWorldExpressEnv):
+            raise TypeError(f"expected a TextWorldExpressEnv, got {type(env).__name__}")
+        if _check_game(task.name) in RANDOM_GOLD_GAMES:
+            return await env.expert_actions(task)
+        return await env.gold_actions(task)
 
 
 FAMILY = TextWorldExpressFamily()

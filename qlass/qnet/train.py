@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import Dataset
 from transformers import PrinterCallback, TrainerCallback, TrainingArguments
 
-from qlass._training import StopCallback
+from qlass._training import StopCallback, reproducible_training
 from qlass.errors import TrainingStopped, UserError
 from qlass.qnet.encoding import encode_texts, ensure_chat_template, pad_right, render
 from qlass.qnet.model import CONFIG_FILE, QNet, load_tokenizer
@@ -150,6 +150,8 @@ class TrainResult:
     train_seconds: float
     eval_seconds: float
     settings: dict[str, Any] = field(default_factory=dict)
+    determinism: dict[str, Any] = field(default_factory=dict)
+    """The torch settings training ran with (threads, deterministic algorithms)."""
 
     def metrics(self) -> dict[str, Any]:
         """A JSON-ready summary (what is stored with the checkpoint and in the DB)."""
@@ -438,7 +440,8 @@ def train_qnet(
         before = trainer.evaluate()
         eval_seconds += time.perf_counter() - started
     started = time.perf_counter()
-    trainer.train()
+    with reproducible_training(settings.seed) as determinism:
+        trainer.train()
     train_seconds = time.perf_counter() - started
     if stopper.stopped:
         raise TrainingStopped(
@@ -469,6 +472,7 @@ def train_qnet(
         train_seconds=train_seconds,
         eval_seconds=eval_seconds,
         settings={k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
+        determinism=determinism,
     )
     # Gathers the full weights under FSDP; a plain state dict otherwise.
     state_dict = trainer.accelerator.get_state_dict(trainer.model)

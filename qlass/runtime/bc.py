@@ -17,7 +17,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -33,13 +33,14 @@ from transformers import (
     TrainingArguments,
 )
 
-from qlass._training import StopCallback
+from qlass._training import StopCallback, reproducible_training
 from qlass.backends.tiny import new_tiny_model, save_model, train_tokenizer
 from qlass.config import BCConfig
 from qlass.errors import ConfigError, MissingDataError, TrainingStopped
 from qlass.types import ChatMessage
 
 __all__ = [
+    "TRAINING_FILE",
     "BCResult",
     "build_examples",
     "load_conversations",
@@ -62,6 +63,12 @@ class BCResult:
     steps: int
     final_loss: float
     wall_time_s: float
+    determinism: dict[str, Any] = field(default_factory=dict)
+    """The torch settings training ran with (threads, deterministic algorithms); also
+    written to ``TRAINING_FILE`` in the model directory."""
+
+
+TRAINING_FILE = "training.json"
 
 
 def load_conversations(path: Path, limit: int | None = None) -> list[list[ChatMessage]]:
@@ -239,8 +246,33 @@ def train_policy(
     """
     if not conversations:
         raise MissingDataError("no expert conversations to train on")
+    with reproducible_training(seed) as determinism:
+        return _train(
+            conversations,
+            config,
+            output_dir=output_dir,
+            system_prompt=system_prompt,
+            max_turns=max_turns,
+            seed=seed,
+            progress=progress,
+            should_stop=should_stop,
+            determinism=determinism,
+        )
+
+
+def _train(
+    conversations: list[list[ChatMessage]],
+    config: BCConfig,
+    *,
+    output_dir: Path,
+    system_prompt: str | None,
+    max_turns: int | None,
+    seed: int,
+    progress: ProgressFn | None,
+    should_stop: Callable[[], bool] | None,
+    determinism: dict[str, Any],
+) -> BCResult:
     started = time.perf_counter()
-    torch.manual_seed(seed)
     model, tokenizer = _base(config, conversations, seed)
     examples = build_examples(
         conversations,
@@ -301,7 +333,10 @@ def train_policy(
         steps=output.global_step,
         final_loss=callback.last_loss if callback.last_loss is not None else output.training_loss,
         wall_time_s=time.perf_counter() - started,
+        determinism=determinism,
     )
+    record = {"seed": seed, "steps": result.steps, "determinism": determinism}
+    (output_dir / TRAINING_FILE).write_text(json.dumps(record, indent=2) + "\n")
     log.info(
         "bc.done",
         model_dir=str(output_dir),

@@ -3,7 +3,8 @@
 :func:`check_config` runs when a pipeline starts, before the store is opened or any work
 is done, so that a typo in an env, game, backend, strategy or value-model name fails at
 once with a message that names the field (``env.games: unknown TextWorldExpress game
-'coinn'; choose one of: ...``), rather than after the store was created or deep inside a
+'coinn'; choose one of: ...``, ``env.params: TextWorldExpress parameter numLocations must
+be a whole number, got 'abc'``), rather than after the store was created or deep inside a
 stage. Values pydantic validates (ranges, literals) are checked when the config loads.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from qlass.backends.registry import BACKENDS
 from qlass.config import RunConfig
-from qlass.envs.registry import get_family, list_tasks
+from qlass.envs.registry import check_params, get_family, list_tasks
 from qlass.errors import ConfigError, QlassError, UnknownNameError
 from qlass.qnet.registry import VALUE_MODELS
 from qlass.runtime.strategies import make_strategy
@@ -32,11 +33,15 @@ def check_config(config: RunConfig) -> None:
         raise ConfigError(f"env.name: {exc}") from exc
     if env.games:
         try:
-            list_tasks(env.name, "train", games=list(env.games), params=env.params, limit=1)
+            list_tasks(env.name, "train", games=list(env.games), params=None, limit=1)
         except UnknownNameError as exc:
             raise ConfigError(f"env.games: {exc}") from exc
         except QlassError:
             pass  # missing local data and the like: reported by the stage that needs it
+    try:
+        check_params(env.name, env.params, list(env.games) if env.games else None)
+    except ConfigError as exc:
+        raise ConfigError(f"env.params: {exc}") from exc
     for field, registry, name in (
         ("policy.backend", BACKENDS, config.policy.backend),
         ("search.value_model", VALUE_MODELS, config.search.value_model),

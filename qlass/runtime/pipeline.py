@@ -22,6 +22,7 @@ from typing import Any, Self
 
 import structlog
 
+from qlass._reproducibility import reproducibility_record
 from qlass._version import code_version
 from qlass.config import RunConfig
 from qlass.envs.registry import list_tasks
@@ -211,6 +212,7 @@ class Pipeline:
             await asyncio.shield(self.store.stages.finish(run_id, name, failed=True))
             raise
         metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
+        metrics["reproducibility"] = await asyncio.to_thread(reproducibility_record)
         # The run keeps the config it was created with; a rerun may change the sections of
         # later stages, so each stage records the settings it ran with.
         metrics["settings"] = self.config.model_dump(

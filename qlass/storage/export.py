@@ -7,8 +7,11 @@ as the candidate, and its Q value (normalised per tree if the label set says so;
 max are taken over all the tree's labelled non-root nodes, before sampling). At most
 ``max_per_tree`` triples are kept per tree: whole sibling groups (the candidates of one
 state), states with several candidates first, chosen by an RNG seeded from ``seed`` and the
-task key, so a tree's sample does not depend on which other trees are exported. Trees are
-read whole, up to 50 per query; histories are built by walking the loaded tree.
+task key, so a tree's sample does not depend on which other trees are exported. Within a
+tree, triples come in the order of their nodes' paths (the sample indices from the root),
+not of their ids: concurrent exploration commits nodes in an order that changes from run
+to run, and the QNet's training data (its sample and order) must not. Trees are read
+whole, up to 50 per query; histories are built by walking the loaded tree.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ async def export_triples(
                         _NODES.c.id,
                         _NODES.c.task_id,
                         _NODES.c.parent_id,
+                        _NODES.c.sample_index,
                         _NODES.c.action,
                         _NODES.c.text,
                         _NODES.c.observation,
@@ -122,19 +126,27 @@ def _tree_triples(
     seed: int,
 ) -> list[LabelledStep]:
     by_id = {row.id: row for row in rows}
+    paths: dict[int, tuple[int, ...]] = {}
+    for row in rows:  # by id: parents before children
+        paths[row.id] = () if row.parent_id is None else (*paths[row.parent_id], row.sample_index)
     raw = {row.id: row.q for row in rows if row.q is not None}
     roots = [row.id for row in rows if row.parent_id is None]
     values = minmax_normalize(raw, roots) if label_set.normalize else raw
-    candidates = [
-        row
-        for row in rows
-        if row.parent_id is not None
-        and row.q is not None
-        and row.action is not None
-        and row.status == "ok"
-    ]
+    candidates = sorted(
+        (
+            row
+            for row in rows
+            if row.parent_id is not None
+            and row.q is not None
+            and row.action is not None
+            and row.status == "ok"
+        ),
+        key=lambda row: paths[row.id],
+    )
     if len(candidates) > max_per_tree:
-        candidates = _sample_by_state(candidates, max_per_tree, random.Random(f"{seed}/{task.key}"))
+        rng = random.Random(f"{seed}/{task.key}")
+        kept = {row.id for row in _sample_by_state(candidates, max_per_tree, rng)}
+        candidates = [row for row in candidates if row.id in kept]
     histories: dict[int, History] = {}
 
     def history_at(node_id: int) -> History:
@@ -167,7 +179,8 @@ def _tree_triples(
 
 
 def _sample_by_state(candidates: Sequence[Any], limit: int, rng: random.Random) -> list[Any]:
-    """``limit`` of a tree's candidates, whole sibling groups at a time, branching states first.
+    """``limit`` of a tree's candidates, whole sibling groups at a time, branching states first
+    (``candidates`` in a fixed order: the groups are shuffled from it).
 
     Q-guided search only ever compares the candidates of one state, and only the states
     where exploration sampled several candidates show the QNet how they differ; sampling
@@ -185,4 +198,4 @@ def _sample_by_state(candidates: Sequence[Any], limit: int, rng: random.Random) 
         if room <= 0:
             break
         kept.extend(group if len(group) <= room else rng.sample(group, room))
-    return sorted(kept, key=lambda row: row.id)
+    return kept

@@ -17,7 +17,7 @@ import asyncio
 from pathlib import Path
 
 GAME = "coin"
-PARAMS = "numLocations=3,includeDoors=0"
+PARAMS = "numLocations=5,includeDoors=0"
 MAX_TURNS = 1
 
 

@@ -15,12 +15,14 @@ from qlass.envs._jvm import java_child_pids
 from qlass.envs.gold import replay_gold
 from qlass.envs.registry import list_tasks
 from qlass.envs.scienceworld import (
+    SIMPLIFICATIONS,
     TASKS,
     ScienceWorldEnv,
     canonical_task_name,
+    check_simplifications,
     paper_task_name,
 )
-from qlass.errors import UnknownNameError
+from qlass.errors import ConfigError, UnknownNameError
 from qlass.types import TaskSpec
 from tests.envs.conftest import shutdown_simulator
 from tests.envs.test_prompts import replay_example
@@ -67,7 +69,7 @@ async def test_gold_paths_reach_full_score_on_a_sample_of_tasks(sciworld: Scienc
 @pytest.mark.slow
 async def test_gold_paths_reach_full_score_on_every_paper_task() -> None:
     """The first two seen variations of every task (48 episodes). One gold path of the
-    simulator itself stops short (freeze, variation 19: 0.82, the same through the
+    simulator itself stops short (freeze, variation 19: 0.8167, the same through the
     wrapper's own reset); gold export skips such paths."""
     env = ScienceWorldEnv()
     dev = await asyncio.to_thread(list_tasks, "scienceworld", "dev")
@@ -80,7 +82,7 @@ async def test_gold_paths_reach_full_score_on_every_paper_task() -> None:
                     short[task.key] = trajectory.final_score
     finally:
         await env.close()
-    assert short == {"scienceworld/freeze[easy]/dev/19": 0.82}
+    assert short == {"scienceworld/freeze[easy]/dev/19": pytest.approx(49 / 60)}
 
 
 @shared_loop
@@ -89,7 +91,7 @@ async def test_scienceworld_example_is_a_gold_episode(sciworld: ScienceWorldEnv)
 
 
 @shared_loop
-async def test_scores_are_the_best_so_far_and_failure_scores_zero(
+async def test_scores_are_the_best_so_far_and_a_failure_keeps_the_score_before_it(
     sciworld: ScienceWorldEnv,
 ) -> None:
     env = sciworld
@@ -102,8 +104,24 @@ async def test_scores_are_the_best_so_far_and_failure_scores_zero(
     scores = [(await env.step(a)).score for a in gold[:4]]
     assert scores == sorted(scores) and 0 < scores[-1] < 1
     wrong = await env.step("focus on air")
-    assert (wrong.done, wrong.score, wrong.success) == (True, 0.0, False)
-    assert wrong.info["task_failure"]
+    assert (wrong.done, wrong.score, wrong.success) == (True, scores[-1], False)
+    assert wrong.info["task_failure"] and wrong.info["score_raw"] == -100
+    assert wrong.reward == 0.0
+
+
+@shared_loop
+async def test_a_failed_task_scores_as_in_the_papers_code(sciworld: ScienceWorldEnv) -> None:
+    """The case checked against the authors' (ETO-based) environment: two gold steps of
+    find-plant score 1/6; focusing on a wrong object then fails the task (-100), and the
+    authors' code keeps 0.1667 as the episode's reward (qlass used to give 0)."""
+    task = await asyncio.to_thread(_first, "train", "find-plant")
+    gold = await sciworld.gold_actions(task)
+    await sciworld.reset(task)
+    for action in gold[:2]:
+        await sciworld.step(action)
+    failed = await sciworld.step("focus on air")
+    assert failed.info["score_raw"] == -100 and failed.done and not failed.success
+    assert failed.score == pytest.approx(1 / 6)  # unrounded, as the paper's code reads it
 
 
 @shared_loop
@@ -192,8 +210,18 @@ def test_simulator_splits_interleave_tasks_and_match_the_live_simulator() -> Non
             simulator.load(name, 0, "easy")
             listed = list_tasks("scienceworld", "dev", source="simulator", games=[name])
             assert [t.variation for t in listed] == simulator.get_variations_dev(), name
+        # The simplifications checked up front are the simulator's own.
+        assert set(SIMPLIFICATIONS) == {"easy", *simulator.get_possible_simplifications()}
     finally:
         shutdown_simulator(simulator)
+
+
+def test_unknown_simplifications_are_refused_before_a_simulator_starts() -> None:
+    check_simplifications("teleportAction,openDoors")
+    with pytest.raises(ConfigError, match="unknown ScienceWorld simplification 'easyy'"):
+        list_tasks("scienceworld", "dev", games=["boil"], params="easyy")
+    with pytest.raises(ConfigError, match="'numLocations=5'"):
+        check_simplifications("easy,numLocations=5")
 
 
 @shared_loop

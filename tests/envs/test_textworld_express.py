@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 
 from qlass.envs.base import InvalidActionError
 from qlass.envs.gold import replay_gold
 from qlass.envs.registry import create_env, list_tasks
-from qlass.envs.textworld_express import GAMES, TextWorldExpressEnv, seeds
+from qlass.envs.textworld_express import _PARAMS, GAMES, TextWorldExpressEnv, check_params, seeds
 from qlass.errors import ConfigError, UnknownNameError
 from qlass.types import TaskSpec
 from tests.envs.conftest import shutdown_simulator
@@ -108,7 +109,7 @@ def test_task_listing_interleaves_games_deterministically() -> None:
     assert all(t.split == "dev" and t.env == "textworld_express" for t in tasks)
 
 
-def test_listed_seeds_are_the_simulators_folds_for_every_game() -> None:
+def test_listed_seeds_and_parameter_names_are_the_simulators_for_every_game() -> None:
     from textworld_express import TextWorldExpressEnv as Simulator
 
     simulator = Simulator(envStepLimit=10)
@@ -118,5 +119,46 @@ def test_listed_seeds_are_the_simulators_folds_for_every_game() -> None:
             assert list(simulator.getValidSeedsTrain()) == list(seeds("train")), game
             assert list(simulator.getValidSeedsDev()) == list(seeds("dev")), game
             assert list(simulator.getValidSeedsTest()) == list(seeds("test")), game
+            # The simulator lists the names it knows when given one it does not; its
+            # message glues "None" to the last name (simonsays: "..., verboseNone").
+            with pytest.raises(ValueError, match="Known properties: ") as refused:
+                simulator.load(game, "noSuchParameter=1")
+            listed = str(refused.value).split("Known properties: ")[1].strip().rstrip(".")
+            names = [] if listed == "None" else listed.removesuffix("None").split(", ")
+            assert sorted(names) == sorted(_PARAMS[game]), game
     finally:
         shutdown_simulator(simulator)
+
+
+def test_parameters_are_checked_by_name_and_type_without_a_simulator() -> None:
+    check_params("coin", "numLocations=5, includeDoors=0,")  # spaces and a trailing comma
+    check_params("sorting", "")
+    refused = {
+        ("coin", "numLocations=abc"): "numLocations must be a whole number, got 'abc'",
+        ("coin", "numLocations=1.5"): "numLocations must be a whole number, got '1.5'",
+        ("coin", "numLocations=--5"): "numLocations must be a whole number, got '--5'",
+        ("coin", "includeDoors=2"): "includeDoors must be 0 or 1, got '2'",
+        ("coin", "includeDoors=true"): "includeDoors must be 0 or 1, got 'true'",
+        ("sorting", "numLocations=3"): "sorting has no parameter 'numLocations' (it takes: no",
+        ("coin", "numLocations"): "'numLocations' must look like name=value",
+    }
+    for (game, params), message in refused.items():
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            check_params(game, params)
+    with pytest.raises(ConfigError, match="numLocations must be a whole number"):
+        list_tasks("twx", "train", games=["coin"], params="numLocations=abc")
+    with pytest.raises(ConfigError, match="arithmetic has no parameter 'numLocations'"):
+        list_tasks("twx", "train", params="numLocations=3")  # all games share the string
+
+
+async def test_parameters_that_pass_the_check_generate_games() -> None:
+    """Every name of the table with a valid value loads and generates a game."""
+    env = TextWorldExpressEnv()
+    values = {"numLocations": "3", "maxDistanceApart": "1", "gameLength": "3"}
+    try:
+        for game, known in _PARAMS.items():
+            params = ",".join(f"{n}={values.get(n, '1')}" for n in known)
+            first = await env.reset(TaskSpec("textworld_express", game, 0, "train", params))
+            assert first.text and not first.text.startswith("ERROR"), (game, params)
+    finally:
+        await env.close()

@@ -69,9 +69,59 @@ def test_bad_config_is_refused_up_front_naming_the_field(
     assert not run_dir.exists()  # checked before the store (or anything) was created
 
 
-def test_simulator_parameters_it_rejects_are_a_user_error(
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ("bogus=3", "env.params: TextWorldExpress coin has no parameter 'bogus' (it takes: "),
+        (
+            "numLocations=abc",
+            "env.params: TextWorldExpress parameter numLocations must be a whole number, got 'abc'",
+        ),
+        ("includeDoors=2", "env.params: TextWorldExpress parameter includeDoors must be 0 or 1"),
+        ("numLocations", "env.params: TextWorldExpress parameter 'numLocations' must look like"),
+    ],
+)
+def test_simulator_parameters_are_checked_before_any_work(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    params: str,
+    message: str,
+) -> None:
+    """The simulator itself accepts numLocations=abc without a word and then generates no
+    game: the gold stage used to be "done" with 0 trajectories and BC failed after it."""
+    run_dir = tmp_path / "run"
+    code, err = _run(
+        monkeypatch,
+        capsys,
+        "run",
+        *BASE,
+        "--set",
+        f"run_dir={run_dir}",
+        "--set",
+        f"env.params={params}",
+    )
+    assert code == 2
+    assert err.strip().startswith(f"error: {message}") and "\n" not in err.strip()
+    assert not run_dir.exists()
+
+
+def test_envs_play_refuses_bad_parameters_before_a_simulator_starts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = _run(
+        monkeypatch, capsys, "envs", "play", "twx", "coin", "--params", "numLocations=abc"
+    )
+    assert code == 2  # it used to exit 0, showing the simulator's "ERROR: ..." as a room
+    assert err.strip() == (
+        "error: TextWorldExpress parameter numLocations must be a whole number, got 'abc'"
+    )
+
+
+def test_parameters_out_of_the_simulators_range_are_a_user_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Ranges are the simulator's to check: it names them when the game loads."""
     code, err = _run(
         monkeypatch,
         capsys,
@@ -80,10 +130,10 @@ def test_simulator_parameters_it_rejects_are_a_user_error(
         "--set",
         f"run_dir={tmp_path / 'run'}",
         "--set",
-        "env.params=bogus=3",
+        "env.params=numLocations=99",
     )
     assert code == 2  # one clear line, not a traceback from inside the task group
-    assert "error: TextWorldExpress rejected params 'bogus=3'" in err
+    assert "error: TextWorldExpress rejected params 'numLocations=99': Number of locations" in err
     assert "Traceback" not in err
 
 

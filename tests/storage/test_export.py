@@ -6,7 +6,7 @@ import pytest
 
 from qlass.storage import NewNode, TreeStore
 from qlass.testing import full_tree
-from qlass.types import TaskSpec
+from qlass.types import LabelledStep, TaskSpec
 
 from .conftest import new_run
 
@@ -140,3 +140,34 @@ async def test_export_filters_by_split_and_skips_unlabelled(store: TreeStore) ->
     assert {t.task_key for t in train_only} == {train.key}
     assert [t.candidate_text for t in train_only] == [_node("w").text]  # "open" has no label
     assert await store.export_triples(label_set.id, tasks=["no/such/task"]) == []
+
+
+async def test_triples_do_not_depend_on_the_order_nodes_were_stored(store: TreeStore) -> None:
+    """Concurrent exploration commits the nodes of a tree in an order that changes from run
+    to run; the QNet's triples (their sample and their order) must not."""
+    labels = []
+    for name, depth_first in (("breadth", False), ("depth", True)):
+        run, (task,) = await new_run(store, name)
+        labels.append(await store.labels.create_set(run.id, gamma=0.9, normalize=True))
+        root = await store.trees.add_root(task.id, "start", instruction="goal")
+        pending = [(root.id, "", 0)]
+        while pending:  # a full binary tree of depth 3, stored in two different orders
+            parent, name_so_far, level = pending.pop() if depth_first else pending.pop(0)
+            for i in (1, 0) if depth_first else (0, 1):
+                label = f"{name_so_far}.{i}"
+                final = (len(label) % 3) / 2 if level == 2 else None
+                child = await store.trees.add_child(
+                    parent, _node(label, sample_index=i, final_reward=final)
+                )
+                if level < 2:
+                    pending.append((child.id, label, level + 1))
+
+    def content(triples: list[LabelledStep]) -> list[tuple[object, ...]]:
+        return [(t.task_key, t.history, t.candidate_text, t.q) for t in triples]
+
+    for cap in (1000, 5):
+        first, second = [
+            content(await store.export_triples(label_set.id, max_per_tree=cap, seed=3))
+            for label_set in labels
+        ]
+        assert first == second and len(first) == min(cap, 14)

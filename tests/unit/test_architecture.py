@@ -30,6 +30,7 @@ FOUNDATION = frozenset(
         "_batching",
         "_log",
         "_registry",
+        "_reproducibility",
         "_retry",
         "_seeding",
         "_torch",

@@ -1,4 +1,4 @@
-"""The gold stage: expert trajectories of the train split from the simulator's gold paths."""
+"""The gold stage: expert trajectories of the train split from its env family's expert paths."""
 
 from __future__ import annotations
 
