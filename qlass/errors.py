@@ -93,7 +93,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "transformers": "local",
     "accelerate": "local",
     "safetensors": "local",
-    "numpy": "local",
+    "numpy": "report",
     "fastapi": "local",
     "uvicorn": "local",
     "textworld_express": "envs",
