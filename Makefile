@@ -1,23 +1,48 @@
 # Set-up and everyday commands. Every target creates or updates .venv first.
 #   make demo   the main job on the embedded default (CPU, no network, no downloads)
 #   make test   lint, type-check and the fast test suite (what CI runs)
+#   make lock   refresh requirements/*.lock (pinned, with hashes) after changing pyproject.toml
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench docs clean
+# The lock the install uses: every package of qlass[dev] pinned with its hashes, for
+# CPython 3.11 on Linux x86_64 (torch: the CPU wheel 2.13.0+cpu). `make LOCK= ...` installs
+# from pyproject.toml's ranges instead (another platform or Python).
+LOCK ?= requirements/dev.lock
+# Where `make lock` finds the CPU build of torch: the wheel folder pip is told about
+# (PIP_FIND_LINKS, as on the CI machines), else the PyTorch CPU index.
+TORCH_CPU_SOURCE ?= $(if $(PIP_FIND_LINKS),--find-links $(firstword $(PIP_FIND_LINKS)),\
+	--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
+COMPILE = $(BIN)/uv pip compile pyproject.toml --quiet --generate-hashes -c constraints/cpu.txt \
+	--python-version 3.11 --python-platform x86_64-manylinux_2_28 $(TORCH_CPU_SOURCE) \
+	--custom-compile-command 'make lock'
 
-# pip reads constraints/cpu.txt so that torch resolves to the CPU wheel (2.13.0), not a
-# multi-GB CUDA build. On a GPU machine install qlass into an env that already has torch.
-$(STAMP): pyproject.toml constraints/cpu.txt
+.PHONY: demo test lint typecheck pytest bench docs lock clean
+
+# pip reads constraints/cpu.txt (and the lock pins torch==2.13.0+cpu) so that torch is the
+# CPU wheel, not a multi-GB CUDA build. On a GPU machine install qlass into an env that
+# already has torch (`make LOCK= ...` or pip install -e '.[dev]').
+$(STAMP): pyproject.toml constraints/cpu.txt $(LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "qlass needs Python >= 3.11 (found $$($(PYTHON) --version))"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints/cpu.txt -e '.[dev]'
+	$(if $(LOCK),$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK) && \
+		$(BIN)/python -m pip install --quiet --no-deps -e .,\
+		$(BIN)/python -m pip install --quiet -c constraints/cpu.txt -e '.[dev]')
 	touch $(STAMP)
+
+# Both locks from pyproject.toml: dev.lock (what make installs) and core.lock (the light
+# install, `pip install qlass` with no extras; tests/examples/test_light_install.py uses
+# it). uv is a dev tool only, installed into .venv for this.
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet 'uv>=0.5'
+	$(COMPILE) --extra dev -o requirements/dev.lock
+	$(COMPILE) -o requirements/core.lock
 
 demo: $(STAMP)
 	$(BIN)/qlass demo

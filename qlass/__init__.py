@@ -5,6 +5,7 @@ The public API, for apps that embed qlass. Everything is imported on first use, 
 QNet's dependencies.
 
     Agent, StepDecision           Q-guided search in your own agent (qlass.agent)
+    EnvPool, EpisodeLimits        bounded simulators for Agent.run_many; per-episode limits
     CallbackEnv, StepCallback     an environment made of an async step callback (qlass.envs)
     Env, Policy, ValueModel       the protocols to implement your own parts
     TaskSpec, History, Trajectory ... the plain data every layer exchanges (qlass.types)
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from qlass.config import PolicyConfig, RunConfig, load_config
     from qlass.envs.base import Env, EnvPrompt
     from qlass.envs.callback import CallbackEnv, StepCallback
+    from qlass.envs.pool import EnvPool
     from qlass.envs.registry import create_env, env_names, list_tasks
     from qlass.errors import (
         ActionParseError,
@@ -66,6 +68,7 @@ if TYPE_CHECKING:
     from qlass.qnet.base import BaseValueModel, ValueModel, ValueQuery
     from qlass.qnet.registry import create_value_model
     from qlass.runtime.episode import StepwiseStrategy
+    from qlass.runtime.limits import EpisodeLimits
     from qlass.runtime.pipeline import Pipeline
     from qlass.runtime.strategies import (
         BeamSearch,
@@ -84,6 +87,7 @@ if TYPE_CHECKING:
         ScoredCandidate,
         Step,
         StepResult,
+        StopReason,
         TaskSpec,
         Trajectory,
         Turn,
@@ -105,8 +109,10 @@ __all__ = [
     "Env",
     "EnvCrashedError",
     "EnvError",
+    "EnvPool",
     "EnvPrompt",
     "EnvTimeoutError",
+    "EpisodeLimits",
     "Greedy",
     "History",
     "MissingDataError",
@@ -133,6 +139,7 @@ __all__ = [
     "StepDecision",
     "StepResult",
     "StepwiseStrategy",
+    "StopReason",
     "StoreError",
     "StrategySpec",
     "TaskSpec",
@@ -170,10 +177,12 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "qlass.envs.base": ("Env", "EnvPrompt"),
     "qlass.envs.registry": ("create_env", "env_names", "list_tasks"),
     "qlass.envs.callback": ("CallbackEnv", "StepCallback"),
+    "qlass.envs.pool": ("EnvPool",),
     "qlass.errors": tuple(n for n in _errors.__all__ if n not in _HANDLED_INSIDE),
     "qlass.qnet.base": ("BaseValueModel", "ValueModel", "ValueQuery"),
     "qlass.qnet.registry": ("create_value_model",),
     "qlass.runtime.episode": ("StepwiseStrategy",),
+    "qlass.runtime.limits": ("EpisodeLimits",),
     "qlass.runtime.pipeline": ("Pipeline",),
     "qlass.runtime.strategies": (
         "BeamSearch",
@@ -192,6 +201,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "ScoredCandidate",
         "Step",
         "StepResult",
+        "StopReason",
         "TaskSpec",
         "Trajectory",
         "Turn",

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from qlass.errors import UnknownNameError
+from qlass.errors import MissingDependencyError, UnknownNameError
 
 __all__ = ["Registry", "load_object"]
 
@@ -68,10 +68,21 @@ class Registry(Generic[T]):
         return len(self.entries)
 
 
-def load_object(target: str) -> Any:
-    """Import ``"package.module:attr.attr"`` and return that attribute."""
+def load_object(target: str, purpose: str | None = None) -> Any:
+    """Import ``"package.module:attr.attr"`` and return that attribute.
+
+    Raises:
+        MissingDependencyError: the module needs an optional extra that is not installed
+            (``purpose`` names what needed it in the message).
+    """
     module_name, _, attr_path = target.partition(":")
-    value: Any = importlib.import_module(module_name)
+    try:
+        value: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        missing = MissingDependencyError.of_import(exc, purpose or module_name)
+        if missing is None:
+            raise
+        raise missing from exc
     for attr in filter(None, attr_path.split(".")):
         value = getattr(value, attr)
     return value

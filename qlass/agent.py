@@ -9,6 +9,8 @@ included), a value model (a QNet in process, a ``qlass serve-qnet`` server, or y
 - ``await agent.run(env, task)``: a whole episode in an environment you own (any object
   with the :class:`~qlass.envs.base.Env` methods, or a plain ``async def step(action)``
   callback), returning a :class:`~qlass.types.Trajectory` with token usage and cost.
+- ``await agent.run_many(tasks, envs)``: many episodes at once over a bounded
+  :class:`~qlass.envs.pool.EnvPool` (or an env factory): 200 episodes, 4 simulators.
 
 Example:
     ```python
@@ -27,9 +29,10 @@ the agent builds from strings it closes in :meth:`Agent.aclose` (or at the end o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Self, TypeAlias, cast
 
@@ -43,12 +46,15 @@ from qlass.envs.callback import CallbackEnv, StepCallback
 from qlass.envs.pool import EnvPool
 from qlass.errors import ConfigError, UserError
 from qlass.qnet.base import ValueModel
+from qlass.runtime.batch import OnError, play_many
 from qlass.runtime.context import EnvSession, SearchContext
-from qlass.runtime.episode import EpisodeState, StepwiseStrategy, run_stepwise
+from qlass.runtime.episode import EpisodeState, StepwiseStrategy, play_episode
+from qlass.runtime.limits import EpisodeLimits, EpisodeMeter
 from qlass.runtime.resources import (
     ValueModelRequest,
     close_later,
     policy_from_spec,
+    run_episode_limits,
     run_policy_config,
     run_system_prompt,
     run_value_model,
@@ -56,13 +62,12 @@ from qlass.runtime.resources import (
 )
 from qlass.runtime.strategies import SearchStrategy, make_strategy
 from qlass.types import (
-    Candidate,
     History,
     Observation,
     ScoredCandidate,
+    StepDecision,
     TaskSpec,
     Trajectory,
-    Usage,
 )
 
 __all__ = [
@@ -88,55 +93,6 @@ StrategySpec: TypeAlias = str | SearchStrategy | StepwiseStrategy
 strategy object (:class:`~qlass.runtime.strategies.QGuided`, your own...)."""
 
 _STEP_TASK = TaskSpec("agent", "step", 0, "dev")
-
-
-@dataclass(frozen=True, slots=True)
-class StepDecision:
-    """What :meth:`Agent.step` chose, and everything it considered.
-
-    Attributes:
-        action: the chosen action, ready for your environment; ``None`` when no candidate
-            held a parsable ``Action:`` line (do not execute anything then).
-        text: the chosen candidate's full text (``Thought: ... Action: ...``).
-        value: the value model's score of the chosen candidate (``None`` if unscored).
-        candidates: every sampled candidate with its score, in sample order.
-        usage: prompt and completion tokens (and cost in USD where the provider has a
-            price) of the policy calls of this step.
-        strategy: the name of the strategy that decided.
-    """
-
-    action: str | None
-    text: str
-    value: float | None
-    candidates: tuple[ScoredCandidate, ...]
-    usage: Usage
-    strategy: str
-
-    @property
-    def candidate(self) -> Candidate:
-        """The chosen candidate."""
-        for scored in self.candidates:
-            if scored.candidate.text == self.text:
-                return scored.candidate
-        return Candidate(self.text, self.action)
-
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready summary (for logs, LangGraph state, HTTP answers)."""
-        return {
-            "action": self.action,
-            "text": self.text,
-            "value": self.value,
-            "strategy": self.strategy,
-            "candidates": [
-                {"text": c.candidate.text, "action": c.candidate.action, "value": c.value}
-                for c in self.candidates
-            ],
-            "usage": {
-                "prompt_tokens": self.usage.prompt_tokens,
-                "completion_tokens": self.usage.completion_tokens,
-                "cost_usd": self.usage.cost_usd,
-            },
-        }
 
 
 class _NoEnvs:
@@ -186,6 +142,8 @@ class Agent:
         max_tokens: completion tokens per turn at most.
         temperature: sampling temperature of the candidates (``greedy`` uses 0).
         max_steps: the episode's step limit in :meth:`run`.
+        limits: per-episode token, time and cost limits (``trajectory.stop_reason``).
+        clock: the clock of the time limit and wall times (tests pass their own).
         max_turns_in_prompt: keep only this many recent turns in the prompt.
         api_base: the OpenAI-compatible base URL for a LiteLLM model string.
         api_key_env: the NAME of the environment variable that holds the API key.
@@ -220,6 +178,8 @@ class Agent:
         max_tokens: int = 128,
         temperature: float = 0.7,
         max_steps: int = 30,
+        limits: EpisodeLimits | None = None,
+        clock: Callable[[], float] = time.perf_counter,
         max_turns_in_prompt: int | None = None,
         api_base: str | None = None,
         api_key_env: str | None = None,
@@ -233,6 +193,8 @@ class Agent:
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.max_steps = max_steps
+        self.limits = limits or EpisodeLimits()
+        self.clock = clock
         self.max_turns_in_prompt = max_turns_in_prompt
         self.seed = seed
         self.strategy = self._strategy(strategy)
@@ -284,6 +246,7 @@ class Agent:
             max_tokens=config.policy.max_tokens,
             temperature=search.temperature,
             max_steps=config.env.max_steps or 30,
+            limits=run_episode_limits(config),
             max_turns_in_prompt=config.policy.max_turns_in_prompt,
             seed=config.seed,
         )
@@ -368,6 +331,7 @@ class Agent:
             max_turns_in_prompt=self.max_turns_in_prompt,
             temperature=self.temperature,
             seed=self.seed,
+            meter=EpisodeMeter(self.limits, self.clock),
         )
 
     def _checked(self, spec: StrategySpec | None) -> SearchStrategy | StepwiseStrategy:
@@ -426,7 +390,7 @@ class Agent:
 
     async def run(
         self,
-        env: Env | StepCallback,
+        env: Env | StepCallback | EnvPool,
         task: TaskSpec | str | None = None,
         *,
         instruction: str | None = None,
@@ -441,7 +405,8 @@ class Agent:
             env: your environment: any object with the :class:`~qlass.envs.base.Env`
                 methods (``reset(task)``, ``step(action)``, ``close()``), a
                 :class:`CallbackEnv`, or a bare ``async def step(action)`` callback
-                (then ``instruction`` is required). The agent does not close it.
+                (then ``instruction`` is required), or an :class:`EnvPool`. The agent
+                does not close it.
             task: the :class:`~qlass.types.TaskSpec` passed to ``env.reset``; a string
                 names a task of your own env.
             instruction: the task text, for a bare callback.
@@ -453,7 +418,8 @@ class Agent:
 
         Returns:
             The trajectory: every step with the candidates considered and their scores,
-            the final score, success, and ``usage`` (prompt and completion tokens, cost in
+            the final score, success, ``stop_reason`` (done, step_limit, token_limit,
+            time_limit, cost_limit) and ``usage`` (prompt and completion tokens, cost in
             USD where the provider has a price). ``info["tally"]`` holds the episode's
             full accounting (policy calls, value queries, env steps, time per part).
 
@@ -463,21 +429,18 @@ class Agent:
             PolicyError, ValueModelError, EnvError: a part failed while running.
         """
         await self.open()
-        if not isinstance(env, Env):
+        if not isinstance(env, Env | EnvPool):
             if not callable(env):
-                raise TypeError(f"env must be an Env or an async callback, not {env!r}")
+                raise TypeError(f"env must be an Env, EnvPool or async callback, not {env!r}")
             if instruction is None:
                 raise UserError("a bare step callback needs instruction=... (the task text)")
             env = CallbackEnv(env, instruction=instruction, observation=observation)
         chosen = self._checked(strategy)
         spec = _as_task(task)
-        ctx = self._context(EnvPool.around(env), max_steps)
+        pool = env if isinstance(env, EnvPool) else EnvPool.around(env)
+        ctx = self._context(pool, max_steps)
         seed = derive_seed(self.seed, "run", chosen.name, spec.key) if seed is None else seed
-        play = getattr(chosen, "run", None)
-        if play is not None:
-            trajectory: Trajectory = await play(ctx, spec, seed)
-        else:
-            trajectory = await run_stepwise(ctx, spec, cast(StepwiseStrategy, chosen), seed)
+        trajectory = await play_episode(ctx, spec, chosen, seed, chosen.name)
         log.info(
             "agent.episode",
             task=spec.key,
@@ -488,3 +451,49 @@ class Agent:
             cost_usd=round(trajectory.usage.cost_usd, 6),
         )
         return replace(trajectory, info={**trajectory.info, "tally": ctx.tally.as_dict()})
+
+    async def run_many(
+        self,
+        tasks: Sequence[TaskSpec | str],
+        envs: EnvPool | Callable[[], Env],
+        *,
+        pool_size: int = 4,
+        concurrency: int | None = None,
+        strategy: StrategySpec | None = None,
+        max_steps: int | None = None,
+        on_error: OnError = "raise",
+        on_episode: Callable[[Trajectory], Awaitable[None]] | None = None,
+    ) -> list[Trajectory]:
+        """Play each of ``tasks`` once, many at a time, over a bounded pool of envs.
+
+        ``envs`` is an :class:`~qlass.envs.pool.EnvPool` (yours to close, e.g.
+        ``EnvPool.for_env("textworld_express", size=4)``) or a function making a new env,
+        of which the agent keeps at most ``pool_size`` alive and closes them at the end.
+        ``concurrency``: episodes under way at once (default: the pool's size; more share
+        the envs by replaying actions). ``on_error="record"`` returns a failed episode with
+        ``stop_reason="error"`` and goes on (default ``"raise"``). ``on_episode`` is
+        awaited as each episode ends. Returns the trajectories in the order of ``tasks``;
+        each episode has the seed :meth:`run` gives it, so it plays the same as there.
+        """
+        await self.open()
+        chosen = self._checked(strategy)
+        specs = [_as_task(task) for task in tasks]
+        async with AsyncExitStack() as stack:
+            if isinstance(envs, EnvPool):
+                pool = envs
+            elif callable(envs):
+                pool = EnvPool(envs, size=pool_size, max_steps=max_steps or self.max_steps)
+                stack.push_async_callback(pool.aclose)
+            else:
+                raise TypeError(f"envs must be an EnvPool or an env factory, not {envs!r}")
+            ctx = self._context(pool, max_steps)
+            return await play_many(
+                ctx,
+                specs,
+                chosen,
+                chosen.name,
+                seed_of=lambda task: derive_seed(self.seed, "run", chosen.name, task.key),
+                concurrency=concurrency or pool.size,
+                on_error=on_error,
+                on_episode=on_episode,
+            )

@@ -25,6 +25,7 @@ from qlass.errors import ConfigError
 
 __all__ = [
     "BCConfig",
+    "BudgetConfig",
     "EnvConfig",
     "EnvOverride",
     "EvalConfig",
@@ -234,6 +235,18 @@ class EvalConfig(_Section):
     concurrency: int = Field(
         8, ge=1, description="episodes at once per strategy (strategies run side by side)"
     )
+    token_limit: int | None = Field(
+        None, ge=1, description="per episode: prompt + completion tokens at most (None: no limit)"
+    )
+    completion_token_limit: int | None = Field(
+        None, ge=1, description="per episode: completion tokens at most"
+    )
+    time_limit_s: float | None = Field(
+        None, gt=0, description="per episode: wall time from reset, seconds"
+    )
+    cost_limit_usd: float | None = Field(
+        None, gt=0, description="per episode: policy cost in USD (LiteLLM's pricing)"
+    )
 
 
 class SelfTrainConfig(_Section):
@@ -246,6 +259,19 @@ class SelfTrainConfig(_Section):
     include_expert: bool = Field(True, description="also train on the expert trajectories")
     epochs: float = Field(3.0, gt=0)
     lr: float = Field(3e-4, gt=0)
+
+
+class BudgetConfig(_Section):
+    """What a whole run may spend on fresh policy calls over all its stages (cached answers
+    are free). Reaching it stops new work gracefully; rerun with a higher budget to resume.
+    Not part of any stage's fingerprint, so raising it replays nothing."""
+
+    tokens: int | None = Field(
+        None, ge=1, description="prompt + completion tokens for the run (None: no budget)"
+    )
+    cost_usd: float | None = Field(
+        None, gt=0, description="policy cost in USD for the run (LiteLLM's pricing)"
+    )
 
 
 class RunConfig(BaseModel):
@@ -266,6 +292,7 @@ class RunConfig(BaseModel):
     search: SearchConfig = SearchConfig()
     eval: EvalConfig = EvalConfig()
     self_train: SelfTrainConfig = SelfTrainConfig()
+    budget: BudgetConfig = BudgetConfig()
 
     @field_validator("name")
     @classmethod

@@ -90,6 +90,27 @@ class UnknownNameError(UserError):
     """A name (env, task, backend, strategy, run) is not known; the message lists choices."""
 
 
+EXTRA_OF_MODULE: dict[str, str] = {
+    "torch": "local",
+    "transformers": "local",
+    "accelerate": "local",
+    "safetensors": "local",
+    "numpy": "report",
+    "fastapi": "local",
+    "uvicorn": "local",
+    "textworld_express": "envs",
+    "scienceworld": "envs",
+    "py4j": "envs",
+    "matplotlib": "report",
+    "asyncpg": "postgres",
+    "datasets": "datasets",
+    "langgraph": "langgraph",
+    "alfworld": "alfworld",
+    "vllm": "vllm",
+}
+"""The extra that installs each optional top-level module (``pip install 'qlass[extra]'``)."""
+
+
 class MissingDependencyError(UserError):
     """An optional dependency is not installed; the message names the extra to install."""
 
@@ -97,6 +118,13 @@ class MissingDependencyError(UserError):
         super().__init__(f"{purpose} needs the '{package}' package: pip install 'qlass[{extra}]'")
         self.package = package
         self.extra = extra
+
+    @classmethod
+    def of_import(cls, exc: ImportError, purpose: str) -> MissingDependencyError | None:
+        """The error for a failed import of an optional module (``None``: not one)."""
+        module = (exc.name or "").partition(".")[0]
+        extra = EXTRA_OF_MODULE.get(module)
+        return None if extra is None else cls(module, extra, purpose)
 
 
 class MissingDataError(UserError):

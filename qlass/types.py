@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Literal, TypedDict
 
 Split = Literal["train", "dev", "test"]
@@ -20,6 +21,17 @@ class ChatMessage(TypedDict):
 
     role: Role
     content: str
+
+
+class StopReason(StrEnum):
+    """Why an episode ended: the env said done, or a limit (or an error) cut it short."""
+
+    DONE = "done"
+    STEP_LIMIT = "step_limit"
+    TOKEN_LIMIT = "token_limit"
+    TIME_LIMIT = "time_limit"
+    COST_LIMIT = "cost_limit"
+    ERROR = "error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +180,8 @@ class Trajectory:
     env_steps: int = 0
     wall_time_s: float = 0.0
     info: Mapping[str, Any] = field(default_factory=dict)
+    stop_reason: str = ""
+    """A :class:`StopReason` value; ``""`` for an episode stored before qlass recorded it."""
 
     @property
     def history(self) -> History:
@@ -186,3 +200,52 @@ class LabelledStep:
     history: History
     candidate_text: str
     q: float
+
+
+@dataclass(frozen=True, slots=True)
+class StepDecision:
+    """What :meth:`Agent.step` chose, and everything it considered.
+
+    Attributes:
+        action: the chosen action, ready for your environment; ``None`` when no candidate
+            held a parsable ``Action:`` line (do not execute anything then).
+        text: the chosen candidate's full text (``Thought: ... Action: ...``).
+        value: the value model's score of the chosen candidate (``None`` if unscored).
+        candidates: every sampled candidate with its score, in sample order.
+        usage: prompt and completion tokens (and cost in USD where the provider has a
+            price) of the policy calls of this step.
+        strategy: the name of the strategy that decided.
+    """
+
+    action: str | None
+    text: str
+    value: float | None
+    candidates: tuple[ScoredCandidate, ...]
+    usage: Usage
+    strategy: str
+
+    @property
+    def candidate(self) -> Candidate:
+        """The chosen candidate."""
+        for scored in self.candidates:
+            if scored.candidate.text == self.text:
+                return scored.candidate
+        return Candidate(self.text, self.action)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (for logs, LangGraph state, HTTP answers)."""
+        return {
+            "action": self.action,
+            "text": self.text,
+            "value": self.value,
+            "strategy": self.strategy,
+            "candidates": [
+                {"text": c.candidate.text, "action": c.candidate.action, "value": c.value}
+                for c in self.candidates
+            ],
+            "usage": {
+                "prompt_tokens": self.usage.prompt_tokens,
+                "completion_tokens": self.usage.completion_tokens,
+                "cost_usd": self.usage.cost_usd,
+            },
+        }

@@ -62,7 +62,7 @@ def _load_hf() -> Callable[..., Policy]:
         from qlass.backends.hf import HFPolicy
     except ImportError as exc:
         package = (exc.name or "torch").split(".")[0]
-        raise MissingDependencyError(package, "hf", "the local transformers backend") from exc
+        raise MissingDependencyError(package, "local", "the local transformers backend") from exc
     return HFPolicy
 
 

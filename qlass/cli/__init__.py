@@ -24,7 +24,7 @@ from qlass.cli import (
     store_cmd,
     study_cmd,
 )
-from qlass.errors import QlassError, UserError
+from qlass.errors import MissingDependencyError, QlassError, UserError
 
 __all__ = ["app", "main"]
 
@@ -85,3 +85,10 @@ def main() -> None:
         kind = "error" if isinstance(exc, UserError) else "failed"
         typer.secho(f"{kind}: {redact(str(exc))}", err=True, fg=typer.colors.RED)
         sys.exit(2 if isinstance(exc, UserError) else 1)
+    except ImportError as exc:  # an optional part imported by a command of a light install
+        command = " ".join(["qlass", *sys.argv[1:2]])
+        missing = MissingDependencyError.of_import(exc, command)
+        if missing is None:
+            raise
+        typer.secho(f"error: {missing}", err=True, fg=typer.colors.RED)
+        sys.exit(2)

@@ -60,7 +60,7 @@ def env_names() -> tuple[str, ...]:
 
 def get_family(name: str) -> EnvFamily:
     """The family registered as ``name`` (or an alias)."""
-    family: EnvFamily = load_object(_FAMILIES[name])
+    family: EnvFamily = load_object(_FAMILIES[name], f"env {name!r}")
     return family
 
 

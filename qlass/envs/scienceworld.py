@@ -161,7 +161,7 @@ def _simulator_class() -> type[Any]:
     try:
         from scienceworld import ScienceWorldEnv as _Sim
     except ImportError as exc:  # pragma: no cover - a core dependency
-        raise MissingDependencyError("scienceworld", "scienceworld", "ScienceWorld") from exc
+        raise MissingDependencyError("scienceworld", "envs", "ScienceWorld") from exc
 
     return qlass_launch(_Sim)
 
@@ -242,7 +242,7 @@ class ScienceWorldFamily(BaseEnvFamily):
 
     name = "scienceworld"
     description = "ScienceWorld science experiments (JVM, ~6 ms/step, ~90 ms with valid actions)"
-    extra = "scienceworld"
+    extra = "envs"
 
     def games(self) -> tuple[str, ...]:
         return TASKS

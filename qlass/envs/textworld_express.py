@@ -147,10 +147,8 @@ def seeds(split: Split) -> range:
 def _simulator_class() -> type[Any]:
     try:
         from textworld_express import TextWorldExpressEnv as _Sim
-    except ImportError as exc:  # pragma: no cover - a core dependency
-        raise MissingDependencyError(
-            "textworld-express", "textworld_express", "TextWorldExpress"
-        ) from exc
+    except ImportError as exc:
+        raise MissingDependencyError("textworld-express", "envs", "TextWorldExpress") from exc
 
     return qlass_launch(_Sim)
 
@@ -287,7 +285,7 @@ class TextWorldExpressFamily(BaseEnvFamily):
 
     name = "textworld_express"
     description = "TextWorldExpress text games (JVM, ~1 ms/step)"
-    extra = "textworld_express"
+    extra = "envs"
     own_expert = True
 
     def games(self) -> tuple[str, ...]:

@@ -70,7 +70,7 @@ def create_value_model(kind: str, **options: Any) -> ValueModel:
     retries = options.pop("retries", 3) if spec.remote else 0
     backoff_s = options.pop("backoff_s", 0.5) if spec.remote else 0.0
     max_concurrency = options.pop("max_concurrency", None) if spec.remote else None
-    factory = load_object(spec.target)
+    factory = load_object(spec.target, f"value model {kind!r} ({spec.description})")
     try:
         model = factory(**options)
     except TypeError as exc:

@@ -103,6 +103,9 @@ class EpisodeView:
     cost_usd: float
     env_steps: int
     wall_time_s: float
+    stop_reason: str
+    """Why the episode ended (a :class:`~qlass.types.StopReason`; ``unknown`` if not
+    recorded)."""
     instruction: str
     initial_observation: str
     steps: tuple[StepView, ...]
@@ -196,6 +199,7 @@ def episode_view(record: EpisodeRecord) -> EpisodeView:
         cost_usd=trajectory.usage.cost_usd,
         env_steps=trajectory.env_steps,
         wall_time_s=trajectory.wall_time_s,
+        stop_reason=trajectory.stop_reason or record.stop_reason or "unknown",
         instruction=trajectory.instruction,
         initial_observation=trajectory.initial_observation,
         steps=tuple(_step(number, step) for number, step in enumerate(trajectory.steps, 1)),

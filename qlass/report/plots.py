@@ -4,7 +4,8 @@ predictions vs true Q on its dev tasks, and reward per self-training round.
 Each plot has a ``*_series`` function returning exactly the numbers it draws, so what a
 plot shows can be checked against the store. Figures are drawn with matplotlib's
 object API on the Agg canvas (no pyplot state, no display), so plotting is safe in a
-worker thread.
+worker thread. matplotlib (``qlass[report]``) is imported when a plot is drawn, so the
+series, the tables and the viewers work without it.
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
-
+from qlass.errors import MissingDependencyError
 from qlass.report.data import FAMILY_ORDER, split_strategy, strategy_sort_key
 from qlass.report.scoring import DevScatter
 from qlass.report.tables import ResultRow
 from qlass.storage import StageRecord
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "ORACLE_SERIES",
@@ -117,6 +119,11 @@ def self_training_series(stages: Sequence[StageRecord]) -> dict[str, tuple[tuple
 
 
 def _figure(width: float = 7.0, height: float = 4.8) -> Figure:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise MissingDependencyError("matplotlib", "report", "the report's plots") from exc
     figure = Figure(figsize=(width, height), dpi=110, layout="constrained")
     FigureCanvasAgg(figure)
     return figure
@@ -208,6 +215,8 @@ def plot_self_training(series: Mapping[str, Sequence[tuple[int, float]]], path: 
     ax.set_xlabel("self-training round (0: before self-training)")
     ax.set_ylabel("average final reward (x100)")
     ax.set_title("Reward per self-training round")
+    from matplotlib.ticker import MaxNLocator  # _figure() imported matplotlib already
+
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)

@@ -231,6 +231,7 @@ RESULT_COLUMNS = (
     "env_steps_per_episode",
     "seconds_per_episode",
     "oracle_best_reward_x100",
+    "stop_reasons",
 )
 EPISODE_STAGE_COLUMNS = (
     "stage",
@@ -272,6 +273,7 @@ def _result_record(row: ResultRow) -> dict[str, Any]:
         "env_steps_per_episode": row.env_steps_per_episode,
         "seconds_per_episode": r.seconds_per_episode,
         "oracle_best_reward_x100": None if oracle is None else 100 * oracle,
+        "stop_reasons": " ".join(f"{k}={n}" for k, n in r.stop_reasons.items()),
     }
 
 
@@ -361,6 +363,7 @@ _RESULT_HEADERS = (
     "env steps/ep",
     "s/episode",
     "oracle best-of-N (x100, upper bound)",
+    "stopped by (episodes)",
 )
 _TERMINAL_HEADERS = (
     "strategy",
@@ -374,6 +377,7 @@ _TERMINAL_HEADERS = (
     "env steps",
     "s/ep",
     "oracle",
+    "stopped by",
 )
 _STAGE_HEADERS = (
     "stage",
@@ -426,6 +430,7 @@ def _result_cells(row: ResultRow) -> list[str]:
         _fixed(row.env_steps_per_episode),
         _fixed(r.seconds_per_episode, 2),
         _fixed(None if r.oracle_best_reward is None else 100 * r.oracle_best_reward),
+        ", ".join(f"{reason} {n}" for reason, n in r.stop_reasons.items()),
     ]
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from qlass._seeding import derive_seed
 from qlass.backends.base import Policy
 from qlass.chat import policy_messages
 from qlass.qnet.base import ValueModel, ValueQuery
+from qlass.runtime.limits import EpisodeLimitReached, EpisodeMeter
 from qlass.types import Candidate, History, Observation, StepResult, TaskSpec, Usage
 
 __all__ = [
@@ -120,6 +121,9 @@ class SearchContext:
     ``oracle_terminal_reward`` reproduces the authors' released code (finished candidates
     scored by the true env reward). It leaks test reward and exists only as a labelled
     ablation; it is off by default.
+
+    ``meter`` holds the episode's limits and clock (see :mod:`qlass.runtime.limits`);
+    :meth:`for_episode` gives each episode its own tally and meter.
     """
 
     policy: Policy
@@ -133,17 +137,31 @@ class SearchContext:
     seed: int = 0
     oracle_terminal_reward: bool = False
     tally: Tally = field(default_factory=Tally)
+    meter: EpisodeMeter = field(default_factory=EpisodeMeter)
+
+    def for_episode(self) -> SearchContext:
+        """This context with a fresh tally and meter, for one new episode."""
+        return replace(self, tally=Tally(), meter=self.meter.fresh())
 
     async def propose(
         self, history: History, *, n: int, temperature: float, seed: int | None
     ) -> list[Candidate]:
-        """Sample ``n`` candidate next turns for ``history``."""
+        """Sample ``n`` candidate next turns for ``history``.
+
+        Raises:
+            EpisodeLimitReached: the episode has reached one of its limits (the step loop
+                checks before each step; this stops strategies that loop by themselves).
+        """
+        reason = self.meter.exceeded()
+        if reason is not None:
+            raise EpisodeLimitReached(reason)
         messages = policy_messages(history, self.system_prompt, max_turns=self.max_turns_in_prompt)
         started = time.perf_counter()
         candidates = await self.policy.sample(
             messages, n=n, temperature=temperature, max_tokens=self.max_tokens, seed=seed
         )
         self.tally.add_candidates(candidates, time.perf_counter() - started)
+        self.meter.charge(candidates)
         return candidates
 
     async def propose_distinct(

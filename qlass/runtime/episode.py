@@ -2,24 +2,27 @@
 
 An unparsable model output is recorded as an invalid step (the model sees
 :data:`INVALID_OBSERVATION`) and nothing is sent to the environment. The episode ends when
-the environment says done or after ``max_steps`` steps (truncated).
+the environment says done, after ``max_steps`` steps, or when it reaches one of the
+context's episode limits (tokens, cost, time: :mod:`qlass.runtime.limits`), checked before
+each step; the trajectory's ``stop_reason`` says which.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from qlass._seeding import derive_seed
 from qlass.parsing import INVALID_OBSERVATION
 from qlass.runtime.context import SearchContext
+from qlass.runtime.limits import EpisodeLimitReached
 from qlass.types import (
     Candidate,
     History,
     ScoredCandidate,
     Step,
     StepResult,
+    StopReason,
     TaskSpec,
     Trajectory,
     Turn,
@@ -31,6 +34,7 @@ __all__ = [
     "EpisodeState",
     "StepwiseStrategy",
     "advance",
+    "play_episode",
     "run_stepwise",
     "start_episode",
     "to_trajectory",
@@ -59,6 +63,8 @@ class EpisodeState:
     done: bool = False
     success: bool = False
     started: float = 0.0
+    stop_reason: StopReason | None = None
+    """Set when a limit stopped the episode before the env said done."""
 
     @property
     def depth(self) -> int:
@@ -79,7 +85,7 @@ async def start_episode(ctx: SearchContext, task: TaskSpec) -> EpisodeState:
     async with ctx.envs.session(task) as session:
         initial = session.initial
     history = History(initial.instruction, initial.text)
-    return EpisodeState(task=task, history=history, started=time.perf_counter())
+    return EpisodeState(task=task, history=history, started=ctx.meter.start())
 
 
 async def execute(ctx: SearchContext, state: EpisodeState, action: str) -> StepResult:
@@ -117,6 +123,7 @@ def to_trajectory(
 ) -> Trajectory:
     """The finished (or truncated) episode, with the context's accounting."""
     usage = ctx.tally.usage + ctx.tally.cached_usage
+    reason = state.stop_reason or (StopReason.DONE if state.done else StopReason.STEP_LIMIT)
     return Trajectory(
         task=state.task,
         instruction=state.history.instruction,
@@ -126,16 +133,21 @@ def to_trajectory(
         success=state.success,
         usage=usage,
         env_steps=ctx.tally.env_steps,
-        wall_time_s=time.perf_counter() - state.started,
+        wall_time_s=ctx.meter.clock() - state.started,
         info=info or {},
+        stop_reason=reason,
     )
 
 
 async def run_until_done(
     ctx: SearchContext, state: EpisodeState, strategy: StepwiseStrategy, seed: int
 ) -> EpisodeState:
-    """Apply ``strategy`` step by step until the episode ends or hits ``ctx.max_steps``."""
+    """Apply ``strategy`` step by step until the episode ends, hits ``ctx.max_steps`` or
+    reaches a limit of ``ctx.meter``."""
     while not state.done and state.depth < ctx.max_steps:
+        reason = ctx.meter.exceeded()
+        if reason is not None:
+            return replace(state, stop_reason=reason)
         decision = await strategy.decide(ctx, state, derive_seed(seed, state.depth))
         state = await advance(ctx, state, decision)
     return state
@@ -147,3 +159,24 @@ async def run_stepwise(
     """Play ``task`` with a step-wise strategy from reset to the end."""
     state = await run_until_done(ctx, await start_episode(ctx, task), strategy, seed)
     return to_trajectory(ctx, state, {"strategy": strategy.name})
+
+
+async def play_episode(
+    ctx: SearchContext, task: TaskSpec, strategy: object, seed: int, name: str
+) -> Trajectory:
+    """Play ``task`` with any strategy: one with ``run(ctx, task, seed)`` or a step-wise one.
+
+    A strategy that loops by itself (beam search) and reaches a limit mid-way is cut off
+    at its next policy call: its partial episode is not kept, and the trajectory returned
+    has no steps, the tally's accounting and the limit as ``stop_reason``.
+    """
+    try:
+        play = getattr(strategy, "run", None)
+        if play is not None:
+            trajectory: Trajectory = await play(ctx, task, seed)
+            return trajectory
+        return await run_stepwise(ctx, task, cast(StepwiseStrategy, strategy), seed)
+    except EpisodeLimitReached as stop:
+        state = EpisodeState(task, History("", ""), started=ctx.meter.start())
+        cut = replace(state, stop_reason=stop.reason)
+        return to_trajectory(ctx, cut, {"strategy": name, "cut_off": True})

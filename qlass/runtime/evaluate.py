@@ -8,11 +8,13 @@ completion tokens, cached ones included (a cached answer cost tokens when it was
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field
 
 from qlass._seeding import derive_seed
 from qlass.runtime.context import SearchContext, Tally
+from qlass.runtime.episode import play_episode
 from qlass.runtime.scheduler import StopSignal, bounded_map
 from qlass.runtime.strategies import SearchStrategy
 from qlass.types import TaskSpec, Trajectory
@@ -40,6 +42,9 @@ class StrategyReport:
     oracle_best_reward: float | None = None
     cost_usd: float = 0.0
     """Total price of the policy calls (USD, where the provider has a price)."""
+    stop_reasons: dict[str, int] = field(default_factory=dict)
+    """How many episodes ended for each :class:`~qlass.types.StopReason` (done,
+    step_limit, token_limit...; ``unknown`` for episodes stored before it was recorded)."""
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -68,6 +73,9 @@ def summarise(strategy: str, split: str, trajectories: Sequence[Trajectory]) -> 
         seconds_per_episode=statistics.fmean(t.wall_time_s for t in trajectories) if n else 0.0,
         oracle_best_reward=statistics.fmean(oracle) if oracle and len(oracle) == n else None,
         cost_usd=sum(t.usage.cost_usd for t in trajectories),
+        stop_reasons=dict(
+            sorted(Counter(t.stop_reason or "unknown" for t in trajectories).items())
+        ),
     )
 
 
@@ -91,12 +99,11 @@ async def evaluate_strategy(
     """
 
     async def play(task: TaskSpec) -> Trajectory:
-        episode_ctx = replace(ctx, tally=Tally())
+        episode_ctx = ctx.for_episode()
         if max_steps is not None:
             episode_ctx.max_steps = max_steps(task)
-        trajectory = await strategy.run(
-            episode_ctx, task, derive_seed(seed, "eval", strategy.name, task.key)
-        )
+        episode_seed = derive_seed(seed, "eval", strategy.name, task.key)
+        trajectory = await play_episode(episode_ctx, task, strategy, episode_seed, strategy.name)
         ctx.tally.merge(episode_ctx.tally)
         if on_episode is not None:
             await on_episode(trajectory, episode_ctx.tally)

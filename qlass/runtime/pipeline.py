@@ -28,6 +28,7 @@ from qlass.config import RunConfig
 from qlass.envs.registry import list_tasks
 from qlass.errors import ConfigError, StoreError
 from qlass.runtime.checks import check_config
+from qlass.runtime.limits import RunBudget
 from qlass.runtime.progress import NullProgress, Progress
 from qlass.runtime.resources import RunResources, close_later
 from qlass.runtime.scheduler import StopSignal
@@ -109,6 +110,16 @@ class Pipeline:
         self._store: TreeStore | None = None
         self._run: RunRecord | None = None
         self._resources: RunResources | None = None
+        self.budget = RunBudget(
+            config.budget.tokens, config.budget.cost_usd, on_reached=self._budget_reached
+        )
+
+    def _budget_reached(self, message: str) -> None:
+        self.progress.log(
+            f"[yellow]{message}: finishing the work under way, then stopping; raise "
+            "budget.tokens / budget.cost_usd and rerun to resume"
+        )
+        self.stop.request()
 
     # -- set-up ------------------------------------------------------------------------
 
@@ -117,8 +128,13 @@ class Pipeline:
         await asyncio.to_thread(self.config.directory.mkdir, parents=True, exist_ok=True)
         store = self._store = await TreeStore.open(self.config.store_url)
         close_later(self._stack, store.aclose)  # closed last: the parts first
-        self._resources = RunResources(self.config, cache=store.call_cache, stack=self._stack)
+        self._resources = RunResources(
+            self.config, cache=store.call_cache, stack=self._stack, budget=self.budget
+        )
         self._run = await self._get_or_create_run()
+        self.budget.spent_tokens = self._run.spent_tokens
+        self.budget.spent_usd = self._run.spent_usd
+        self.budget.check()  # spent already: nothing new starts
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
@@ -126,7 +142,13 @@ class Pipeline:
 
     async def aclose(self) -> None:
         """Close envs, models and the store (in reverse order of opening)."""
+        if self._run is not None and self._store is not None:
+            await self.save_spend()
         await self._stack.aclose()
+
+    async def save_spend(self) -> None:
+        """Add what the run's policies spent since the last save to the run's record."""
+        await self.store.runs.add_spend(self.run_record.id, self.budget.take_unsaved())
 
     @property
     def store(self) -> TreeStore:
@@ -210,7 +232,9 @@ class Pipeline:
             metrics = await body()
         except BaseException:
             await asyncio.shield(self.store.stages.finish(run_id, name, failed=True))
+            await asyncio.shield(self.save_spend())
             raise
+        await self.save_spend()
         metrics["wall_time_s"] = round(time.perf_counter() - started, 2)
         metrics["reproducibility"] = await asyncio.to_thread(reproducibility_record)
         # The run keeps the config it was created with; a rerun may change the sections of

@@ -37,6 +37,7 @@ from qlass.errors import ConfigError, MissingDataError
 from qlass.qnet.base import ValueModel
 from qlass.qnet.registry import create_value_model
 from qlass.runtime.context import EnvProvider, SearchContext
+from qlass.runtime.limits import BudgetedPolicy, EpisodeLimits, EpisodeMeter, RunBudget
 from qlass.types import TaskSpec
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "close_later",
     "open_value_model",
     "policy_from_spec",
+    "run_episode_limits",
     "run_max_steps",
     "run_policy_config",
     "run_system_prompt",
@@ -132,6 +134,17 @@ def run_system_prompt(config: RunConfig) -> str | None:
     return env_prompt(config.env.name).render(with_example=mode == "full")
 
 
+def run_episode_limits(config: RunConfig) -> EpisodeLimits:
+    """The per-episode limits of the ``eval`` section."""
+    section = config.eval
+    return EpisodeLimits(
+        token_limit=section.token_limit,
+        completion_token_limit=section.completion_token_limit,
+        time_limit_s=section.time_limit_s,
+        cost_limit_usd=section.cost_limit_usd,
+    )
+
+
 def run_max_steps(config: RunConfig, task: TaskSpec) -> int:
     """``env.max_steps``, else the family's limit for ``task``, else 30."""
     return config.env.max_steps or task_max_steps(task) or 30
@@ -210,7 +223,7 @@ class RunResources:
     ``policy(model_dir)`` is built once per model folder (self-training evaluates a round's
     policy and then collects with it); ``cache`` (the store's call cache) answers seeded
     policy calls made before. ``stack``: an outer exit stack to close into (the pipeline's,
-    which also holds the store).
+    which also holds the store). ``budget``: every policy's fresh calls are charged to it.
     """
 
     def __init__(
@@ -219,8 +232,10 @@ class RunResources:
         *,
         cache: CallCache | None = None,
         stack: AsyncExitStack | None = None,
+        budget: RunBudget | None = None,
     ) -> None:
         self.config = config
+        self.budget = budget
         self._cache = cache
         self._stack = stack or AsyncExitStack()
         self._policies: dict[str, Policy] = {}
@@ -254,6 +269,8 @@ class RunResources:
                     )
                 policy = await asyncio.to_thread(build_policy, config, cache=self._cache)
                 close_later(self._stack, policy.aclose)
+                if self.budget is not None:  # outside the cache: cached answers are free
+                    policy = BudgetedPolicy(policy, self.budget)
                 self._policies[key] = policy
             return self._policies[key]
 
@@ -293,10 +310,18 @@ class RunResources:
         return run_system_prompt(self.config)
 
     def search_context(
-        self, policy: Policy, envs: EnvProvider, value: ValueModel | None
+        self,
+        policy: Policy,
+        envs: EnvProvider,
+        value: ValueModel | None,
+        *,
+        episode_limits: bool = False,
     ) -> SearchContext:
-        """What a strategy or explorer works with, with this run's prompt and limits."""
+        """What a strategy or explorer works with, with this run's prompt and limits;
+        ``episode_limits``: with the ``eval`` section's per-episode limits (evaluation and
+        self-training episodes; exploration trees have none)."""
         config = self.config
+        limits = run_episode_limits(config) if episode_limits else EpisodeLimits()
         return SearchContext(
             policy=policy,
             envs=envs,
@@ -307,4 +332,5 @@ class RunResources:
             temperature=config.search.temperature,
             seed=config.seed,
             oracle_terminal_reward=config.search.oracle_terminal_reward,
+            meter=EpisodeMeter(limits),
         )

@@ -65,6 +65,7 @@ def trajectory_from_json(data: Mapping[str, Any]) -> Trajectory:
         env_steps=data["env_steps"],
         wall_time_s=data["wall_time_s"],
         info=data.get("info") or {},
+        stop_reason=data.get("stop_reason", ""),
     )
 
 
@@ -91,6 +92,7 @@ class EpisodeRepository:
             "completion_tokens": trajectory.usage.completion_tokens,
             "env_steps": trajectory.env_steps,
             "wall_time_s": trajectory.wall_time_s,
+            "stop_reason": trajectory.stop_reason or None,
             "trajectory": trajectory_to_json(trajectory),
             "created_at": utcnow(),
         }

@@ -117,6 +117,9 @@ class Run(Base):
     code_version: Mapped[str] = mapped_column(String(100))
     seed: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(20), default="created")
+    # What the run's fresh policy calls cost over all its stages (its budget's spend).
+    spent_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    spent_usd: Mapped[float] = mapped_column(default=0.0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -266,6 +269,8 @@ class Episode(Base):
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     env_steps: Mapped[int] = mapped_column(Integer, default=0)
     wall_time_s: Mapped[float] = mapped_column(default=0.0)
+    # A qlass.types.StopReason; NULL for episodes stored before it was recorded.
+    stop_reason: Mapped[str | None] = mapped_column(String(20))
     trajectory: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -46,6 +46,8 @@ class RunRecord:
     code_version: str
     seed: int
     status: str
+    spent_tokens: int
+    spent_usd: float
     created_at: datetime
     updated_at: datetime
 
@@ -216,6 +218,7 @@ class EpisodeRecord:
     completion_tokens: int
     env_steps: int
     wall_time_s: float
+    stop_reason: str | None
     trajectory: Mapping[str, Any]
     created_at: datetime
 

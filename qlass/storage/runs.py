@@ -30,6 +30,7 @@ from qlass.storage.records import (
     RunSummary,
     StageRecord,
 )
+from qlass.types import Usage
 
 __all__ = ["RunRepository"]
 
@@ -65,6 +66,8 @@ class RunRepository:
             "code_version": code_version,
             "seed": seed,
             "status": status,
+            "spent_tokens": 0,
+            "spent_usd": 0.0,
             "created_at": now,
             "updated_at": now,
         }
@@ -123,6 +126,21 @@ class RunRepository:
             )
             if result.rowcount == 0:  # type: ignore[attr-defined]
                 raise UnknownNameError(f"no run with id {run_id}")
+
+    async def add_spend(self, run_id: int, usage: Usage) -> None:
+        """Add fresh policy usage to the run's recorded spend (an atomic increment, so
+        workers of one run add up)."""
+        if not usage.total_tokens and not usage.cost_usd:
+            return
+        async with self._db.write() as session:
+            await session.execute(
+                update(_RUNS)
+                .where(_RUNS.c.id == run_id)
+                .values(
+                    spent_tokens=_RUNS.c.spent_tokens + usage.total_tokens,
+                    spent_usd=_RUNS.c.spent_usd + usage.cost_usd,
+                )
+            )
 
     async def summary(self, ref: int | str) -> RunSummary:
         """Counts over everything the run holds (what ``qlass runs show`` prints)."""

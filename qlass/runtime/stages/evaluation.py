@@ -59,7 +59,7 @@ async def evaluate(
     policy = policy or await ctx.resources.policy()
     pool = await ctx.resources.env_pool()
     value = await ctx.resources.value_model() if needs_value else None
-    search = ctx.resources.search_context(policy, pool, value)
+    search = ctx.resources.search_context(policy, pool, value, episode_limits=True)
     stage = stage or eval_stage_label(config, split)
     # Strategies run side by side: the local policy and the QNet batch their requests.
     await asyncio.gather(*(_play(ctx, strategy, tasks, search, stage) for strategy in parsed))
