@@ -96,5 +96,5 @@ def test_scripted_from_config() -> None:
 def test_missing_torch_is_a_missing_dependency(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delitem(sys.modules, "qlass.backends.hf")
     monkeypatch.setitem(sys.modules, "torch", None)
-    with pytest.raises(MissingDependencyError, match=r"pip install 'qlass\[hf\]'"):
+    with pytest.raises(MissingDependencyError, match=r"pip install 'qlass\[local\]'"):
         create_policy("hf", "some/dir")
