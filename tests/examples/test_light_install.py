@@ -57,6 +57,7 @@ def core_wheels() -> Path:
 
 def _source_copy(target: Path) -> Path:
     """What the package is built from (no .venv, no build files left in the checkout)."""
+    target.mkdir(parents=True)
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, target / name)
     shutil.copytree(ROOT / "qlass", target / "qlass", ignore=shutil.ignore_patterns("__pycache__"))

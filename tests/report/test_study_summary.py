@@ -32,6 +32,7 @@ def _episode(strategy: str, task: int, score: float, tokens: int) -> EpisodeReco
         completion_tokens=tokens,
         env_steps=3,
         wall_time_s=0.1,
+        stop_reason="done",
         trajectory={"info": {"oracle_best_score": 1.0}} if strategy.startswith("best") else {},
         created_at=datetime.now(UTC),
     )

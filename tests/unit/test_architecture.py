@@ -28,6 +28,7 @@ FOUNDATION = frozenset(
         "chat",
         "config",
         "_batching",
+        "_config_env",
         "_log",
         "_registry",
         "_reproducibility",
