@@ -30,6 +30,11 @@ def _restore_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         for name in names
         for lg in [logging.getLogger(name)]
     }
+    # A uvicorn server run by an earlier test (with uvicorn's own log config) leaves its
+    # loggers with handlers of their own and propagation off; start from a fresh process's.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        monkeypatch.setattr(logging.getLogger(name), "handlers", [])
+        monkeypatch.setattr(logging.getLogger(name), "propagate", True)
     yield
     for name, (handlers, level, propagate) in saved.items():
         logger = logging.getLogger(name)
