@@ -237,6 +237,17 @@ class ScienceWorldEnv(JvmEnv):
         )
 
 
+_AMBIGUOUS = "Ambiguous request"
+_MENU_NUMBER = re.compile(r"^\d+:\t")
+
+
+def _comparable_lines(observation: str) -> list[str]:
+    lines = observation.splitlines()
+    if observation.startswith(_AMBIGUOUS):
+        lines = [_MENU_NUMBER.sub("", line) for line in lines]
+    return sorted(lines)
+
+
 class ScienceWorldFamily(BaseEnvFamily):
     """Registry entry: tasks, splits and prompt of ScienceWorld."""
 
@@ -260,11 +271,11 @@ class ScienceWorldFamily(BaseEnvFamily):
 
     def same_observation(self, replayed: str, recorded: str) -> bool:
         """The same lines, in any order: ScienceWorld lists a room's objects in hash order,
-        which changes between resets while the state is the same. Any other difference (a
-        line added, removed or changed) is a real divergence."""
-        return replayed == recorded or sorted(replayed.splitlines()) == sorted(
-            recorded.splitlines()
-        )
+        which changes between resets while the state is the same. Its "Ambiguous request"
+        menu numbers the same options in that order too, so there the numbers are ignored
+        (a numeric answer that then picks another object shows in the next observation).
+        Any other difference (a line added, removed or changed) is a real divergence."""
+        return replayed == recorded or _comparable_lines(replayed) == _comparable_lines(recorded)
 
     def split_sizes(self, *, source: str = "paper", **_options: Any) -> dict[str, int]:
         if source == "paper":

@@ -80,6 +80,24 @@ def test_observation_comparison_is_the_familys_own() -> None:
     assert EnvPool.for_env("sciworld").same_observation == sciworld.same_observation
 
 
+def test_scienceworld_ambiguity_menus_compare_by_their_options() -> None:
+    """ScienceWorld numbers an ambiguous request's options in hash order (seen on a replay of
+    find-living-thing): the same options renumbered are the same state, other options not."""
+    head = "Ambiguous request: Please enter the number for the action you intended"
+    recorded = f"{head}:\n0:\tfocus on greenhouse (in universe)\n1:\tfocus on hallway (in universe)"
+    renumbered = (
+        f"{head}:\n0:\tfocus on hallway (in universe)\n1:\tfocus on greenhouse (in universe)"
+    )
+    other = f"{head}:\n0:\tfocus on hallway (in universe)\n1:\tfocus on workshop (in universe)"
+    sciworld = get_family("scienceworld")
+    assert sciworld.same_observation(renumbered, recorded)
+    assert not sciworld.same_observation(other, recorded)
+    # numbers are ignored only in that menu: elsewhere a numbered line is content
+    assert not sciworld.same_observation(
+        "Steps:\n0:\tboil\n1:\tfreeze", "Steps:\n0:\tfreeze\n1:\tboil"
+    )
+
+
 def test_require_action_rejects_text_that_is_not_utf8() -> None:
     undecodable = b"take \xff coin".decode("utf-8", errors="surrogateescape")
     with pytest.raises(InvalidActionError, match="not UTF-8"):
