@@ -27,12 +27,13 @@ from dataclasses import dataclass, field
 import structlog
 
 from qlass._log import redact
-from qlass.errors import ConfigError, PolicyError, StoreError
+from qlass.errors import ConfigError, EnvError, PolicyError, StoreError
 from qlass.runtime.explore import TreeStats
 from qlass.runtime.scheduler import StopSignal
 from qlass.storage import TaskRecord, TreeStore
 
 __all__ = [
+    "TASK_FAILURES",
     "LinkedStop",
     "WorkerReport",
     "WorkerSettings",
@@ -44,7 +45,12 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 GrowFn = Callable[[TaskRecord, StopSignal], Awaitable[TreeStats]]
-"""Grows one task's tree, honouring the stop signal; raises PolicyError when the policy fails."""
+"""Grows one task's tree, honouring the stop signal; raises one of TASK_FAILURES when it fails."""
+
+TASK_FAILURES: tuple[type[Exception], ...] = (PolicyError, EnvError)
+"""Failures that end one task's tree (the policy or this task's simulator failed, or the
+simulator is not deterministic for it): the task is recorded failed with the cause and the
+others go on; a rerun retries it."""
 
 
 def default_worker_id() -> str:
@@ -194,7 +200,7 @@ async def _work_on(
     heartbeat = asyncio.create_task(_heartbeat(store, task, settings, task_stop, lost))
     try:
         stats = await grow(task, task_stop)
-    except PolicyError as exc:
+    except TASK_FAILURES as exc:
         error = redact(str(exc))  # a provider may echo the API key in its error
         if await store.claims.finish(task.id, worker, status="failed", error=error):
             report.failed += 1

@@ -6,13 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from qlass._log import redact
-from qlass.errors import PolicyError
 from qlass.runtime.context import Tally
 from qlass.runtime.explore import ExploreSettings, TreeExplorer, TreeStats
 from qlass.runtime.scheduler import StopSignal, bounded_map
 from qlass.runtime.stages.base import StageContext, StageResult
 from qlass.runtime.stages.label import label_set
-from qlass.runtime.workers import WorkerSettings, ensure_stage, run_worker
+from qlass.runtime.workers import TASK_FAILURES, WorkerSettings, ensure_stage, run_worker
 from qlass.storage import TaskRecord
 
 __all__ = ["run"]
@@ -72,7 +71,7 @@ async def run(
             await store.tasks.set_status(task.id, "running")
             try:
                 stats = await grow(task, ctx.stop)
-            except PolicyError as exc:
+            except TASK_FAILURES as exc:
                 error = redact(str(exc))  # a provider may echo the API key
                 await store.tasks.set_status(task.id, "failed", error=error)
                 failed(task, error)
