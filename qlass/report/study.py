@@ -376,7 +376,8 @@ def render_markdown(summary: StudySummary) -> str:
     lines = [
         f"# Study {summary.study}",
         "",
-        f"{len(summary.seeds)} seeds ({seeds}) x {summary.tasks} {summary.split} tasks; every "
+        f"{len(summary.seeds)} seed{'' if len(summary.seeds) == 1 else 's'} ({seeds}) x "
+        f"{summary.tasks} {summary.split} tasks; every "
         f"strategy plays the same tasks in every seed's run. Intervals: {level}, two-way "
         f"bootstrap over seeds and tasks ({summary.resamples} resamples).",
         "",

@@ -68,6 +68,7 @@ def test_one_run_summary_is_the_task_bootstrap_of_its_episodes() -> None:
     assert pair.completion_tokens == 10
     text = render_markdown(summary)
     assert "qlass:2 - best_of_n:2" in text and "+16.7" in text
+    assert "1 seed (0) x 6 dev tasks" in text
 
 
 def test_tasks_missing_for_one_strategy_are_left_out_and_named() -> None:
