@@ -50,8 +50,8 @@ demo: $(STAMP)
 test: lint typecheck pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check qlass tests benchmarks examples
-	$(BIN)/ruff format --check qlass tests benchmarks examples
+	$(BIN)/ruff check qlass tests benchmarks examples scripts
+	$(BIN)/ruff format --check qlass tests benchmarks examples scripts
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
