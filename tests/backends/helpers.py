@@ -47,6 +47,7 @@ class FakeServer:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.abandoned = 0  # requests whose client hung up before the answer was sent
+        self._abandoned_changed = threading.Condition()
         self.app = FastAPI()
         self.app.post("/v1/chat/completions")(self._complete)
         self.app.get("/v1/models")(self._models)
@@ -77,6 +78,11 @@ class FakeServer:
         self._thread.join(timeout=10)
         self._sock.close()
 
+    def wait_abandoned(self, count: int, timeout_s: float = 60.0) -> bool:
+        """Block until ``count`` requests were abandoned by their client (False: never)."""
+        with self._abandoned_changed:
+            return self._abandoned_changed.wait_for(lambda: self.abandoned >= count, timeout_s)
+
     async def _models(self) -> dict[str, Any]:
         return {"object": "list", "data": [{"id": "fake", "object": "model"}]}
 
@@ -90,7 +96,9 @@ class FakeServer:
         deadline = time.monotonic() + 300.0
         while reply.hang and time.monotonic() < deadline:
             if await request.is_disconnected():
-                self.abandoned += 1
+                with self._abandoned_changed:
+                    self.abandoned += 1
+                    self._abandoned_changed.notify_all()
                 return JSONResponse({}, status_code=499)
             await asyncio.sleep(0.02)
         if reply.raw is not None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
 import litellm  # noqa: F401  (imported here, not on the event loop: it reads files)
 import pytest
@@ -133,8 +132,8 @@ async def test_timeout_is_retried_then_raised(fake_server: FakeServer) -> None:
     with pytest.raises(PolicyTimeoutError, match=r"no answer within 0.3 s.*gave up after 2"):
         await policy.sample(MESSAGES)
     # Each attempt hung up on the server (none waited for an answer that never came).
-    await _until(lambda: fake_server.abandoned == len(fake_server.requests))
     assert len(fake_server.requests) <= 2
+    assert await asyncio.to_thread(fake_server.wait_abandoned, len(fake_server.requests))
 
 
 async def test_timeout_then_success(fake_server: FakeServer) -> None:
@@ -144,14 +143,7 @@ async def test_timeout_then_success(fake_server: FakeServer) -> None:
     policy = retrying(policy_for(fake_server, timeout_s=1.0))
     candidates = await policy.sample(MESSAGES)
     assert candidates[0].action == "look around"
-    await _until(lambda: fake_server.abandoned == 1)  # the first attempt timed out
-
-
-async def _until(condition: Callable[[], bool], timeout_s: float = 60.0) -> None:
-    """Wait for ``condition`` (the server's thread updates what it reads)."""
-    async with asyncio.timeout(timeout_s):
-        while not condition():
-            await asyncio.sleep(0.02)
+    assert await asyncio.to_thread(fake_server.wait_abandoned, 1)  # the first one timed out
 
 
 async def test_connection_refused_raises_call_error_after_retries() -> None:
