@@ -1,7 +1,7 @@
 """Helpers for backend tests: a programmable OpenAI-compatible server, a tiny action model.
 
 :class:`FakeServer` runs a real uvicorn server in a thread; each test scripts its answers
-(status codes, delays, contents) and reads back what it received, so LiteLLM is exercised
+(status codes, hangs, contents) and reads back what it received, so LiteLLM is exercised
 over real HTTP with no mocked transport. :func:`train_action_model` behaviour-clones a tiny
 model on TextWorldExpress gold paths so that it answers in the ``Action: ...`` format.
 """
@@ -32,7 +32,7 @@ class Reply:
 
     status: int = 200
     texts: list[str | None] | None = None  # one per choice; None: DEFAULT_TEXT
-    delay_s: float = 0.0
+    hang: bool = False  # answer only once the client has given up (and then not at all)
     headers: dict[str, str] = field(default_factory=dict)
     prompt_tokens: int = 11
     completion_tokens: int = 7
@@ -46,6 +46,8 @@ class FakeServer:
         self.script: list[Reply] = []
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.abandoned = 0  # requests whose client hung up before the answer was sent
+        self._abandoned_changed = threading.Condition()
         self.app = FastAPI()
         self.app.post("/v1/chat/completions")(self._complete)
         self.app.get("/v1/models")(self._models)
@@ -76,6 +78,11 @@ class FakeServer:
         self._thread.join(timeout=10)
         self._sock.close()
 
+    def wait_abandoned(self, count: int, timeout_s: float = 60.0) -> bool:
+        """Block until ``count`` requests were abandoned by their client (False: never)."""
+        with self._abandoned_changed:
+            return self._abandoned_changed.wait_for(lambda: self.abandoned >= count, timeout_s)
+
     async def _models(self) -> dict[str, Any]:
         return {"object": "list", "data": [{"id": "fake", "object": "model"}]}
 
@@ -84,9 +91,14 @@ class FakeServer:
         self.requests.append(body)
         self.headers.append(dict(request.headers))
         reply = self.script.pop(0) if self.script else Reply()
-        deadline = time.monotonic() + reply.delay_s
-        while time.monotonic() < deadline:  # a slow server, that notices a client giving up
+        # A hanging server waits for its client to give up (bounded, so that a client that
+        # never gives up fails its test rather than hangs it).
+        deadline = time.monotonic() + 300.0
+        while reply.hang and time.monotonic() < deadline:
             if await request.is_disconnected():
+                with self._abandoned_changed:
+                    self.abandoned += 1
+                    self._abandoned_changed.notify_all()
                 return JSONResponse({}, status_code=499)
             await asyncio.sleep(0.02)
         if reply.raw is not None:

@@ -232,23 +232,48 @@ async def test_closed_pool_closes_envs_and_refuses_new_work() -> None:
 
 
 async def test_an_env_mid_episode_lingers_for_its_branch_before_another_task_takes_it() -> None:
-    async with EnvPool(PathEnv, size=1, linger_s=0.3) as pool:
+    # A linger far longer than the test: whatever the machine's load, the branch comes
+    # back within it, so the order of events below is the pool's doing alone.
+    async with EnvPool(PathEnv, size=1, linger_s=3600) as pool:
         async with pool.at(TASK, ["a"]):
             pass
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        served: list[str] = []
 
-        async def other() -> float:
+        async def other() -> None:
             async with pool.at(OTHER, ["z"]):
-                return loop.time() - started
+                served.append("other")
 
         waiting = asyncio.create_task(other())
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # it runs until it waits for the lingering env
+        assert not waiting.done()
         async with pool.at(TASK, ["a", "b"]) as env:  # the branch comes back: continues
             assert env.observation == obs("a", "b")
+            served.append("branch")
         assert pool.stats.continuations == 1
-        waited = await waiting
-        assert waited >= 0.3  # the other task waited out the linger time
+        await asyncio.sleep(0)
+        assert not waiting.done()  # still lingering for the branch
+        async with pool.at(TASK, ["a", "b", "c"]) as env:
+            env.finish()  # the branch ends here: the env is free for the other task
+        await waiting
+        assert served == ["branch", "other"]
+        assert pool.stats.resets == 2
+
+
+async def test_a_waiting_task_takes_a_lingering_env_once_its_linger_time_is_out() -> None:
+    async with EnvPool(PathEnv, size=1, linger_s=0.2) as pool:
+        loop = asyncio.get_running_loop()
+        started = loop.time()  # before the env goes idle: a lower bound of its idle time
+        async with pool.at(TASK, ["a"]):
+            pass
+
+        async def other() -> float:  # another task (the one that gave it back never waits)
+            async with pool.at(OTHER, ["z"]) as env:
+                assert env.observation == obs("z", variation=1)
+                return loop.time() - started
+
+        async with asyncio.timeout(60):
+            waited = await asyncio.create_task(other())
+        assert waited >= 0.2  # it waited out the linger time (a load only makes it longer)
         assert pool.stats.resets == 2
 
 
