@@ -231,25 +231,39 @@ async def test_closed_pool_closes_envs_and_refuses_new_work() -> None:
             pass
 
 
-async def test_an_env_mid_episode_lingers_for_its_branch_before_another_task_takes_it() -> None:
-    async with EnvPool(PathEnv, size=1, linger_s=0.3) as pool:
+async def test_an_env_mid_episode_lingers_for_its_branch_while_another_task_waits() -> None:
+    # A grace far longer than the test: the other task waits (no clock involved) while
+    # TASK's branch continues, and gets the env once TASK says it is finished with it.
+    async with EnvPool(PathEnv, size=1, linger_s=3600) as pool:
         async with pool.at(TASK, ["a"]):
             pass
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        served: list[str] = []
 
-        async def other() -> float:
-            async with pool.at(OTHER, ["z"]):
-                return loop.time() - started
+        async def other() -> None:
+            async with pool.at(OTHER, ["z"]) as env:
+                served.append(env.observation)
 
         waiting = asyncio.create_task(other())
-        await asyncio.sleep(0.05)
+        async with asyncio.timeout(60):
+            while not pool._waiters._waiting:  # noqa: ASYNC110 (no event for "a request waits")
+                await asyncio.sleep(0)
         async with pool.at(TASK, ["a", "b"]) as env:  # the branch comes back: continues
             assert env.observation == obs("a", "b")
-        assert pool.stats.continuations == 1
-        waited = await waiting
-        assert waited >= 0.3  # the other task waited out the linger time
-        assert pool.stats.resets == 2
+            env.finish()
+        await asyncio.wait_for(waiting, 60)
+        assert served == [obs("z", variation=1)]
+        assert (pool.stats.continuations, pool.stats.resets) == (1, 2)
+
+
+async def test_without_a_grace_another_task_takes_an_idle_env_at_once() -> None:
+    async with EnvPool(PathEnv, size=1, linger_s=0) as pool:
+        async with pool.at(TASK, ["a"]):
+            pass
+        async with pool.at(OTHER, ["z"]):
+            pass
+        async with pool.at(TASK, ["a", "b"]):  # its env was taken: replayed
+            pass
+        assert (pool.stats.continuations, pool.stats.resets) == (0, 3)
 
 
 async def test_envs_at_an_episode_end_are_reused_without_lingering() -> None:
@@ -316,9 +330,11 @@ class CountingPool(EnvPool):
 
     looks = 0
 
-    def _choose(self, task: TaskSpec, path: tuple[str, ...], now: float) -> Any:
+    def _choose(
+        self, task: TaskSpec, path: tuple[str, ...], now: float, *, reserving: bool = False
+    ) -> Any:
         CountingPool.looks += 1
-        return super()._choose(task, path, now)
+        return super()._choose(task, path, now, reserving=reserving)
 
 
 async def test_a_release_wakes_only_the_requests_it_can_serve() -> None:
