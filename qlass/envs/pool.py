@@ -14,9 +14,18 @@ Which idle env is reset: first one standing at the end of an episode (done, at
 ``max_steps`` actions, or marked with :meth:`EnvHandle.finish`); an env standing
 mid-episode is left to its branch, which likely continues from it after its next policy
 call, until it has been idle for ``linger_s`` (the request waits meanwhile; a request of the
-task that gave the env back does not wait for it). Without that
-grace, concurrent branches (an explorer grows many at once) take each other's envs and
-every step turns into a replay; with it, at most ``size`` branches advance at once.
+task that gave the env back does not wait for it).
+
+That grace depends on the wall clock: on a busy machine a policy call outlasts it and
+another branch takes the env, so the first one replays. A search that grows many branches
+at once (the explorer) holds its envs through :meth:`EnvPool.branch` instead: an
+:class:`EnvBranch` keeps one env reserved between its steps, no other request takes it,
+and a branch takes its env only from those nobody reserves (the longest usable prefix, a
+free env, else the least recently used, never waiting out a linger). A branch that holds
+an env never waits for another, so branches cannot deadlock each other; branches beyond
+the pool's size wait before their first step. Where every branch of a tree keeps its env
+until its leaf, each leaf costs one reset and its depth in steps, whatever the order in
+which policy calls return: env steps per new node are a property of the tree.
 
 Replayed observations are checked against ``expected`` when given, with the env family's
 ``same_observation`` (ScienceWorld's ignores its object order); a difference raises
@@ -39,108 +48,53 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import operator
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import structlog
 
-from qlass.envs.base import Env, require_action
+from qlass.envs.base import Env
+from qlass.envs.pool_handle import EnvHandle, _Position, _Slot
 from qlass.envs.pool_stats import PoolStats
 from qlass.envs.pool_waiters import Waiters
 from qlass.errors import EnvCrashedError, EnvTimeoutError, ReplayMismatchError
-from qlass.types import Observation, StepResult, TaskSpec
+from qlass.types import StepResult, TaskSpec
 
-__all__ = ["EnvHandle", "EnvPool", "PoolStats"]
+__all__ = ["EnvBranch", "EnvHandle", "EnvPool", "PoolStats"]
 
 log = structlog.get_logger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class _Position:
-    """Where an env stands: a task, the actions executed since reset, and what it showed."""
+class EnvBranch:
+    """One branch of a search holding one env of an :class:`EnvPool` between its steps.
 
-    task: TaskSpec
-    actions: tuple[str, ...]
-    initial: Observation
-    last: StepResult | None = None
+    Get one from :meth:`EnvPool.branch`. Its sessions (one at a time) all use the same env,
+    which stays reserved for the branch while it waits for its next policy call: no other
+    request takes it, however long the call lasts. The first session takes an env that no
+    branch reserves (waiting for one if needed); :meth:`release` (or leaving the ``with``
+    block) gives it back, as finished. A branch therefore never waits for a second env
+    while it holds one, and where a tree's branches each hold an env until their leaf,
+    env steps per new node depend on the tree and nothing else (see the module doc).
+    """
 
-    def advance(self, action: str, result: StepResult) -> _Position:
-        return _Position(self.task, (*self.actions, action), self.initial, result)
-
-    @property
-    def observation(self) -> str:
-        return self.last.observation if self.last is not None else self.initial.text
-
-
-@dataclass(eq=False)
-class _Slot:
-    env: Env | None = None
-    position: _Position | None = None
-    busy: bool = False
-    broken: bool = False
-    idle_since: float = 0.0
-    finished: bool = False  # the caller said nobody continues from this position
-    owner: asyncio.Task[Any] | None = None  # the task that gave it back
-
-
-class EnvHandle:
-    """An env lent by :meth:`EnvPool.at`. Step it through this handle so that the pool
-    knows the path it stands at when it is given back."""
-
-    def __init__(self, pool: EnvPool, slot: _Slot) -> None:
+    def __init__(self, pool: EnvPool) -> None:
         self._pool = pool
-        self._slot = slot
+        self._slot: _Slot | None = None
 
-    @property
-    def _position(self) -> _Position:
-        assert self._slot.position is not None
-        return self._slot.position
+    def session(
+        self,
+        task: TaskSpec,
+        actions: Sequence[str] = (),
+        expected: Sequence[str] | None = None,
+    ) -> contextlib.AbstractAsyncContextManager[EnvHandle]:
+        """:meth:`EnvPool.at` on this branch's env."""
+        return self._pool._lend(task, actions, expected, self)
 
-    @property
-    def task(self) -> TaskSpec:
-        return self._position.task
-
-    @property
-    def initial(self) -> Observation:
-        """The observation after reset (instruction, first view)."""
-        return self._position.initial
-
-    @property
-    def actions(self) -> tuple[str, ...]:
-        """Actions executed since reset: the path of the node the env stands at."""
-        return self._position.actions
-
-    @property
-    def last(self) -> StepResult | None:
-        """The result of the latest step (None at the reset state)."""
-        return self._position.last
-
-    @property
-    def observation(self) -> str:
-        """The current observation text."""
-        return self._position.observation
-
-    @property
-    def done(self) -> bool:
-        last = self._position.last
-        return last is not None and last.done
-
-    @property
-    def env(self) -> Env:
-        """The underlying env, for inspection only: stepping it directly bypasses the pool's
-        bookkeeping."""
-        assert self._slot.env is not None
-        return self._slot.env
-
-    async def step(self, action: str) -> StepResult:
-        """Execute ``action`` (a new node); errors leave the env to be replaced."""
-        return await self._pool._step(self._slot, require_action(action), caller=True)
-
-    def finish(self) -> None:
-        """Say that nobody will continue from where this env stands (an episode cut at a
-        step limit, an abandoned branch), so the pool may reuse it at once."""
-        self._slot.finished = True
+    def release(self) -> None:
+        """End the reservation: nobody continues from where the env stands. Idempotent."""
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            self._pool._unreserve(slot)
 
 
 class EnvPool:
@@ -263,15 +217,36 @@ class EnvPool:
         checked against it. The env goes back to the pool at the end of the block, standing
         wherever the caller's steps took it.
         """
+        async with self._lend(task, actions, expected, None) as handle:
+            yield handle
+
+    @contextlib.asynccontextmanager
+    async def _lend(
+        self,
+        task: TaskSpec,
+        actions: Sequence[str],
+        expected: Sequence[str] | None,
+        branch: EnvBranch | None,
+    ) -> AsyncIterator[EnvHandle]:
         path = tuple(actions)
         if expected is not None and len(expected) != len(path):
             raise ValueError(f"expected has {len(expected)} observations for {len(path)} actions")
-        slot = await self._acquire(task, path)
+        slot = await self._acquire(task, path, branch)
         try:
             await self._position(slot, task, path, expected)
-            yield EnvHandle(self, slot)
+            yield EnvHandle(slot, self._caller_step)
         finally:
             await self._release(slot)
+
+    @contextlib.contextmanager
+    def branch(self) -> Iterator[EnvBranch]:
+        """A branch of a search that keeps one env reserved between its steps (see
+        :class:`EnvBranch`); released at the end of the block."""
+        branch = EnvBranch(self)
+        try:
+            yield branch
+        finally:
+            branch.release()
 
     def session(
         self,
@@ -295,10 +270,14 @@ class EnvPool:
         limit = self.max_steps(pos.task) if callable(self.max_steps) else self.max_steps
         return limit is not None and len(pos.actions) >= limit
 
-    def _choose(self, task: TaskSpec, path: tuple[str, ...], now: float) -> _Slot | float | None:
+    def _choose(
+        self, task: TaskSpec, path: tuple[str, ...], now: float, *, reserving: bool = False
+    ) -> _Slot | float | None:
         """The slot to lend, or how long to wait before an idle env may be taken from the
-        branch it stands on (None: wait for a release)."""
-        idle = [s for s in self._slots if not s.busy]
+        branch it stands on (None: wait for a release). Envs reserved for a branch are
+        never chosen; a request ``reserving`` one for its branch does not honour the linger
+        time of envs nobody reserves (it depends on nothing but the pool's state)."""
+        idle = [s for s in self._slots if not s.busy and s.branch is None]
         usable: list[tuple[int, _Slot]] = []
         for slot in idle:
             pos = slot.position
@@ -321,6 +300,8 @@ class EnvPool:
             return slot
         if free:  # a lost env or one at the end of an episode
             return min(free, key=lambda s: (s.env is not None, s.idle_since))
+        if reserving:
+            return min(idle, key=lambda s: s.idle_since) if idle else None
         # Every idle env stands mid-episode; its branch will likely continue from there (after
         # a policy call), so it is taken away only after lingering idle for linger_s, except
         # from the task that gave it back: that one has moved on (one task working depth
@@ -333,16 +314,30 @@ class EnvPool:
             return min(self.linger_s - (now - s.idle_since) for s in idle)
         return None
 
-    async def _acquire(self, task: TaskSpec, path: tuple[str, ...]) -> _Slot:
+    async def _acquire(
+        self, task: TaskSpec, path: tuple[str, ...], branch: EnvBranch | None
+    ) -> _Slot:
         loop = asyncio.get_running_loop()
         while True:
             if self._closed:
                 raise RuntimeError(f"{self.name} pool is closed")
-            choice = self._choose(task, path, loop.time())
+            if branch is not None and branch._slot is not None:
+                choice: _Slot | float | None = branch._slot
+                if branch._slot.busy:
+                    raise RuntimeError("an env branch lends its env to one session at a time")
+            else:
+                choice = self._choose(task, path, loop.time(), reserving=branch is not None)
             if isinstance(choice, _Slot):
                 choice.busy, choice.finished = True, False
+                if branch is not None:
+                    choice.branch, branch._slot = branch, choice
                 return choice
             await self._waiters.wait(task, choice)
+
+    def _unreserve(self, slot: _Slot) -> None:
+        slot.branch, slot.finished = None, True
+        if not slot.busy:
+            self._waiters.wake(lambda _waiter: True)
 
     async def _release(self, slot: _Slot) -> None:
         if slot.broken:
@@ -350,6 +345,8 @@ class EnvPool:
         slot.busy = False
         slot.idle_since = asyncio.get_running_loop().time()
         slot.owner = asyncio.current_task()
+        if slot.branch is not None:  # still reserved: nobody else can take it
+            return
         # Wake only the waiters whose choice this release can change (waking all of them
         # at every release made each of hundreds of waiting episodes scan the pool once
         # per step): any waiter for a free env; a waiter of the same task (it may continue
@@ -444,6 +441,9 @@ class EnvPool:
             f"this task and its tree nodes cannot be revisited by replay.\n"
             f"  recorded: {want[:200]!r}\n  replayed: {got[:200]!r}"
         )
+
+    async def _caller_step(self, slot: _Slot, action: str) -> StepResult:
+        return await self._step(slot, action, caller=True)
 
     async def _step(
         self, slot: _Slot, action: str, *, caller: bool, replay: bool = False

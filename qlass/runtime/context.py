@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from qlass._seeding import derive_seed
 from qlass.backends.base import Policy
@@ -22,11 +22,13 @@ from qlass.types import Candidate, History, Observation, StepResult, TaskSpec, U
 
 __all__ = [
     "DistinctProposal",
+    "EnvBranchProvider",
     "EnvProvider",
     "EnvSession",
     "SearchContext",
     "Tally",
     "action_key",
+    "env_branch",
 ]
 
 
@@ -48,6 +50,43 @@ class EnvProvider(Protocol):
     def session(
         self, task: TaskSpec, actions: Sequence[str] = (), expected: Sequence[str] | None = None
     ) -> AbstractAsyncContextManager[EnvSession]: ...
+
+
+class EnvBranchProvider(EnvProvider, Protocol):
+    """The envs of one branch of a search: its sessions (one at a time) use one env that
+    stays reserved for it between them (see :meth:`qlass.envs.pool.EnvPool.branch`)."""
+
+    def release(self) -> None:
+        """End the branch: nobody continues from where its env stands."""
+        ...
+
+
+@runtime_checkable
+class _Branching(Protocol):
+    def branch(self) -> AbstractContextManager[EnvBranchProvider]: ...
+
+
+@dataclass(frozen=True)
+class _Unbranched:
+    """The branch of a provider that cannot reserve envs: every session is its own."""
+
+    envs: EnvProvider
+
+    def session(
+        self, task: TaskSpec, actions: Sequence[str] = (), expected: Sequence[str] | None = None
+    ) -> AbstractAsyncContextManager[EnvSession]:
+        return self.envs.session(task, actions, expected)
+
+    def release(self) -> None:
+        pass
+
+
+def env_branch(envs: EnvProvider) -> AbstractContextManager[EnvBranchProvider]:
+    """A branch of ``envs`` (an env pool's :meth:`~qlass.envs.pool.EnvPool.branch`; for a
+    provider without branches, one whose sessions are the provider's own)."""
+    if isinstance(envs, _Branching):
+        return envs.branch()
+    return nullcontext(_Unbranched(envs))
 
 
 @dataclass

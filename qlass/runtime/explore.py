@@ -15,8 +15,13 @@ episode score, and the store relabels its ancestors' Q values in the same transa
 Resume: the tree is re-read from the store and walked by the same deterministic rules.
 Children already committed are reused (no env step, no policy call); a missing sibling is
 sampled again with the same seed, which the policy-call cache answers from the DB.
-Environments are positioned through the :class:`EnvProvider` (live continuation where an
-idle env stands at the node, replay from reset otherwise).
+Environments are positioned through the :class:`EnvProvider`, one env branch per line of
+the tree (:func:`~qlass.runtime.context.env_branch`): a node's first child continues the
+env standing at the node, which stays reserved for that line while its policy calls run;
+every other child starts a branch of its own (a reset and a replay of the node's path),
+and a line gives its env back at its leaf. No line waits for a sibling, so a line holding
+an env never waits for another one, and each leaf costs its depth in env steps whatever
+the order in which policy calls return.
 
 Several explorers may grow the same tree at once (a worker whose lease expired while it was
 still running, and the task's next owner): a child is stored with
@@ -44,7 +49,13 @@ import structlog
 
 from qlass._seeding import derive_seed
 from qlass.errors import EnvCrashedError, EnvTimeoutError, StoreError
-from qlass.runtime.context import SearchContext, Tally, action_key
+from qlass.runtime.context import (
+    EnvBranchProvider,
+    SearchContext,
+    Tally,
+    action_key,
+    env_branch,
+)
 from qlass.runtime.episode import Decision, EpisodeState, advance, start_episode
 from qlass.runtime.scheduler import StopSignal
 from qlass.storage import NewNode, NodeRecord, TaskRecord, Tree, TreeStore
@@ -95,6 +106,15 @@ class _Node:
     path: tuple[int, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class _Child:
+    """A child of a node about to be followed: stored already, or a sample to execute."""
+
+    index: int
+    stored: NodeRecord | None
+    candidate: Candidate | None
+
+
 class TreeExplorer:
     """Grows the exploration tree of one task at a time; many may run concurrently."""
 
@@ -122,11 +142,20 @@ class TreeExplorer:
         started = time.perf_counter()
         stats = TreeStats()
         ctx = replace(self._ctx, tally=stats.tally, max_steps=self._settings.max_steps)
+        with env_branch(self._ctx.envs) as line:
+            await self._explore(task, stats, ctx, line)
+        stats.stopped = self._stop.requested
+        stats.wall_time_s = time.perf_counter() - started
+        return stats
+
+    async def _explore(
+        self, task: TaskRecord, stats: TreeStats, ctx: SearchContext, line: EnvBranchProvider
+    ) -> None:
         tree = await self._store.trees.load(task.id)
         spec = task.spec
         root_record = tree.root
         if root_record is None:
-            state = await start_episode(ctx, spec)
+            state = await start_episode(replace(ctx, envs=line), spec)
             try:
                 root_record = await self._store.trees.add_root(
                     task.id,
@@ -153,10 +182,7 @@ class TreeExplorer:
         grower = _Grower(
             self._store, ctx, self._settings, self._seed, spec, tree, stats, self._stop
         )
-        await grower.grow(_Node(root_record, state, ()))
-        stats.stopped = self._stop.requested
-        stats.wall_time_s = time.perf_counter() - started
-        return stats
+        await grower.grow(_Node(root_record, state, ()), line)
 
 
 class _Grower:
@@ -182,51 +208,85 @@ class _Grower:
         self._tree = tree
         self._stats = stats
 
-    async def grow(self, node: _Node) -> None:
-        if node.record.is_leaf:
-            return
+    async def grow(self, node: _Node, line: EnvBranchProvider) -> None:
+        """Grow the subtree of ``node``; ``line`` is the env branch standing at it, handed
+        to the first child and released where that line of the tree ends."""
         depth = node.record.depth
+        if node.record.is_leaf:
+            line.release()
+            return
         if depth >= self._settings.max_depth:
-            await self._rollout(node)
+            await self._rollout(node, line)
             return
         children = await self._children(node, self._settings.width)
-        if depth < self._settings.min_prune_depth:
-            await asyncio.gather(*(self.grow(child) for child in children))
-        elif children:
-            await asyncio.gather(
-                self.grow(children[0]), *(self._rollout(child) for child in children[1:])
-            )
+        if not children:
+            line.release()
+            return
+        expand_all = depth < self._settings.min_prune_depth
 
-    async def _rollout(self, node: _Node) -> None:
-        while not node.record.is_leaf:
-            children = await self._children(node, 1)
-            if not children:
+        async def follow(rank: int, child: _Child) -> None:
+            if rank == 0:
+                await self._follow(node, child, line, expand=True)
                 return
-            node = children[0]
+            with env_branch(self._ctx.envs) as own:
+                await self._follow(node, child, own, expand=expand_all)
 
-    async def _children(self, node: _Node, count: int) -> list[_Node]:
-        """The first ``count`` children of ``node``: stored ones reused, missing ones made."""
+        await asyncio.gather(*(follow(rank, child) for rank, child in enumerate(children)))
+
+    async def _follow(
+        self, node: _Node, child: _Child, line: EnvBranchProvider, *, expand: bool
+    ) -> None:
+        """Make ``child`` (unless stored) on ``line``'s env, then grow or roll it out."""
+        made = await self._made(node, child, line)
+        if made is None:
+            line.release()
+        elif expand:
+            await self.grow(made, line)
+        else:
+            await self._rollout(made, line)
+
+    async def _rollout(self, node: _Node, line: EnvBranchProvider) -> None:
+        try:
+            while not node.record.is_leaf:
+                children = await self._children(node, 1)
+                made = await self._made(node, children[0], line) if children else None
+                if made is None:
+                    return
+                node = made
+        finally:
+            line.release()
+
+    async def _children(self, node: _Node, count: int) -> list[_Child]:
+        """The first ``count`` children of ``node``, in sample order: stored ones, and
+        policy samples for the missing ones (merged duplicates drop out)."""
         stored = {c.sample_index: c for c in self._tree.children(node.record.id)}
         missing = [i for i in range(count) if i not in stored]
-        made: dict[int, NodeRecord] = {}
         if missing and self._stop.requested:
             return []
+        candidates: list[Candidate] = []
         if missing:
             candidates = await self._propose(node, count)
             for i, candidate in enumerate(candidates):
                 if not candidate.cached:
                     log.debug("explore.sample", task=self._task.key, path=[*node.path, i])
-            missing = [i for i in missing if i < len(candidates)]  # merged duplicates
-            records = await asyncio.gather(
-                *(self._execute(node, candidates[i], i) for i in missing)
-            )
-            made = {i: r for i, r in zip(missing, records, strict=True) if r is not None}
         children = []
         for i in range(count):
-            record = stored.get(i) or made.get(i)
-            if record is not None:
-                children.append(_Node(record, self._state_after(node, record), (*node.path, i)))
+            if i in stored:
+                children.append(_Child(i, stored[i], None))
+            elif i < len(candidates):
+                children.append(_Child(i, None, candidates[i]))
         return children
+
+    async def _made(self, node: _Node, child: _Child, line: EnvBranchProvider) -> _Node | None:
+        """The child's node: the stored one, or executed on ``line`` and committed (None
+        if the env failed)."""
+        record = child.stored
+        if record is None:
+            assert child.candidate is not None
+            record = await self._execute(node, child.candidate, child.index, line)
+        if record is None:
+            return None
+        return _Node(record, self._state_after(node, record), (*node.path, child.index))
 
     async def _propose(self, node: _Node, count: int) -> list[Candidate]:
         """The node's ``count`` samples, duplicates handled per ``duplicate_actions``; a
@@ -268,13 +328,16 @@ class _Grower:
             success=record.success,
         )
 
-    async def _execute(self, node: _Node, candidate: Candidate, index: int) -> NodeRecord | None:
+    async def _execute(
+        self, node: _Node, candidate: Candidate, index: int, line: EnvBranchProvider
+    ) -> NodeRecord | None:
         """Run one candidate from ``node`` and commit the child (None if the env failed)."""
         error: Exception | None = None
+        ctx = replace(self._ctx, envs=line)
         for _attempt in range(self._settings.env_retries + 1):
             started = time.perf_counter()
             try:
-                after = await advance(self._ctx, node.state, Decision(candidate))
+                after = await advance(ctx, node.state, Decision(candidate))
             except (EnvCrashedError, EnvTimeoutError) as exc:
                 error = exc
                 log.warning("explore.env_failed", task=self._task.key, error=str(exc))

@@ -277,6 +277,17 @@ async def test_a_waiting_task_takes_a_lingering_env_once_its_linger_time_is_out(
         assert pool.stats.resets == 2
 
 
+async def test_without_a_grace_another_task_takes_an_idle_env_at_once() -> None:
+    async with EnvPool(PathEnv, size=1, linger_s=0) as pool:
+        async with pool.at(TASK, ["a"]):
+            pass
+        async with pool.at(OTHER, ["z"]):
+            pass
+        async with pool.at(TASK, ["a", "b"]):  # its env was taken: replayed
+            pass
+        assert (pool.stats.continuations, pool.stats.resets) == (0, 3)
+
+
 async def test_envs_at_an_episode_end_are_reused_without_lingering() -> None:
     limits = {0: 2, 1: 2}
     async with EnvPool(
@@ -341,9 +352,11 @@ class CountingPool(EnvPool):
 
     looks = 0
 
-    def _choose(self, task: TaskSpec, path: tuple[str, ...], now: float) -> Any:
+    def _choose(
+        self, task: TaskSpec, path: tuple[str, ...], now: float, *, reserving: bool = False
+    ) -> Any:
         CountingPool.looks += 1
-        return super()._choose(task, path, now)
+        return super()._choose(task, path, now, reserving=reserving)
 
 
 async def test_a_release_wakes_only_the_requests_it_can_serve() -> None:
