@@ -108,6 +108,30 @@ class _ReleasesInOwnerThread:
             super().garbage_collect_object(self._pending.popleft())  # type: ignore[misc]
 
 
+class _ClosesFailedConnections:
+    """py4j client behaviour: a connection that fails to open closes its socket.
+
+    py4j's ``GatewayConnection.start`` raises on a failed connect (to a JVM that died or
+    was killed) without closing the socket it made; collected later, wherever the garbage
+    collector happens to run, it warns of an unclosed socket.
+    """
+
+    def _create_connection(self) -> Any:
+        from py4j.java_gateway import GatewayConnection
+
+        params, prop = self.gateway_parameters, self.gateway_property  # type: ignore[attr-defined]
+        connection = GatewayConnection(params, prop)
+        try:
+            connection.start()
+        except BaseException:
+            stream = getattr(connection, "stream", None)  # made once the connect succeeded
+            if stream is not None:
+                stream.close()
+            connection.socket.close()
+            raise
+        return connection
+
+
 def _rebound(function: Any, **names: Any) -> Any:
     """A copy of ``function`` that sees ``names`` instead of its module's globals of those
     names (the module itself is left as it is).
@@ -140,7 +164,11 @@ def _launch_names() -> dict[str, Any]:
     imported only when a simulator is built)."""
     from py4j import java_gateway
 
-    client = type("WorkerBoundClient", (_ReleasesInOwnerThread, java_gateway.GatewayClient), {})
+    client = type(
+        "WorkerBoundClient",
+        (_ReleasesInOwnerThread, _ClosesFailedConnections, java_gateway.GatewayClient),
+        {},
+    )
 
     class WorkerBoundGateway(java_gateway.JavaGateway):
         def _create_gateway_client(self) -> Any:

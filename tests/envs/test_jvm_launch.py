@@ -91,3 +91,32 @@ async def test_action_with_undecodable_bytes_is_rejected_and_the_jvm_survives() 
         await env.step("look around")
     finally:
         await env.close()
+
+
+def test_a_failed_connect_to_a_dead_jvm_closes_its_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    """py4j's connection keeps its socket open when the connect fails (a JVM that died or
+    was killed); freed later, wherever that happened, it warned of an unclosed socket."""
+    import socket
+
+    from py4j import java_gateway
+
+    from qlass.envs._jvm import _launch_names
+
+    made: list[Any] = []
+
+    class Recorded(java_gateway.GatewayConnection):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(java_gateway, "GatewayConnection", Recorded)
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    gateway = _launch_names()["JavaGateway"](
+        gateway_parameters=java_gateway.GatewayParameters(port=port), start_callback_server=False
+    )
+    with pytest.raises(java_gateway.Py4JNetworkError):
+        gateway._gateway_client._create_connection()
+    (connection,) = made
+    assert connection.socket.fileno() == -1  # closed
