@@ -131,7 +131,9 @@ class BCConfig(_Section):
     expert_file: Path | None = Field(
         None, description="expert trajectories JSONL; None: exported from the simulator"
     )
-    examples: int | None = Field(None, ge=0, description="cap on expert trajectories used")
+    examples: int | None = Field(
+        None, ge=0, description="cap on expert trajectories used (0: no BC, the untrained policy)"
+    )
     epochs: float = Field(20.0, gt=0)
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(16, ge=1)
