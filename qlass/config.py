@@ -176,6 +176,11 @@ class LabelConfig(_Section):
         "zero", description="'zero' as in the paper, or the simulator's step reward"
     )
     max_triples_per_tree: int = Field(300, ge=1, description="training triples per tree")
+    kind: Literal["bellman", "mc_mean", "outcome"] = Field(
+        "bellman",
+        description="value signal: 'bellman' Q (paper), 'mc_mean' (mean leaf reward below "
+        "the node), 'outcome' (the reward of the node's first-sampled trajectory)",
+    )
 
 
 class QNetConfig(_Section):

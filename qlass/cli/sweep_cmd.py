@@ -31,13 +31,17 @@ app = typer.Typer(
 async def _report(
     store: TreeStore, name: str, *, level: float, resamples: int, directory: Path
 ) -> tuple[SweepSummary, list[Path]]:
+    from qlass.report.compute import COMPUTE_MD, render_compute_markdown, sweep_compute
     from qlass.report.sweep import summarise_sweep, write_sweep_report
 
     sweep = await summarise_sweep(store, name, level=level, resamples=resamples)
     record = await store.studies.get(name)
     await store.studies.update(record.id, summary=sweep.as_dict())
     files = await asyncio.to_thread(write_sweep_report, sweep, directory)
-    return sweep, files
+    compute = directory / COMPUTE_MD
+    text = render_compute_markdown(name, await sweep_compute(store, name))
+    await asyncio.to_thread(compute.write_text, text, encoding="utf-8")
+    return sweep, [*files, compute]
 
 
 def _print(sweep: SweepSummary, files: list[Path]) -> None:
@@ -80,8 +84,9 @@ def run(
     The sweep is named by the config's ``name``; everything goes into one store
     (runs/NAME/qlass.db unless --db or store.url). A point changing only search.* or
     eval.* settings reuses the trees and the QNet; labels.* or qnet.* reuses the trees;
-    explore.* reuses gold and BC; bc.* reuses gold. Writes sweep.md, sweep.csv and
-    sweep_reward.png into the sweep's folder.
+    explore.* reuses gold and BC; bc.* reuses gold. Writes sweep.md, sweep.csv,
+    sweep_reward.png and compute.md (every stage's tokens, env steps and wall time per
+    point) into the sweep's folder.
     """
     from qlass.runtime.progress import RichProgress
     from qlass.runtime.scheduler import StopSignal

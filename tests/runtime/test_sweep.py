@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from qlass.cli import app
 from qlass.config import RunConfig
 from qlass.errors import ConfigError
+from qlass.report.compute import sweep_compute
 from qlass.report.sweep import SWEEP_MD, summarise_sweep, write_sweep_report
 from qlass.runtime.sweep import (
     GridAxis,
@@ -121,6 +122,10 @@ async def test_a_labels_and_search_sweep_reuses_the_trees_and_each_variant_keeps
             episodes = await store.episodes.of_run(run.id, stage=member.eval_stage)
             assert len(episodes) == 4  # 2 strategies x 2 tasks, not played twice
         sweep = await summarise_sweep(store, "lab", resamples=200)
+        costs = await sweep_compute(store, "lab")
+    assert len(costs) == 4 * 6  # every point has each of the six stages' records
+    explore = {c.completion_tokens for c in costs if c.stage == "explore"}
+    assert len(explore) == 1 and explore.pop() > 0  # the one exploration, in every point
     assert sweep.base == "labels.gamma=0.9 search.temperature=0.7"
     assert len(sweep.summary.strategies) == 8
     assert len(sweep.summary.pairs) == 6  # 3 other points x 2 strategies, vs the base point
@@ -170,3 +175,40 @@ def test_the_cli_refuses_a_bad_grid_in_one_line(tmp_path: Path) -> None:
     )
     assert result.exit_code != 0
     assert "section.field=v1,v2" in result.output
+
+
+def test_compute_rows_average_over_seeds_and_mark_reused_stages() -> None:
+    from datetime import UTC, datetime
+
+    from qlass.report.compute import compute_rows, render_compute_markdown
+    from qlass.storage import StageRecord
+
+    def stage(name: str, **metrics: object) -> StageRecord:
+        now = datetime.now(UTC)
+        return StageRecord(1, name, "f", "done", now, now, dict(metrics))
+
+    rows = compute_rows(
+        "gamma=0.5",
+        {
+            "bc": [stage("bc", train_tokens=100, wall_time_s=4.0, reused_from="x")],
+            "explore": [
+                stage("explore", completion_tokens=300, env_steps=40, wall_time_s=2.0),
+                stage("explore", completion_tokens=500, env_steps=60, wall_time_s=4.0),
+            ],
+            "eval": [
+                stage("eval", wall_time_s=1.0, reports=[
+                    {"completion_tokens": 30, "env_steps": 5},
+                    {"completion_tokens": 70, "env_steps": 7},
+                ])
+            ],  # fmt: skip
+        },
+    )
+    by_stage = {r.stage: r for r in rows}
+    assert by_stage["bc"].reused and by_stage["bc"].train_tokens == 100
+    explore = by_stage["explore"]
+    assert (explore.seeds, explore.completion_tokens, explore.env_steps) == (2, 400, 50)
+    assert explore.wall_time_s == 3.0 and not explore.reused
+    assert (by_stage["eval"].completion_tokens, by_stage["eval"].env_steps) == (100, 12)
+    text = render_compute_markdown("s", rows)
+    assert "| gamma=0.5 | bc* | 1 | 0 | 100 | 0 | 4.0 |" in text
+    assert "| gamma=0.5 | 400 | 50 | 7.0 |" in text  # training: bc + explore, not eval
