@@ -156,9 +156,7 @@ def show(
         async with await TreeStore.open(url, upgrade=False) as store:
             record = await store.studies.get(name)
             directory = out or RunConfig.model_validate(record.config).directory
-            return await _report(
-                store, name, level=level, resamples=resamples, directory=directory
-            )
+            return await _report(store, name, level=level, resamples=resamples, directory=directory)
 
     _print(*asyncio.run(main()))
 

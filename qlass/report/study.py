@@ -39,9 +39,9 @@ __all__ = [
     "STUDY_CSV",
     "STUDY_MD",
     "STUDY_PNG",
+    "Cells",
     "PairedDifference",
     "StrategyStats",
-    "Cells",
     "StudySummary",
     "default_pairs",
     "parse_pair",
@@ -144,9 +144,7 @@ def _add_cells(cells: Cells, seed: int, episodes: Sequence[EpisodeRecord]) -> No
         cells.setdefault(episode.strategy, {}).setdefault(seed, {})[episode.task_key] = episode
 
 
-async def study_cells(
-    store: TreeStore, name: str
-) -> tuple[Cells, tuple[int, ...], str, list[str]]:
+async def study_cells(store: TreeStore, name: str) -> tuple[Cells, tuple[int, ...], str, list[str]]:
     """The evaluation episodes of study ``name`` by strategy, seed and task, the seeds
     that have some, the split, and notes on what is missing."""
     study = await store.studies.get(name)

@@ -61,7 +61,7 @@ def test_grids_parse_into_points_and_member_runs_share_what_they_can(tmp_path: P
         with pytest.raises(ConfigError):
             parse_grid(bad)
     base = _config(tmp_path, "g")
-    with pytest.raises(ConfigError, match="labels.gamma"):
+    with pytest.raises(ConfigError, match=r"labels\.gamma"):
         sweep_points(base, [parse_grid("labels.gamma=0.5,2")])
     with pytest.raises(ConfigError, match="sections"):
         sweep_points(base, [parse_grid("store.url=a,b")])
@@ -131,9 +131,9 @@ async def test_a_labels_and_search_sweep_reuses_the_trees_and_each_variant_keeps
     assert len(sweep.summary.pairs) == 6  # 3 other points x 2 strategies, vs the base point
     files = await asyncio.to_thread(write_sweep_report, sweep, base.directory)
     assert len(files) == 3
-    assert "labels.gamma=0.5 search.temperature=0 | qlass:2" in (
-        base.directory / SWEEP_MD
-    ).read_text()
+    assert (
+        "labels.gamma=0.5 search.temperature=0 | qlass:2" in (base.directory / SWEEP_MD).read_text()
+    )
 
 
 async def test_an_explore_sweep_takes_over_gold_and_bc_and_bc_examples_zero_trains_nothing(
@@ -196,11 +196,15 @@ def test_compute_rows_average_over_seeds_and_mark_reused_stages() -> None:
                 stage("explore", completion_tokens=500, env_steps=60, wall_time_s=4.0),
             ],
             "eval": [
-                stage("eval", wall_time_s=1.0, reports=[
-                    {"completion_tokens": 30, "env_steps": 5},
-                    {"completion_tokens": 70, "env_steps": 7},
-                ])
-            ],  # fmt: skip
+                stage(
+                    "eval",
+                    wall_time_s=1.0,
+                    reports=[
+                        {"completion_tokens": 30, "env_steps": 5},
+                        {"completion_tokens": 70, "env_steps": 7},
+                    ],
+                )
+            ],
         },
     )
     by_stage = {r.stage: r for r in rows}

@@ -211,5 +211,5 @@ async def test_value_signal_kinds_by_hand(store: TreeStore, run_task: RunAndTask
         )  # gamma plays no part in these kinds
     bellman = await store.labels.create_set(run_id, gamma=0.9, normalize=False)
     assert bellman.kind == "bellman" and bellman.id not in {s.id for s in early.values()}
-    with pytest.raises(ConfigError, match="labels.kind"):
+    with pytest.raises(ConfigError, match=r"labels\.kind"):
         await store.labels.create_set(run_id, kind="median")  # type: ignore[arg-type]

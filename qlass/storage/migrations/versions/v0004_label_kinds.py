@@ -38,5 +38,7 @@ def downgrade() -> None:
     op.execute("DELETE FROM label_sets WHERE kind != 'bellman'")
     with op.batch_alter_table("label_sets") as batch:
         batch.drop_constraint(_NEW, type_="unique")
-        batch.create_unique_constraint(_OLD, ["run_id", "gamma", "normalize", "intermediate_reward"])
+        batch.create_unique_constraint(
+            _OLD, ["run_id", "gamma", "normalize", "intermediate_reward"]
+        )
         batch.drop_column("kind")
