@@ -22,6 +22,7 @@ from qlass.report.data import strategy_sort_key
 from qlass.report.stats import DEFAULT_LEVEL, DEFAULT_RESAMPLES
 from qlass.report.study import (
     Cells,
+    StrategyStats,
     StudySummary,
     pair_rows,
     strategy_rows,
@@ -227,17 +228,17 @@ def plot_sweep(sweep: SweepSummary, path: Path) -> Path:
     figure = Figure(figsize=(6.4, 4.4), dpi=120)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    by_strategy: dict[str, dict[str, Any]] = {}
-    for stats in sweep.summary.strategies:
-        point, _, strategy = stats.strategy.partition(_SEP)
-        by_strategy.setdefault(strategy, {})[point] = stats
+    by_strategy: dict[str, dict[str, StrategyStats]] = {}
+    for cell in sweep.summary.strategies:
+        point, _, strategy = cell.strategy.partition(_SEP)
+        by_strategy.setdefault(strategy, {})[point] = cell
     for strategy, per_point in by_strategy.items():
         xs = [i for i, p in enumerate(sweep.points) if p in per_point]
-        stats = [per_point[sweep.points[i]] for i in xs]
-        y = [100 * s.reward.mean for s in stats]
+        line = [per_point[sweep.points[i]] for i in xs]
+        y = [100 * s.reward.mean for s in line]
         yerr = [
-            [100 * (s.reward.mean - s.reward.low) for s in stats],
-            [100 * (s.reward.high - s.reward.mean) for s in stats],
+            [100 * (s.reward.mean - s.reward.low) for s in line],
+            [100 * (s.reward.high - s.reward.mean) for s in line],
         ]
         axes.errorbar(xs, y, yerr=yerr, marker="o", capsize=3, label=strategy)
     axes.set_xticks(range(len(sweep.points)), list(sweep.points), rotation=20, fontsize=8)
