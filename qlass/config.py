@@ -214,7 +214,8 @@ class SearchConfig(_Section):
 
     strategies: tuple[str, ...] = Field(
         ("greedy", "best_of_n:2", "qlass:2"),
-        description="strategies to evaluate: greedy, sampled, best_of_n:N, qlass:M, beam:B",
+        description="strategies to evaluate: greedy, sampled, best_of_n:N, qlass:M, beam:B, "
+        "best_first:K",
     )
     value_model: str = Field(
         "qnet", description="value model kind: qnet, qnet-server, constant, random, judge"
