@@ -3,6 +3,9 @@
     best_first:K    best-first search over the value (Koh et al., "Tree search for language
                     model agents", 2024): at every step, up to K nodes are executed in the
                     order of their value, then the path to the best-valued node is committed
+    mcts:K          Monte-Carlo tree search with the value model (UCT, LATS-style): K
+                    selection / expansion / evaluation / backup iterations per step, then
+                    the most visited move is committed
 
 Like every strategy, a tree search is scored by the value model only: a node that ends the
 episode competes with the value of its last step, never with the env's reward (the test
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
@@ -31,7 +35,7 @@ from qlass.runtime.episode import (
 )
 from qlass.types import ScoredCandidate, TaskSpec, Trajectory
 
-__all__ = ["BestFirst", "scored_children"]
+__all__ = ["MCTS", "BestFirst", "scored_children"]
 
 
 async def scored_children(
@@ -144,3 +148,109 @@ class BestFirst:
                 await push(child)
         assert best is not None  # the root always has at least one child
         return best[1], executed, replay_bound
+
+
+@dataclass(eq=False)
+class _TreeNode:
+    """A node of the MCTS tree: the move that leads to it, its statistics and children.
+
+    ``state`` is None until the node's move is executed; ``children`` is None until it is
+    expanded. A node starts with one visit worth its value-model score (its prior)."""
+
+    decision: Decision | None
+    state: EpisodeState | None
+    visits: int
+    total: float
+    children: list[_TreeNode] | None = None
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.visits
+
+
+def _prior(decision: Decision) -> float:
+    # An unparsable turn is worth 0 (the bottom of the normalised Q range), not -inf,
+    # so that backing it up cannot poison its ancestors' means.
+    return 0.0 if decision.value is None else decision.value
+
+
+@dataclass(frozen=True)
+class MCTS:
+    """Monte-Carlo tree search with the value model as evaluator (UCT; LATS-style).
+
+    Every real step runs ``iterations`` times from the current state: *selection* walks
+    down the expanded nodes by UCT, ``mean + exploration * sqrt(ln N(parent) / N(child))``
+    (ties: the child sampled first); *expansion* executes the selected node's move (an env
+    positioned at its parent by replay) and samples ``branching`` scored children, each
+    starting with one visit worth its value; *evaluation* is the best child's value (a
+    finished node, or one at the step limit, is evaluated by its own value again);
+    *backup* adds one visit and that value to every node on the path. Then the root's
+    most visited child (ties: higher mean, then sampled first) is committed and the
+    search goes on from it, keeping its subtree. No rollouts to the env's reward: a leaf is
+    judged by the value model, as every strategy here is.
+    """
+
+    needs_value: ClassVar[bool] = True
+
+    iterations: int = 4
+    branching: int = 2
+    exploration: float = 1.0
+    temperature: float = 0.7
+
+    @property
+    def name(self) -> str:
+        return f"mcts:{self.iterations}"
+
+    async def run(self, ctx: SearchContext, task: TaskSpec, seed: int) -> Trajectory:
+        start = await start_episode(ctx, task)
+        root = _TreeNode(None, start, 1, 0.0)
+        counts = {"searches": 0, "nodes_executed": 0, "replay_bound": 0}
+        state = start
+        while not state.done and state.depth < ctx.max_steps:
+            reason = ctx.meter.exceeded()
+            if reason is not None:
+                state = replace(state, stop_reason=reason)
+                break
+            for i in range(self.iterations):
+                await self._iterate(ctx, root, derive_seed(seed, state.depth, i), counts)
+            assert root.children  # the first iteration expands the root
+            root = max(root.children, key=lambda n: (n.visits, n.mean, -root.children.index(n)))
+            state = await self._realise(ctx, root, state, counts)
+            counts["searches"] += 1
+        info = {"strategy": self.name, **counts}
+        return to_trajectory(ctx, replace(state, started=start.started), info)
+
+    def _uct(self, parent: _TreeNode, child: _TreeNode) -> float:
+        return child.mean + self.exploration * math.sqrt(math.log(parent.visits) / child.visits)
+
+    async def _realise(
+        self, ctx: SearchContext, node: _TreeNode, parent: EpisodeState, counts: dict[str, int]
+    ) -> EpisodeState:
+        if node.state is None:
+            assert node.decision is not None
+            counts["replay_bound"] += parent.depth
+            counts["nodes_executed"] += 1
+            node.state = await advance(ctx, parent, node.decision)
+        return node.state
+
+    async def _iterate(
+        self, ctx: SearchContext, root: _TreeNode, seed: int, counts: dict[str, int]
+    ) -> None:
+        assert root.state is not None
+        path, node, state = [root], root, root.state
+        while node.children:
+            parent = node
+            node = max(node.children, key=lambda c: self._uct(parent, c))
+            path.append(node)
+            state = await self._realise(ctx, node, state, counts)
+        if state.done or state.depth >= ctx.max_steps:
+            value = node.mean
+        else:
+            children = await scored_children(
+                ctx, state, n=self.branching, temperature=self.temperature, seed=seed
+            )
+            node.children = [_TreeNode(d, None, 1, _prior(d)) for d in children]
+            value = max(child.total for child in node.children)
+        for visited in path:
+            visited.visits += 1
+            visited.total += value

@@ -1,5 +1,5 @@
-"""Best-first search on the corridor: expansion order, committed path and accounting
-checked against a search worked out by hand."""
+"""Best-first search and MCTS on the corridor: expansion order, committed path and
+accounting checked against searches worked out by hand."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from qlass.envs.pool import EnvPool
 from qlass.parsing import parse_output
 from qlass.qnet.base import ValueQuery
 from qlass.runtime.context import SearchContext
-from qlass.runtime.strategies import BestFirst, QGuided, make_strategy
+from qlass.runtime.strategies import MCTS, BestFirst, QGuided, make_strategy
 from qlass.types import ChatMessage
 
 from .toys import TASK, Corridor
@@ -58,10 +58,12 @@ def _ctx(env: Corridor, value: PathValues, max_steps: int) -> SearchContext:
     )
 
 
-def test_best_first_is_built_from_its_name() -> None:
+def test_tree_searches_are_built_from_their_names() -> None:
     strategy = make_strategy("best_first:3", temperature=0.5)
     assert strategy == BestFirst(budget=3, temperature=0.5)
     assert strategy.name == "best_first:3" and strategy.needs_value
+    assert make_strategy("mcts:8") == MCTS(iterations=8)
+    assert make_strategy("mcts").name == "mcts:4"
 
 
 async def test_best_first_executes_nodes_by_value_and_commits_the_best_path() -> None:
@@ -105,3 +107,39 @@ async def test_best_first_judges_a_finished_node_by_its_value_not_the_env_reward
     assert any(action == "move right" for _, action in env.log)
     assert [s.candidate.action for s in trajectory.steps] == ["move left", "move left"]
     assert not trajectory.success
+
+
+async def test_mcts_selects_by_mean_value_backs_up_and_commits_the_most_visited_move() -> None:
+    # By hand, 3 iterations, exploration 0 (UCT = mean; every new node: 1 visit, its value).
+    # Search 1: (1) expand the start: L .6, R .5. (2) select L, execute it, expand LL .1,
+    # LR .2, back up .2: L has mean .8/2 = .4. (3) select R (.5 > .4), execute, expand
+    # RL .3, RR .9, back up .9: R 1.4/2. Visits tie (2, 2): commit R, the higher mean.
+    # Search 2 from R: (1) RR, executed, expanded RRL 0, RRR 1, back up 1; (2, 3) RR then
+    # RRR (executed: the goal), a finished node backs up its own value 1. Commit RR (4
+    # visits against 1). Search 3: RRR only gathers visits; commit it.
+    env = Corridor(3)
+    value = PathValues(TRAP)
+    ctx = _ctx(env, value, max_steps=6)
+    trajectory = await MCTS(iterations=3, branching=2, exploration=0.0).run(ctx, TASK, seed=0)
+
+    assert [s.candidate.action for s in trajectory.steps] == ["move right"] * 3
+    assert trajectory.success
+    assert [s.value for s in trajectory.steps] == [0.5, 0.9, 1.0]
+    assert value.scored == ["L", "R", "LL", "LR", "RL", "RR", "RRL", "RRR"]
+    assert trajectory.info["searches"] == 3
+    assert trajectory.info["nodes_executed"] == 4 == trajectory.env_steps  # L, R, RR, RRR
+    assert trajectory.info["replay_bound"] == 0 + 0 + 1 + 2
+    assert 0 <= env.steps - trajectory.env_steps <= trajectory.info["replay_bound"]
+
+
+async def test_mcts_exploration_visits_a_lower_valued_move() -> None:
+    # With exploration 1 and a one-step limit: after the start's expansion (L .6, R .5;
+    # 2 visits) L is chosen (.6 + sqrt(ln 2) > .5 + sqrt(ln 2)), executed, and, at the
+    # limit, backs up its own .6; then R scores .5 + sqrt(ln 3) = 1.55 > .6 + sqrt(ln 3 / 2)
+    # = 1.34 and is executed too. Visits tie (2, 2): L, the higher mean, is committed.
+    value = PathValues(TRAP)
+    ctx = _ctx(Corridor(3), value, max_steps=1)
+    trajectory = await MCTS(iterations=3, branching=2, exploration=1.0).run(ctx, TASK, seed=0)
+    assert trajectory.info["nodes_executed"] == 2
+    assert [s.candidate.action for s in trajectory.steps] == ["move left"]
+    assert value.scored == ["L", "R"]  # at the step limit, children are not expanded
