@@ -213,8 +213,9 @@ class MCTS:
                 break
             for i in range(self.iterations):
                 await self._iterate(ctx, root, derive_seed(seed, state.depth, i), counts)
-            assert root.children  # the first iteration expands the root
-            root = max(root.children, key=lambda n: (n.visits, n.mean, -root.children.index(n)))
+            children = root.children
+            assert children  # the first iteration expands the root
+            _, root = max(enumerate(children), key=lambda c: (c[1].visits, c[1].mean, -c[0]))
             state = await self._realise(ctx, root, state, counts)
             counts["searches"] += 1
         info = {"strategy": self.name, **counts}
