@@ -79,7 +79,9 @@ class GridAxis:
 
 def _split_top_level(text: str) -> list[str]:
     """Split on commas outside brackets (``search.strategies=[greedy, qlass:2],[greedy]``)."""
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
     for char in text:
         if char in "[{(":
             depth += 1
