@@ -27,7 +27,6 @@ from qlass.testing import TINY_BC, tiny_run_config
 
 OVERRIDES = [
     *TINY_BC,
-    "bc.epochs=4",
     "env.params=numLocations=2,includeDoors=0",
     "env.train_tasks=4",
     "env.eval_tasks=2",
