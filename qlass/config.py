@@ -131,7 +131,9 @@ class BCConfig(_Section):
     expert_file: Path | None = Field(
         None, description="expert trajectories JSONL; None: exported from the simulator"
     )
-    examples: int | None = Field(None, ge=0, description="cap on expert trajectories used")
+    examples: int | None = Field(
+        None, ge=0, description="cap on expert trajectories used (0: no BC, the untrained policy)"
+    )
     epochs: float = Field(20.0, gt=0)
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(16, ge=1)
@@ -174,6 +176,11 @@ class LabelConfig(_Section):
         "zero", description="'zero' as in the paper, or the simulator's step reward"
     )
     max_triples_per_tree: int = Field(300, ge=1, description="training triples per tree")
+    kind: Literal["bellman", "mc_mean", "outcome"] = Field(
+        "bellman",
+        description="value signal: 'bellman' Q (paper), 'mc_mean' (mean leaf reward below "
+        "the node), 'outcome' (the reward of the node's first-sampled trajectory)",
+    )
 
 
 class QNetConfig(_Section):
@@ -207,7 +214,8 @@ class SearchConfig(_Section):
 
     strategies: tuple[str, ...] = Field(
         ("greedy", "best_of_n:2", "qlass:2"),
-        description="strategies to evaluate: greedy, sampled, best_of_n:N, qlass:M, beam:B",
+        description="strategies to evaluate: greedy, sampled, best_of_n:N, qlass:M, beam:B, "
+        "best_first:K",
     )
     value_model: str = Field(
         "qnet", description="value model kind: qnet, qnet-server, constant, random, judge"

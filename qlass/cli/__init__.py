@@ -23,6 +23,7 @@ from qlass.cli import (
     serve_cmd,
     store_cmd,
     study_cmd,
+    sweep_cmd,
 )
 from qlass.errors import MissingDependencyError, QlassError, UserError
 
@@ -70,6 +71,7 @@ store_cmd.register(app)
 qnet_cmd.register(app)
 report_cmd.register(app)
 study_cmd.register(app)
+sweep_cmd.register(app)
 
 
 def main() -> None:

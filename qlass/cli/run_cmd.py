@@ -393,7 +393,7 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--strategy",
                 help="Strategy to evaluate (repeatable): greedy, sampled, best_of_n:N, "
-                "qlass:M, beam:B. Default: search.strategies.",
+                "qlass:M, beam:B, best_first:K. Default: search.strategies.",
             ),
         ] = None,
         split: Annotated[

@@ -126,7 +126,7 @@ def pick_label_set(
     sets: Sequence[LabelSetRecord], config: RunConfig, wanted: int | None = None
 ) -> LabelSetRecord | None:
     """The label set to show: ``wanted`` if given, else the one matching the run's label
-    settings (gamma, normalisation, reward mode), else the newest; ``None`` if there is none.
+    settings (gamma, normalisation, reward mode, kind), else the newest; ``None`` if there is none.
 
     Raises:
         UnknownNameError: ``wanted`` is not a label set of the run.
@@ -143,6 +143,7 @@ def pick_label_set(
             label_set.gamma == labels.gamma
             and label_set.normalize == labels.normalize
             and label_set.intermediate_reward == labels.intermediate_reward
+            and label_set.kind == labels.kind
         ):
             return label_set
     return sets[-1] if sets else None

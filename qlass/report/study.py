@@ -39,12 +39,15 @@ __all__ = [
     "STUDY_CSV",
     "STUDY_MD",
     "STUDY_PNG",
+    "Cells",
     "PairedDifference",
     "StrategyStats",
     "StudySummary",
     "default_pairs",
     "parse_pair",
     "render_markdown",
+    "study_cells",
+    "summarise_cells",
     "summarise_episodes",
     "summarise_study",
     "write_study_report",
@@ -141,9 +144,9 @@ def _add_cells(cells: Cells, seed: int, episodes: Sequence[EpisodeRecord]) -> No
         cells.setdefault(episode.strategy, {}).setdefault(seed, {})[episode.task_key] = episode
 
 
-async def _study_cells(
-    store: TreeStore, name: str
-) -> tuple[Cells, tuple[int, ...], str, list[str]]:
+async def study_cells(store: TreeStore, name: str) -> tuple[Cells, tuple[int, ...], str, list[str]]:
+    """The evaluation episodes of study ``name`` by strategy, seed and task, the seeds
+    that have some, the split, and notes on what is missing."""
     study = await store.studies.get(name)
     cells: Cells = {}
     notes: list[str] = []
@@ -222,8 +225,8 @@ async def summarise_study(
     Raises:
         UnknownNameError: no such study.
     """
-    cells, seeds, split, notes = await _study_cells(store, name)
-    return _summarise(
+    cells, seeds, split, notes = await study_cells(store, name)
+    return summarise_cells(
         name, cells, seeds, split, notes, pairs=pairs, level=level, resamples=resamples, seed=seed
     )
 
@@ -243,12 +246,12 @@ def summarise_episodes(
     _add_cells(cells, seed, episodes)
     split = episodes[0].split if episodes else "dev"
     seeds = (seed,) if episodes else ()
-    return _summarise(
+    return summarise_cells(
         name, cells, seeds, split, [], pairs=pairs, level=level, resamples=resamples, seed=0
     )
 
 
-def _summarise(
+def summarise_cells(
     name: str,
     cells: Cells,
     seeds: tuple[int, ...],
@@ -260,6 +263,8 @@ def _summarise(
     resamples: int,
     seed: int,
 ) -> StudySummary:
+    """The summary of ``cells`` (strategy -> seed -> task -> episode): intervals over the
+    cells every strategy has, paired differences ``pairs`` (default :func:`default_pairs`)."""
     strategies, tasks = _common(cells, seeds, notes) if seeds else ([], [])
     if not tasks:
         return StudySummary(name, seeds, 0, split, (), (), level, resamples, tuple(notes))

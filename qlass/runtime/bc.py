@@ -78,6 +78,8 @@ def load_conversations(path: Path, limit: int | None = None) -> list[list[ChatMe
     conversations: list[list[ChatMessage]] = []
     with path.open() as handle:
         for number, line in enumerate(handle, 1):
+            if limit is not None and len(conversations) >= limit:
+                break
             if not line.strip():
                 continue
             try:
@@ -86,8 +88,6 @@ def load_conversations(path: Path, limit: int | None = None) -> list[list[ChatMe
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise ConfigError(f"{path}:{number}: not an expert-trajectory record") from exc
             conversations.append(messages)
-            if limit is not None and len(conversations) >= limit:
-                break
     return conversations
 
 
@@ -228,6 +228,24 @@ def _base(config: BCConfig, conversations: list[list[ChatMessage]], seed: int) -
     return model, tokenizer
 
 
+def _untrained(
+    model: Any, tokenizer: Any, output_dir: Path, conversations: int, started: float
+) -> BCResult:
+    """``bc.examples=0``: the policy before any behaviour cloning, saved as it is (the
+    from-scratch tokenizer has still learnt its vocabulary from the expert texts)."""
+    save_model(model, tokenizer, output_dir)
+    log.info("bc.untrained", model_dir=str(output_dir), vocabulary_from=conversations)
+    return BCResult(
+        model_dir=output_dir,
+        conversations=0,
+        examples=0,
+        train_tokens=0,
+        steps=0,
+        final_loss=float("nan"),
+        wall_time_s=time.perf_counter() - started,
+    )
+
+
 def train_policy(
     conversations: list[list[ChatMessage]],
     config: BCConfig,
@@ -240,6 +258,10 @@ def train_policy(
     should_stop: Callable[[], bool] | None = None,
 ) -> BCResult:
     """Train the policy on ``conversations`` and save it as a model directory.
+
+    ``config.examples == 0`` trains nothing: the base model (or, from scratch, a seeded
+    random model whose tokenizer learnt its vocabulary from ``conversations``) is saved
+    as it is, the "no BC" point of the BC-examples ablation.
 
     Raises:
         TrainingStopped: ``should_stop()`` became true; training ended early, nothing saved.
@@ -274,6 +296,8 @@ def _train(
 ) -> BCResult:
     started = time.perf_counter()
     model, tokenizer = _base(config, conversations, seed)
+    if config.examples == 0:
+        return _untrained(model, tokenizer, output_dir, len(conversations), started)
     examples = build_examples(
         conversations,
         tokenizer,

@@ -56,6 +56,7 @@ __all__ = [
     "Pipeline",
     "StageResult",
     "drop_held_out",
+    "variant_record_name",
 ]
 
 log = structlog.get_logger(__name__)
@@ -82,6 +83,11 @@ def _runner(name: str) -> StageRunner:
         raise ConfigError(f"unknown stage {name!r}; stages are {known}") from None
 
 
+def variant_record_name(name: str, fingerprint: str) -> str:
+    """The record name of stage ``name`` of one variant (``train_qnet@3fa9c1d2e0``)."""
+    return f"{name}@{fingerprint[:10]}"
+
+
 def drop_held_out(train: Sequence[TaskSpec], held_out: Sequence[TaskSpec]) -> list[TaskSpec]:
     """``train`` without the tasks whose (game, variation, params) is in ``held_out``."""
     evaluated = {(t.name, t.variation, t.params) for t in held_out}
@@ -94,6 +100,12 @@ class Pipeline:
     Use as ``async with Pipeline(config) as pipeline: await pipeline.run()``; one stage at
     a time with :meth:`stage` (the CLI's ``qlass bc``, ``qlass explore``...). A pipeline is
     the :class:`~qlass.runtime.stages.base.StageContext` its stages work with.
+
+    ``variant_records``: the stages after exploration (label, train_qnet, eval,
+    self_train) record themselves as ``NAME@<fingerprint>``, one record per setting of
+    the sections they depend on, so that several variants of one run (a sweep over
+    ``labels.*``, ``qnet.*`` or ``search.*``) each keep their own record and resuming one
+    never redoes another. Without it (a plain run) each stage has one record.
     """
 
     def __init__(
@@ -102,10 +114,12 @@ class Pipeline:
         *,
         progress: Progress | None = None,
         stop: StopSignal | None = None,
+        variant_records: bool = False,
     ) -> None:
         self.config = config
         self.progress = progress or NullProgress()
         self.stop = stop or StopSignal()
+        self.variant_records = variant_records
         self._stack = AsyncExitStack()
         self._store: TreeStore | None = None
         self._run: RunRecord | None = None
@@ -208,6 +222,12 @@ class Pipeline:
         """The fingerprint of the config sections ``stage`` depends on."""
         return self.config.section_fingerprint(*DEPENDS[stage])
 
+    def record_name(self, name: str, fingerprint_of: str | None = None) -> str:
+        """The name stage ``name`` is recorded under (see ``variant_records``)."""
+        if not self.variant_records or name in FROZEN:
+            return name
+        return variant_record_name(name, self.fingerprint(fingerprint_of or name))
+
     async def run_recorded(
         self,
         name: str,
@@ -222,16 +242,17 @@ class Pipeline:
         stage-dependency table.
         """
         run_id, fingerprint = self.run_record.id, self.fingerprint(fingerprint_of or name)
-        if not force and await self.store.stages.is_done(run_id, name, fingerprint):
-            stage = await self.store.stages.get(run_id, name)
-            self.progress.log(f"[dim]{name}: already done for this config, skipped")
+        record = self.record_name(name, fingerprint_of)
+        if not force and await self.store.stages.is_done(run_id, record, fingerprint):
+            stage = await self.store.stages.get(run_id, record)
+            self.progress.log(f"[dim]{record}: already done for this config, skipped")
             return StageResult(name, True, dict(stage.metrics) if stage else {})
-        await self.store.stages.start(run_id, name, fingerprint)
+        await self.store.stages.start(run_id, record, fingerprint)
         started = time.perf_counter()
         try:
             metrics = await body()
         except BaseException:
-            await asyncio.shield(self.store.stages.finish(run_id, name, failed=True))
+            await asyncio.shield(self.store.stages.finish(run_id, record, failed=True))
             await asyncio.shield(self.save_spend())
             raise
         await self.save_spend()
@@ -246,9 +267,9 @@ class Pipeline:
         if stopped or metrics.get("unfinished_tasks"):  # stays running, to be resumed
             if stopped:
                 metrics["stopped"] = True
-            await self.store.stages.put(run_id, name, status="running", metrics=metrics)
+            await self.store.stages.put(run_id, record, status="running", metrics=metrics)
         else:
-            await self.store.stages.finish(run_id, name, metrics=metrics)
+            await self.store.stages.finish(run_id, record, metrics=metrics)
         return StageResult(name, False, metrics)
 
     async def tasks(self, split: str, limit: int | None) -> list[TaskSpec]:

@@ -5,6 +5,9 @@
     best_of_n:N     N sampled episodes; the value model picks one (no oracle)
     qlass:M         Q-guided stepwise search: M candidates per step, execute the arg-max
     beam:B          beam search over Q: keep the B best partial episodes per step
+    best_first:K    best-first search over Q, K nodes executed per step
+    mcts:K          UCT tree search evaluated by Q, K iterations per step
+                    (both in :mod:`qlass.runtime.tree_search`)
 
 Candidates that would end the episode are scored by the value model like every other
 candidate. ``SearchContext.oracle_terminal_reward`` reproduces the authors' released code
@@ -33,10 +36,13 @@ from qlass.runtime.episode import (
     start_episode,
     to_trajectory,
 )
+from qlass.runtime.tree_search import MCTS, BestFirst
 from qlass.types import Candidate, ScoredCandidate, TaskSpec, Trajectory
 
 __all__ = [
+    "MCTS",
     "BeamSearch",
+    "BestFirst",
     "BestOfN",
     "Greedy",
     "QGuided",
@@ -284,6 +290,8 @@ _STRATEGIES: Registry[Callable[[int | None, float, int], SearchStrategy]] = Regi
         "best_of_n": lambda k, t, _r: BestOfN(k or 4, t),
         "qlass": lambda k, t, r: QGuided(k or 2, t, r),
         "beam": lambda k, t, _r: BeamSearch(width=k or 2, temperature=t),
+        "best_first": lambda k, t, _r: BestFirst(budget=k or 4, temperature=t),
+        "mcts": lambda k, t, _r: MCTS(iterations=k or 4, temperature=t),
     },
 )
 

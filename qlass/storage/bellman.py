@@ -10,6 +10,19 @@ non-root nodes to [0, 1]: ``(q - min) / (max - min)``. When ``max == min`` (one 
 node, or all equal, as in a tree whose leaves all failed) there is no scale to recover, so
 the raw values are kept. The root takes no part in min/max (it is no (state, action) pair
 to train on) but is transformed with the same min and max.
+
+Two other kinds of value signal are computed from the same trees, for the value-signal
+baselines (:func:`tree_values` with ``kind``); both ignore ``gamma`` and the intermediate
+reward, and a node with a final reward is a leaf for them too:
+
+- ``"mc_mean"`` (Math-Shepherd's soft estimate, PRM by rollouts): the mean final reward
+  of the finished leaves in the node's subtree (each leaf counted once).
+- ``"outcome"`` (ORM style): the final reward of one trajectory through the node,
+  propagated to each of its steps. The trajectory is the node's *first-sampled* one:
+  from the node, always go to the child created first (lowest node id) among those with
+  a finished leaf below, down to a leaf. This is the trajectory a single rollout from the
+  node would have given, so it is what an outcome-reward labeller sees; a node with one
+  leaf below gets that leaf's reward whatever the rule.
 """
 
 from __future__ import annotations
@@ -19,7 +32,10 @@ from dataclasses import dataclass
 
 from qlass.storage.records import IntermediateReward
 
-__all__ = ["LabelNode", "minmax_normalize", "node_value", "tree_values"]
+__all__ = ["LABEL_KINDS", "LabelNode", "minmax_normalize", "node_value", "tree_values"]
+
+LABEL_KINDS = ("bellman", "mc_mean", "outcome")
+"""The value signals a label set can hold (see the module's docstring)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,20 +66,54 @@ def node_value(
 
 
 def tree_values(
-    nodes: Iterable[LabelNode], gamma: float, intermediate_reward: IntermediateReward | str
+    nodes: Iterable[LabelNode],
+    gamma: float,
+    intermediate_reward: IntermediateReward | str,
+    kind: str = "bellman",
 ) -> dict[int, float]:
-    """Q values of all labelled nodes, computed from scratch (several trees may be mixed)."""
+    """Values of all labelled nodes of ``kind``, computed from scratch (several trees may
+    be mixed)."""
     ordered = sorted(nodes, key=lambda node: -node.depth)
     children: dict[int, list[int]] = {}
     for node in ordered:
         if node.parent_id is not None:
             children.setdefault(node.parent_id, []).append(node.id)
+    if kind == "mc_mean":
+        return _mc_mean(ordered, children)
+    if kind == "outcome":
+        return _outcome(ordered, children)
+    if kind != "bellman":
+        raise ValueError(f"unknown label kind {kind!r}; kinds are {', '.join(LABEL_KINDS)}")
     values: dict[int, float] = {}
     for node in ordered:  # deepest first: children are done before their parent
         kids = children.get(node.id, ())
         value = node_value(node, (values.get(kid) for kid in kids), gamma, intermediate_reward)
         if value is not None:
             values[node.id] = value
+    return values
+
+
+def _mc_mean(ordered: Iterable[LabelNode], children: Mapping[int, list[int]]) -> dict[int, float]:
+    totals: dict[int, tuple[float, int]] = {}  # node -> (sum of leaf rewards, leaves)
+    for node in ordered:  # deepest first
+        if node.final_reward is not None:
+            totals[node.id] = (node.final_reward, 1)
+            continue
+        below = [totals[kid] for kid in children.get(node.id, ()) if kid in totals]
+        if below:
+            totals[node.id] = (sum(s for s, _ in below), sum(n for _, n in below))
+    return {node: total / count for node, (total, count) in totals.items()}
+
+
+def _outcome(ordered: Iterable[LabelNode], children: Mapping[int, list[int]]) -> dict[int, float]:
+    values: dict[int, float] = {}
+    for node in ordered:  # deepest first
+        if node.final_reward is not None:
+            values[node.id] = node.final_reward
+            continue
+        labelled = [kid for kid in children.get(node.id, ()) if kid in values]
+        if labelled:
+            values[node.id] = values[min(labelled)]  # the first-sampled child
     return values
 
 

@@ -1,4 +1,5 @@
-"""Q-label sets: created once per (gamma, normalize, reward mode), then kept up to date.
+"""Q-label sets: created once per (gamma, normalize, reward mode, kind), then kept up to
+date.
 
 Creating a set computes it fully for the run's existing trees. After that every insert of
 a finished leaf (and :meth:`TreeRepository.finish_leaf`) calls :func:`relabel` inside the
@@ -7,6 +8,10 @@ queries, recomputes bottom-up in memory, and writes only the values that changed
 is recomputed only if it is dirty itself or one of its children changed, so the walk stops
 at the first ancestor whose value stays the same. Raw values are stored; normalisation is
 applied when reading (:mod:`qlass.storage.bellman`), so an update stays O(depth).
+
+The value-signal baselines (kinds ``mc_mean`` and ``outcome``, see
+:mod:`qlass.storage.bellman`) are not a max over children, so an update of such a set
+recomputes the leaf's whole tree (one tree, not the run).
 """
 
 from __future__ import annotations
@@ -20,9 +25,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from qlass.errors import ConfigError, UnknownNameError
 from qlass.storage._db import Database, record, upsert
-from qlass.storage.bellman import LabelNode, minmax_normalize, node_value, tree_values
+from qlass.storage.bellman import (
+    LABEL_KINDS,
+    LabelNode,
+    minmax_normalize,
+    node_value,
+    tree_values,
+)
 from qlass.storage.models import LabelSet, Node, QLabel, Run, Task, table, utcnow
-from qlass.storage.records import IntermediateReward, LabelSetRecord
+from qlass.storage.records import IntermediateReward, LabelKind, LabelSetRecord
 
 __all__ = ["LabelRepository", "load_label_set", "lock_tree", "relabel"]
 
@@ -58,11 +69,14 @@ class LabelRepository:
         gamma: float = 0.9,
         normalize: bool = True,
         intermediate_reward: IntermediateReward = "zero",
+        kind: LabelKind = "bellman",
     ) -> LabelSetRecord:
         """Get the run's label set with these options, creating and computing it if new.
 
-        A new gamma (or reward mode) gives a new set; old sets stay as they are.
+        A new gamma (or reward mode, or kind) gives a new set; old sets stay as they are.
         """
+        if kind not in LABEL_KINDS:
+            raise ConfigError(f"labels.kind must be one of {', '.join(LABEL_KINDS)}, got {kind!r}")
         if not 0.0 <= gamma <= 1.0:
             raise ConfigError(f"labels.gamma must be in [0, 1], got {gamma}")
         if intermediate_reward not in ("zero", "env"):
@@ -80,6 +94,7 @@ class LabelRepository:
                     LabelSet.gamma == gamma,
                     LabelSet.normalize == normalize,
                     LabelSet.intermediate_reward == intermediate_reward,
+                    LabelSet.kind == kind,
                 )
             )
             if existing is not None:
@@ -89,6 +104,7 @@ class LabelRepository:
                 gamma=gamma,
                 normalize=normalize,
                 intermediate_reward=intermediate_reward,
+                kind=kind,
                 created_at=utcnow(),
             )
             session.add(label_set)
@@ -96,7 +112,12 @@ class LabelRepository:
             result = record(LabelSetRecord, label_set.__dict__)
             written = await _recompute(session, result, task_id=None)
         log.info(
-            "label set created", run_id=run_id, label_set=result.id, gamma=gamma, labels=written
+            "label set created",
+            run_id=run_id,
+            label_set=result.id,
+            gamma=gamma,
+            kind=kind,
+            labels=written,
         )
         return result
 
@@ -173,7 +194,10 @@ async def _recompute(
     rows = (await session.execute(query)).all()
     old = {row.id: row.q for row in rows if row.q is not None}
     new = tree_values(
-        (_label_node(row) for row in rows), label_set.gamma, label_set.intermediate_reward
+        (_label_node(row) for row in rows),
+        label_set.gamma,
+        label_set.intermediate_reward,
+        label_set.kind,
     )
     changed = [(node, q) for node, q in new.items() if old.get(node) != q]
     gone = [node for node in old if node not in new]
@@ -244,6 +268,7 @@ async def relabel(
             _SETS.c.id.label("set_id"),
             _SETS.c.gamma,
             _SETS.c.intermediate_reward,
+            _SETS.c.kind,
             _LABELS.c.q,
         )
         .select_from(near.join(_SETS, _SETS.c.run_id == run_id))
@@ -253,11 +278,14 @@ async def relabel(
         )
     )
     sets: dict[int, tuple[float, str]] = {}
+    whole_tree: set[int] = set()  # sets of a kind recomputed tree by tree
     affected: dict[int, LabelNode] = {}
     children: dict[int, dict[int, None]] = {}  # parent -> ordered set of child ids
     labels: dict[tuple[int, int], float] = {}
     for row in rows:  # one row per (node, label set)
         sets[row.set_id] = (row.gamma, row.intermediate_reward)
+        if row.kind != "bellman":
+            whole_tree.add(row.set_id)
         if row.affected:
             affected[row.id] = _label_node(row)
         if row.parent_id is not None:
@@ -267,6 +295,10 @@ async def relabel(
     order = sorted(affected.values(), key=lambda node: -node.depth)
     written = 0
     for set_id, (gamma, mode) in sets.items():
+        if set_id in whole_tree:
+            label_set = await load_label_set(session, set_id)
+            written += await _recompute(session, label_set, task_id=task_id)
+            continue
         changed, gone = _walk(order, children, labels, set(dirty), set_id, gamma, mode)
         await _write(session, set_id, changed, gone)
         written += len(changed) + len(gone)

@@ -182,10 +182,13 @@ class Node(Base):
 
 
 class LabelSet(Base):
-    """A versioned set of Q labels of one run: one per (gamma, normalize, reward mode)."""
+    """A versioned set of Q labels of one run: one per (gamma, normalize, reward mode,
+    kind of value signal)."""
 
     __tablename__ = "label_sets"
-    __table_args__ = (UniqueConstraint("run_id", "gamma", "normalize", "intermediate_reward"),)
+    __table_args__ = (
+        UniqueConstraint("run_id", "gamma", "normalize", "intermediate_reward", "kind"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
@@ -193,6 +196,7 @@ class LabelSet(Base):
     normalize: Mapped[bool] = mapped_column(Boolean)
     intermediate_reward: Mapped[str] = mapped_column(String(8))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(20), default="bellman", server_default="bellman")
 
 
 class QLabel(Base):

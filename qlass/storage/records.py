@@ -15,6 +15,7 @@ __all__ = [
     "EpisodeRecord",
     "EpisodeSummary",
     "IntermediateReward",
+    "LabelKind",
     "LabelSetRecord",
     "LabelSetSummary",
     "NewNode",
@@ -35,6 +36,7 @@ TaskStatus = Literal["pending", "running", "done", "failed"]
 NodeStatus = Literal["ok", "invalid", "failed"]
 StageStatus = Literal["running", "done", "failed"]
 IntermediateReward = Literal["zero", "env"]
+LabelKind = Literal["bellman", "mc_mean", "outcome"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +192,7 @@ class LabelSetRecord:
     normalize: bool
     intermediate_reward: str
     created_at: datetime
+    kind: str = "bellman"
 
 
 @dataclass(frozen=True, slots=True)

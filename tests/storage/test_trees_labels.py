@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from qlass.errors import StoreError, UnknownNameError
+from qlass.errors import ConfigError, StoreError, UnknownNameError
 from qlass.storage import NewNode, TreeStore
 from qlass.storage.bellman import minmax_normalize
 from qlass.storage.models import QLabel
@@ -176,3 +176,40 @@ async def test_labels_of_one_run_do_not_touch_another(store: TreeStore) -> None:
     assert await store.labels.sets(run_b.id) == []
     with pytest.raises(UnknownNameError, match="not a task of run"):
         await store.labels.recompute(set_a.id, task_id=task_b.id)
+
+
+async def test_value_signal_kinds_by_hand(store: TreeStore, run_task: RunAndTask) -> None:
+    """Monte-Carlo mean of the leaves below and first-sampled outcome on the two-branch
+    tree, kept up to date as leaves arrive and equal to a set computed afterwards."""
+    run_id, task_id = run_task.run.id, run_task.task.id
+    early = {
+        kind: await store.labels.create_set(run_id, gamma=0.9, normalize=False, kind=kind)
+        for kind in ("mc_mean", "outcome")
+    }
+    ids = await _two_branch_tree(store, task_id)
+    mc = await store.labels.values(early["mc_mean"].id, task_id)
+    assert mc[ids["a"]] == 1.0 and mc[ids["b1"]] == 0.0 and mc[ids["c"]] == 0.5
+    assert mc[ids["b"]] == pytest.approx(0.25)  # leaves b2=0, c=0.5
+    assert mc[ids["root"]] == pytest.approx(0.5)  # leaves 1, 0, 0.5 (not the children's mean)
+    outcome = await store.labels.values(early["outcome"].id, task_id)
+    assert outcome[ids["b"]] == 0.0  # b1 was sampled before c: its trajectory ends at b2=0
+    assert outcome[ids["root"]] == 1.0  # a first: a -> a1 = 1
+    assert outcome[ids["c"]] == 0.5
+    # New leaves: the sets follow; b's first-sampled trajectory is still b1's.
+    await store.trees.add_child(ids["root"], _step("d", final_reward=1.0))
+    await store.trees.add_child(ids["b"], _step("e", final_reward=1.0))
+    mc = await store.labels.values(early["mc_mean"].id, task_id)
+    assert mc[ids["b"]] == pytest.approx(0.5)  # (0 + 0.5 + 1) / 3
+    assert mc[ids["root"]] == pytest.approx(3.5 / 5)
+    outcome = await store.labels.values(early["outcome"].id, task_id)
+    assert outcome[ids["b"]] == 0.0 and outcome[ids["root"]] == 1.0
+    for kind, made in early.items():
+        late = await store.labels.create_set(run_id, gamma=0.5, normalize=False, kind=kind)
+        assert late.kind == kind and late.id != made.id
+        assert await store.labels.values(late.id, task_id) == pytest.approx(
+            await store.labels.values(made.id, task_id)
+        )  # gamma plays no part in these kinds
+    bellman = await store.labels.create_set(run_id, gamma=0.9, normalize=False)
+    assert bellman.kind == "bellman" and bellman.id not in {s.id for s in early.values()}
+    with pytest.raises(ConfigError, match=r"labels\.kind"):
+        await store.labels.create_set(run_id, kind="median")  # type: ignore[arg-type]

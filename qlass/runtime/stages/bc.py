@@ -27,7 +27,10 @@ async def run(ctx: StageContext, *, force: bool = False) -> list[StageResult]:
         expert = gold.expert_file(config)
         if not await asyncio.to_thread(expert.exists):
             await gold.run(ctx)
-        conversations = await asyncio.to_thread(load_conversations, expert, config.bc.examples)
+        # bc.examples=0 trains nothing; the texts still give a from-scratch tokenizer its
+        # vocabulary (see train_policy).
+        cap = config.bc.examples or None
+        conversations = await asyncio.to_thread(load_conversations, expert, cap)
         bar = ctx.progress.bar("behaviour cloning", None)
         try:
             result = await asyncio.to_thread(

@@ -19,6 +19,7 @@ async def label_set(ctx: StageContext) -> LabelSetRecord:
         gamma=labels.gamma,
         normalize=labels.normalize,
         intermediate_reward=labels.intermediate_reward,
+        kind=labels.kind,
     )
 
 
@@ -27,6 +28,6 @@ async def run(ctx: StageContext, *, force: bool = False) -> list[StageResult]:
 
     async def body() -> dict[str, Any]:
         made = await label_set(ctx)
-        return {"label_set": made.id, "gamma": made.gamma}
+        return {"label_set": made.id, "gamma": made.gamma, "kind": made.kind}
 
     return [await ctx.run_recorded("label", body, force=force)]
