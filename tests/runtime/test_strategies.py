@@ -125,8 +125,9 @@ def test_make_strategy_parses_names_and_counts() -> None:
     assert make_strategy("qlass:4").name == "qlass:4"
     assert make_strategy("best_of_n:8").name == "best_of_n:8"
     assert make_strategy("greedy").name == "greedy"
+    assert make_strategy("mcts:8").name == "mcts:8"
     with pytest.raises(UnknownNameError, match="unknown strategy"):
-        make_strategy("mcts")
+        make_strategy("alphazero")
     with pytest.raises(UnknownNameError, match="must be a number"):
         make_strategy("qlass:x")
 
