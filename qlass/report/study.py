@@ -46,6 +46,7 @@ __all__ = [
     "default_pairs",
     "parse_pair",
     "render_markdown",
+    "seed_count",
     "study_cells",
     "summarise_cells",
     "summarise_episodes",
@@ -315,6 +316,12 @@ def summarise_cells(
 # -- rendering --------------------------------------------------------------------------
 
 
+def seed_count(summary: StudySummary) -> str:
+    """``1 seed`` or ``3 seeds``: how many seeds the summary pools, for titles and pages."""
+    count = len(summary.seeds)
+    return f"{count} seed{'' if count == 1 else 's'}"
+
+
 def _points(interval: Interval, scale: float = 100, digits: int = 1) -> str:
     i = interval.scaled(scale)
     return f"{i.mean:.{digits}f} [{i.low:.{digits}f}, {i.high:.{digits}f}]"
@@ -381,8 +388,7 @@ def render_markdown(summary: StudySummary) -> str:
     lines = [
         f"# Study {summary.study}",
         "",
-        f"{len(summary.seeds)} seed{'' if len(summary.seeds) == 1 else 's'} ({seeds}) x "
-        f"{summary.tasks} {summary.split} tasks; every "
+        f"{seed_count(summary)} ({seeds}) x {summary.tasks} {summary.split} tasks; every "
         f"strategy plays the same tasks in every seed's run. Intervals: {level}, two-way "
         f"bootstrap over seeds and tasks ({summary.resamples} resamples).",
         "",
@@ -456,9 +462,7 @@ def plot_study(summary: StudySummary, path: Path) -> Path:
     axes.set_xlabel("completion tokens per episode")
     axes.set_ylabel("average final reward (x100)")
     level = f"{100 * summary.level:.0f}%"
-    axes.set_title(
-        f"{summary.study}: {len(summary.seeds)} seeds x {summary.tasks} tasks ({level} CI)"
-    )
+    axes.set_title(f"{summary.study}: {seed_count(summary)} x {summary.tasks} tasks ({level} CI)")
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()

@@ -25,6 +25,7 @@ from qlass.report.study import (
     StrategyStats,
     StudySummary,
     pair_rows,
+    seed_count,
     strategy_rows,
     study_cells,
     summarise_cells,
@@ -246,7 +247,7 @@ def plot_sweep(sweep: SweepSummary, path: Path) -> Path:
     axes.set_ylabel("average final reward (x100)")
     summary = sweep.summary
     axes.set_title(
-        f"{sweep.sweep}: {len(summary.seeds)} seeds x {summary.tasks} tasks "
+        f"{sweep.sweep}: {seed_count(summary)} x {summary.tasks} tasks "
         f"({100 * summary.level:.0f}% CI)"
     )
     axes.grid(alpha=0.3)
