@@ -290,7 +290,7 @@ def summarise_cells(
             completion_tokens=interval(tokens[s]),
             env_steps=float(_grid(cells, s, seeds, tasks, "env_steps").mean()),
             per_seed_reward=tuple(float(v) for v in grids[s].mean(axis=1)),
-            oracle_best_reward=None if oracles[s] is None else float(oracles[s].mean()),
+            oracle_best_reward=_mean_or_none(oracles[s]),
         )
         for s in strategies
     )
@@ -320,6 +320,10 @@ def summarise_cells(
 
 HEADROOM_MARGIN = 0.05
 """Greedy within this much of the best Best-of-N oracle leaves search nothing to find."""
+
+
+def _mean_or_none(grid: np.ndarray[Any, np.dtype[np.float64]] | None) -> float | None:
+    return None if grid is None else float(grid.mean())
 
 
 def headroom_notes(
