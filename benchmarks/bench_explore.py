@@ -15,11 +15,17 @@ others are in flight); ``--policy-latency 0`` measures env and store overhead al
 - **reference**: one simulator, one tree and one node at a time, every node reached by
   resetting the env and replaying its whole prefix (what the authors' code did).
 
-Reported per explorer: trees, nodes, env steps (resets apart), env steps per new node,
-wall time, trees per hour, and the ratios. The trees are checked to be identical.
+Reported per explorer: trees, nodes, env steps (resets apart), env steps per new node
+beside the fewest these trees allow (each leaf costs its depth: one reset per leaf),
+wall time, CPU time of this process per new node, trees per hour, and the ratios. The
+trees are checked to be identical. ``--linger`` adds a run of the pool's time-based grace
+(sessions without env branches, as before env affinity), ``--hog N`` keeps N processes
+burning CPU beside every run (a loaded machine).
 
     .venv/bin/python -m benchmarks.bench_explore                      # ScienceWorld
     .venv/bin/python -m benchmarks.bench_explore --env textworld_express --games coin
+    .venv/bin/python -m benchmarks.bench_explore --env textworld_express --games coin \
+        --linger --hog 2
 """
 
 from __future__ import annotations
@@ -27,10 +33,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,11 +136,21 @@ class Result:
     env_steps: int
     resets: int
     seconds: float
+    cpu_s: float
+    leaf_depths: int
     shapes: tuple[frozenset[tuple[tuple[int, ...], str | None, str]], ...]
 
     @property
     def steps_per_node(self) -> float:
         return self.env_steps / max(1, self.nodes - self.trees)
+
+    @property
+    def fewest_steps_per_node(self) -> float:
+        return self.leaf_depths / max(1, self.nodes - self.trees)
+
+    @property
+    def cpu_ms_per_node(self) -> float:
+        return 1000 * self.cpu_s / max(1, self.nodes - self.trees)
 
     @property
     def trees_per_hour(self) -> float:
@@ -149,7 +167,7 @@ async def _grow(
     db: Path,
     latency: float,
     policy_dir: Path | None,
-) -> tuple[float, int, tuple[frozenset[tuple[tuple[int, ...], str | None, str]], ...]]:
+) -> tuple[float, float, int, int, tuple[frozenset[tuple[tuple[int, ...], str | None, str]], ...]]:
     async with await TreeStore.open(db) as store:
         run = await store.runs.create(name, config={}, seed=0)
         await store.labels.create_set(run.id)
@@ -163,15 +181,20 @@ async def _grow(
             policy = ConcurrencyLimitedPolicy(policy, 1)
         ctx = SearchContext(policy=policy, envs=provider)  # type: ignore[arg-type]
         explorer = TreeExplorer(store, ctx, settings, seed=0)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         await bounded_map(explorer.explore, records, concurrency=concurrency)
-        seconds = time.perf_counter() - started
+        seconds, cpu_s = time.perf_counter() - started, time.process_time() - cpu
         await policy.aclose()
         shapes = []
-        nodes = 0
+        nodes = leaf_depths = 0
         for record in records:
             tree = await store.trees.load(record.id)
             nodes += len(tree.nodes)
+            leaf_depths += sum(
+                sum(n.action is not None and n.status == "ok" for n in tree.path(leaf.id))
+                for leaf in tree.nodes
+                if leaf.is_leaf
+            )
             shapes.append(
                 frozenset(
                     (
@@ -183,7 +206,26 @@ async def _grow(
                     for node in tree.nodes
                 )
             )
-    return seconds, nodes, tuple(shapes)
+    return seconds, cpu_s, nodes, leaf_depths, tuple(shapes)
+
+
+class _Plain:
+    """The pool's sessions without env branches: idle envs kept by the linger grace."""
+
+    def __init__(self, pool: EnvPool) -> None:
+        self.session = pool.session
+
+
+@contextmanager
+def _hogs(count: int) -> Iterator[None]:
+    """``count`` processes burning CPU while the block runs (a loaded machine)."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -197,54 +239,62 @@ async def main(args: argparse.Namespace) -> None:
     )
     actions = ACTIONS[args.env]
     results: list[Result] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        pool = EnvPool.for_env(args.env, size=args.pool, max_steps=args.max_steps)
-        try:
-            # Warm the JVMs (start-up is not exploration).
-            async def warm(task: TaskSpec) -> None:
-                async with pool.at(task):
-                    pass
+    variants = [("qlass (pool, env branches)", True)]
+    if args.linger:
+        variants.append((f"qlass (pool, linger {args.linger_s:g} s)", False))
+    with tempfile.TemporaryDirectory() as tmp, _hogs(args.hog):
+        for label, branches in variants:
+            pool = EnvPool.for_env(
+                args.env, size=args.pool, max_steps=args.max_steps, linger_s=args.linger_s
+            )
+            try:
+                # Warm the JVMs (start-up is not exploration).
+                async def warm(task: TaskSpec, pool: EnvPool = pool) -> None:
+                    async with pool.at(task) as handle:
+                        handle.finish()
 
-            await asyncio.gather(*(warm(t) for t in tasks[: args.pool]))
-            before = pool.stats.snapshot()
-            seconds, nodes, shapes = await _grow(
-                "qlass",
-                pool,
-                tasks,
-                settings,
-                args.concurrency,
-                actions,
-                Path(tmp) / "a.db",
-                args.policy_latency,
-                args.policy_dir,
-            )
-            stats = pool.stats.since(before)
-            results.append(
-                Result(
-                    "qlass (pool, live continuation)",
-                    len(tasks),
-                    nodes,
-                    stats.steps,
-                    stats.resets,
-                    seconds,
-                    shapes,
+                await asyncio.gather(*(warm(t) for t in tasks[: args.pool]))
+                before = pool.stats.snapshot()
+                seconds, cpu_s, nodes, depths, shapes = await _grow(
+                    label,
+                    pool if branches else _Plain(pool),
+                    tasks,
+                    settings,
+                    args.concurrency,
+                    actions,
+                    Path(tmp) / f"{len(results)}.db",
+                    args.policy_latency,
+                    args.policy_dir,
                 )
-            )
-        finally:
-            await pool.aclose()
+                stats = pool.stats.since(before)
+                results.append(
+                    Result(
+                        label,
+                        len(tasks),
+                        nodes,
+                        stats.steps,
+                        stats.resets,
+                        seconds,
+                        cpu_s,
+                        depths,
+                        shapes,
+                    )
+                )
+            finally:
+                await pool.aclose()
 
         env = create_env(args.env)
         try:
             reference = ReplayFromReset(env)
             await env.reset(tasks[0])
-            seconds, nodes, shapes = await _grow(
+            seconds, cpu_s, nodes, depths, shapes = await _grow(
                 "reference",
                 reference,
                 tasks,
                 settings,
                 1,
                 actions,
-                Path(tmp) / "b.db",
+                Path(tmp) / "reference.db",
                 args.policy_latency,
                 args.policy_dir,
             )
@@ -256,34 +306,38 @@ async def main(args: argparse.Namespace) -> None:
                     reference.steps[0],
                     reference.resets,
                     seconds,
+                    cpu_s,
+                    depths,
                     shapes,
                 )
             )
         finally:
             await env.close()
 
-    fast, slow = results
-    same = fast.shapes == slow.shapes
+    fast, slow = results[0], results[-1]
+    same = all(r.shapes == slow.shapes for r in results)
     print(
         f"\n{args.env}: {len(tasks)} trees, W={args.width}, depth {args.max_depth}, "
         f"prune {args.prune_depth}, step limit {args.max_steps}, pool {args.pool}, "
-        f"{args.concurrency} trees at once; identical trees: {same}\n"
+        f"{args.concurrency} trees at once, policy latency {args.policy_latency:g} s, "
+        f"{args.hog} CPU hogs; identical trees: {same}\n"
     )
     print(
         f"{'explorer':40} {'nodes':>7} {'env steps':>10} {'resets':>7} {'steps/node':>11} "
-        f"{'seconds':>9} {'trees/hour':>11}"
+        f"{'fewest':>7} {'seconds':>9} {'CPU ms/node':>12} {'trees/hour':>11}"
     )
     for r in results:
         print(
             f"{r.name:40} {r.nodes:7d} {r.env_steps:10d} {r.resets:7d} {r.steps_per_node:11.2f} "
-            f"{r.seconds:9.1f} {r.trees_per_hour:11.1f}"
+            f"{r.fewest_steps_per_node:7.2f} {r.seconds:9.1f} {r.cpu_ms_per_node:12.2f} "
+            f"{r.trees_per_hour:11.1f}"
         )
     print(
         f"\ntrees per hour: x{fast.trees_per_hour / slow.trees_per_hour:.1f}   "
         f"env steps per node: {slow.steps_per_node / fast.steps_per_node:.1f}x fewer"
     )
     if not same:
-        raise SystemExit("the two explorers built different trees")
+        raise SystemExit("the explorers built different trees")
 
 
 def parse() -> argparse.Namespace:
@@ -300,6 +354,11 @@ def parse() -> argparse.Namespace:
     parser.add_argument(
         "--policy-latency", type=float, default=0.2, help="seconds per policy request"
     )
+    parser.add_argument(
+        "--linger", action="store_true", help="also run the pool's time-based grace (before)"
+    )
+    parser.add_argument("--linger-s", type=float, default=0.5)
+    parser.add_argument("--hog", type=int, default=0, help="CPU-burning processes beside it")
     parser.add_argument(
         "--policy-dir",
         type=Path,

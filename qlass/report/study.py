@@ -198,15 +198,18 @@ def _grid(
 
 def _oracle(
     cells: Cells, strategy: str, seeds: Sequence[int], tasks: Sequence[str]
-) -> float | None:
+) -> np.ndarray[Any, np.dtype[np.float64]] | None:
+    """Per (seed, task) the best true score among a Best-of-N's samples, or None."""
     values = [
-        cells[strategy][seed][task].trajectory.get("info", {}).get("oracle_best_score")
+        [
+            cells[strategy][seed][task].trajectory.get("info", {}).get("oracle_best_score")
+            for task in tasks
+        ]
         for seed in seeds
-        for task in tasks
     ]
-    if any(v is None for v in values):
+    if any(v is None for row in values for v in row):
         return None
-    return float(np.mean(values))
+    return np.array(values, dtype=float)
 
 
 async def summarise_study(
@@ -276,6 +279,7 @@ def summarise_cells(
     grids = {s: _grid(cells, s, seeds, tasks, "final_score") for s in strategies}
     success = {s: _grid(cells, s, seeds, tasks, "success") for s in strategies}
     tokens = {s: _grid(cells, s, seeds, tasks, "completion_tokens") for s in strategies}
+    oracles = {s: _oracle(cells, s, seeds, tasks) for s in strategies}
     stats = tuple(
         StrategyStats(
             strategy=s,
@@ -286,10 +290,11 @@ def summarise_cells(
             completion_tokens=interval(tokens[s]),
             env_steps=float(_grid(cells, s, seeds, tasks, "env_steps").mean()),
             per_seed_reward=tuple(float(v) for v in grids[s].mean(axis=1)),
-            oracle_best_reward=_oracle(cells, s, seeds, tasks),
+            oracle_best_reward=_mean_or_none(oracles[s]),
         )
         for s in strategies
     )
+    notes.extend(headroom_notes(seeds, grids, success, oracles))
     chosen = default_pairs(strategies) if pairs is None else list(pairs)
     differences = []
     for a, b in chosen:
@@ -311,6 +316,51 @@ def summarise_cells(
     return StudySummary(
         name, seeds, len(tasks), split, stats, tuple(differences), level, resamples, tuple(notes)
     )
+
+
+HEADROOM_MARGIN = 0.05
+"""Greedy within this much of the best Best-of-N oracle leaves search nothing to find."""
+
+
+def _mean_or_none(grid: np.ndarray[Any, np.dtype[np.float64]] | None) -> float | None:
+    return None if grid is None else float(grid.mean())
+
+
+def headroom_notes(
+    seeds: Sequence[int],
+    rewards: Mapping[str, np.ndarray[Any, np.dtype[np.float64]]],
+    success: Mapping[str, np.ndarray[Any, np.dtype[np.float64]]],
+    oracles: Mapping[str, np.ndarray[Any, np.dtype[np.float64]] | None],
+) -> list[str]:
+    """Seeds where the BC policy leaves search no room: greedy never succeeds, or greedy's
+    reward is already within :data:`HEADROOM_MARGIN` of the best Best-of-N oracle (the best
+    true score among N samples). A comparison of search strategies on such a seed says
+    little about the value model, so a reader must see it beside the tables.
+
+    ``rewards``, ``success`` and ``oracles`` map a strategy to its (seed, task) grid, rows in
+    the order of ``seeds``; a strategy without an oracle maps to None.
+    """
+    if "greedy" not in rewards:
+        return []
+    bounds = {s: grid for s, grid in oracles.items() if grid is not None}
+    notes = []
+    for row, seed in enumerate(seeds):
+        greedy = float(rewards["greedy"][row].mean())
+        if float(success["greedy"][row].mean()) == 0.0:
+            notes.append(
+                f"seed {seed}: greedy never succeeds (reward x100 {100 * greedy:.1f}): the "
+                "BC policy may be too weak for search to build on"
+            )
+        elif bounds:
+            best = max(bounds, key=lambda s: float(bounds[s][row].mean()))
+            bound = float(bounds[best][row].mean())
+            if bound - greedy <= HEADROOM_MARGIN:
+                notes.append(
+                    f"seed {seed}: no headroom: greedy reward x100 {100 * greedy:.1f} is "
+                    f"within {100 * HEADROOM_MARGIN:.0f} points of the {best} oracle "
+                    f"({100 * bound:.1f}); search has little to find"
+                )
+    return notes
 
 
 # -- rendering --------------------------------------------------------------------------

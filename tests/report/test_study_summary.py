@@ -93,3 +93,21 @@ def test_default_pairs_and_parsing() -> None:
     assert parse_pair("qlass:2,greedy") == ("qlass:2", "greedy")
     with pytest.raises(ValueError, match="A-B"):
         parse_pair("qlass:2")
+
+
+def test_a_seed_without_headroom_is_named_in_the_notes() -> None:
+    summary = summarise_episodes("demo", 0, _episodes(), resamples=200)
+    assert not any("headroom" in n or "never succeeds" in n for n in summary.notes)
+
+    hopeless = [e for e in _episodes() if e.strategy != "greedy"]
+    hopeless += [_episode("greedy", t, 0.2, 10) for t in range(6)]
+    notes = summarise_episodes("demo", 0, hopeless, resamples=200).notes
+    assert any("seed 0: greedy never succeeds (reward x100 20.0)" in n for n in notes)
+
+    saturated = [e for e in _episodes() if e.strategy != "greedy"]
+    saturated += [_episode("greedy", t, 1.0 if t else 0.9, 10) for t in range(6)]
+    notes = summarise_episodes("demo", 0, saturated, resamples=200).notes
+    assert any(
+        "seed 0: no headroom: greedy reward x100 98.3" in n and "best_of_n:2 oracle (100.0)" in n
+        for n in notes
+    ), notes
