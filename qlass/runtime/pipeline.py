@@ -264,9 +264,9 @@ class Pipeline:
             mode="json", include=set(DEPENDS[fingerprint_of or name])
         )
         stopped = self.stop.requested
+        # Stored metrics are merged into: a resumed stage that finishes clears the mark.
+        metrics["stopped"] = True if stopped else None
         if stopped or metrics.get("unfinished_tasks"):  # stays running, to be resumed
-            if stopped:
-                metrics["stopped"] = True
             await self.store.stages.put(run_id, record, status="running", metrics=metrics)
         else:
             await self.store.stages.finish(run_id, record, metrics=metrics)
