@@ -6,6 +6,7 @@
 - a task the simulator cannot generate (TextWorldExpress mapreader with locations that
   cannot be that far apart) is left out of exploration when the gold stage found it, and
   is a failed task with a one-line reason, no Java stack trace, when exploration meets it;
+- the run's status says how its last command ended (it stayed "created").
 
 Real TextWorldExpress, real SQLite, real HTTP (a refused connection on a loopback port).
 """
@@ -78,8 +79,9 @@ def test_an_unreachable_policy_fails_the_run_naming_the_url_and_the_refusal(
     assert f"connection to {url} failed: ConnectionRefusedError" in line
     assert "500" not in line and "InternalServerError" not in line
     assert "run the explore stage first" not in err  # train_qnet never ran
-    stages, _status = asyncio.run(_stages_and_status(db, "down"))
+    stages, status = asyncio.run(_stages_and_status(db, "down"))
     assert stages == {"explore": "failed"}  # label and train_qnet never started
+    assert status == "failed"
 
 
 async def test_a_gold_stage_without_any_trajectory_fails_the_run(tmp_path: Path) -> None:
@@ -98,8 +100,9 @@ async def test_a_gold_stage_without_any_trajectory_fails_the_run(tmp_path: Path)
     assert "cannot generate textworld_express/mapreader" in message
     assert "No locations could be found that distance apart (5)." in message
     assert "\n" not in message
-    stages, _status = await _stages_and_status(config.store_url, "nogold")
+    stages, status = await _stages_and_status(config.store_url, "nogold")
     assert stages == {"gold": "failed"}  # BC never started on an empty file
+    assert status == "failed"
 
 
 async def test_tasks_the_simulator_cannot_generate_fail_alone_or_are_left_out(
@@ -117,8 +120,8 @@ async def test_tasks_the_simulator_cannot_generate_fail_alone_or_are_left_out(
     assert error.startswith("TextWorldExpress cannot generate textworld_express/mapreader")
     assert error.endswith("No locations could be found that distance apart (4).")
     assert "\n" not in error and "java" not in error.lower()
-    stages, _status = await _stages_and_status(alone.store_url, "alone")
-    assert stages == {"explore": "running"}
+    stages, status = await _stages_and_status(alone.store_url, "alone")
+    assert stages == {"explore": "running"} and status == "incomplete"
 
     # After the gold stage found it, exploration leaves it out and finishes.
     full = tiny_run_config(tmp_path / "full", "name=full", *settings, base=UNGENERATABLE)
@@ -131,5 +134,6 @@ async def test_tasks_the_simulator_cannot_generate_fail_alone_or_are_left_out(
     assert gold.metrics["trajectories"] == 2
     assert sorted(t.spec.variation for t in tasks) == [0, 2]
     assert explore.metrics["trees"] == 2 and explore.metrics["unfinished_tasks"] == 0
-    stages, _status = await _stages_and_status(full.store_url, "full")
+    stages, status = await _stages_and_status(full.store_url, "full")
     assert stages == {"gold": "done", "explore": "done"}
+    assert status == "incomplete"  # label, train_qnet and eval have not run

@@ -17,6 +17,7 @@ from qlass.envs.gold import export_gold, partial_file
 from qlass.runtime.pipeline import Pipeline
 from qlass.runtime.progress import NullProgress, ProgressBar
 from qlass.runtime.scheduler import StopSignal
+from qlass.storage import TreeStore
 from qlass.testing import tiny_run_config
 
 TASKS = 6
@@ -48,6 +49,11 @@ class _Counting(NullProgress):
         return _Bar(self)
 
 
+async def _status(url: str, name: str) -> str:
+    async with await TreeStore.open(url, read_only=True) as store:
+        return (await store.runs.get(name)).status
+
+
 async def test_ctrl_c_stops_the_gold_stage_and_the_next_run_continues_it(tmp_path: Path) -> None:
     config = tiny_run_config(
         tmp_path / "run", "name=gold", f"env.train_tasks={TASKS}", "env.pool_size=2"
@@ -66,6 +72,7 @@ async def test_ctrl_c_stops_the_gold_stage_and_the_next_run_continues_it(tmp_pat
     assert stage.metrics["unfinished_tasks"] == TASKS - kept
     assert not expert.exists()  # nothing takes the partial export for a whole one
     assert len(partial_file(expert).read_text().splitlines()) == kept
+    assert await _status(config.store_url, "gold") == "stopped"
 
     second = _Counting(interrupt=False)
     async with Pipeline(config, progress=second) as pipeline:
