@@ -27,7 +27,7 @@ from qlass._version import code_version
 from qlass.config import RunConfig
 from qlass.envs.registry import list_tasks
 from qlass.errors import ConfigError, StoreError
-from qlass.runtime.checks import check_config
+from qlass.runtime.checks import check_config, env_options
 from qlass.runtime.limits import RunBudget
 from qlass.runtime.progress import NullProgress, Progress
 from qlass.runtime.resources import RunResources, close_later
@@ -306,9 +306,10 @@ class Pipeline:
         """
         env = self.config.env
         games = list(env.games) if env.games else None
+        _, listing = env_options(env)
 
         def listed(name: str, cap: int | None = None) -> list[TaskSpec]:
-            return list_tasks(env.name, name, games=games, params=env.params, limit=cap)
+            return list_tasks(env.name, name, games=games, params=env.params, limit=cap, **listing)
 
         if split != "train":
             return await asyncio.to_thread(listed, split, limit)

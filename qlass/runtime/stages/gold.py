@@ -8,6 +8,7 @@ from typing import Any
 from qlass.config import RunConfig
 from qlass.envs.gold import export_gold
 from qlass.errors import StageFailedError
+from qlass.runtime.checks import env_options
 from qlass.runtime.stages.base import StageContext, StageResult
 
 __all__ = ["expert_file", "run"]
@@ -37,6 +38,7 @@ async def run(ctx: StageContext, *, force: bool = False) -> list[StageResult]:
             on_task=lambda _task, _ok: bar.advance(),
             stop=lambda: ctx.stop.requested,
             resume=resume,
+            env_options=env_options(config.env)[0],
         )
         if tasks and not report.written and not report.unfinished:
             key, reason = report.skipped[0]
