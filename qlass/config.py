@@ -84,7 +84,7 @@ class EnvConfig(_Section):
     step_timeout_s: float = Field(30.0, gt=0, description="a step slower than this fails")
     train_tasks: int | None = Field(None, ge=1, description="cap on training tasks (None: all)")
     eval_tasks: int | None = Field(None, ge=1, description="cap on evaluation tasks (None: all)")
-    data_dir: Path | None = Field(None, description="local data (ALFWorld) or split files")
+    data_dir: Path | None = Field(None, description="ALFWorld's game files (else ALFWORLD_DATA)")
     server_url: str | None = Field(None, description="env server URL (WebShop)")
 
 

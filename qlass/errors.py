@@ -17,6 +17,7 @@ they occur, with the original kept as ``__cause__``.
         ├── EnvError                  a simulator failed
         │   ├── EnvCrashedError       the simulator process died
         │   ├── EnvTimeoutError       a step took longer than the step timeout
+        │   ├── TaskGenerationError   the simulator cannot generate this task (its settings admit no game)
         │   ├── NoExpertPathError     the expert search found no winning path within its bound
         │   └── ReplayMismatchError   replaying a prefix did not reach the recorded state
         ├── PolicyError               a policy backend failed
@@ -25,6 +26,7 @@ they occur, with the original kept as ``__cause__``.
         │   └── PolicyTimeoutError    the call timed out after all retries
         ├── ActionParseError          model output holds no parsable action
         ├── ValueModelError           a value model (QNet, scorer server, judge) failed
+        ├── StageFailedError          every task of a stage failed: the run stops there
         └── StoreError                the tree store failed
             ├── SchemaVersionError    the DB has a schema this version cannot use
             └── DatabaseUnavailableError  locked, corrupt or unreachable DB
@@ -51,7 +53,9 @@ __all__ = [
     "ReplayMismatchError",
     "RuntimeFailure",
     "SchemaVersionError",
+    "StageFailedError",
     "StoreError",
+    "TaskGenerationError",
     "TrainingStopped",
     "UnknownNameError",
     "UserError",
@@ -147,6 +151,11 @@ class EnvTimeoutError(EnvError):
     """A simulator call took longer than its timeout."""
 
 
+class TaskGenerationError(EnvError):
+    """The simulator cannot generate this task: its settings admit no game for the task's
+    seed. The simulator itself is fine; the task can never be played."""
+
+
 class NoExpertPathError(EnvError):
     """The expert search (:mod:`qlass.envs.expert`) found no winning path for a task within
     its bound; the gold export skips the task with this reason."""
@@ -189,6 +198,11 @@ class ActionParseError(RuntimeFailure):
 
 class ValueModelError(RuntimeFailure):
     """A value model failed: unreachable scorer, bad checkpoint, non-finite scores."""
+
+
+class StageFailedError(RuntimeFailure):
+    """Every task a stage tried failed, so the stages after it have nothing to work on;
+    the message gives the first task's cause. What was committed is kept."""
 
 
 class StoreError(RuntimeFailure):

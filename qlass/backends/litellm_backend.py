@@ -76,6 +76,26 @@ class _BadResponse(Exception):
     """The provider answered 2xx with something that is not a chat completion."""
 
 
+def _connection_failure(exc: BaseException) -> BaseException | None:
+    """The root cause of ``exc`` if it is a failed connection (refused, reset, dropped,
+    unknown host), else None. Searched along the chain of causes, which LiteLLM builds
+    as: its error, the OpenAI SDK's ``APIConnectionError``, the HTTP client's, the OS's."""
+    import openai  # a dependency of LiteLLM, imported with it
+
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain and len(chain) < 16:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    connection = (openai.APIConnectionError, ConnectionError, OSError)
+    timeouts = (openai.APITimeoutError, TimeoutError)
+    if any(isinstance(e, timeouts) for e in chain):
+        return None
+    if not any(isinstance(e, connection) for e in chain):
+        return None
+    return chain[-1]
+
+
 def _split(total: int, weights: Sequence[int]) -> list[int]:
     """Split ``total`` into integers proportional to ``weights`` (largest remainder)."""
     if not weights:
@@ -229,18 +249,33 @@ class LiteLLMPolicy(BasePolicy):
 
     # -- calls ---------------------------------------------------------------------------
 
+    def _where(self) -> str:
+        """The server(s) this policy calls, for error messages."""
+        if not self.api_bases:
+            return f"the {self.provider} API"
+        return " or ".join(self.api_bases)
+
     def _translate(self, exc: Exception, latency: float) -> Exception:
         secrets = [s for s in (self._api_key,) if s] + secret_values()
-        detail = redact(str(exc), secrets)[:500]
         litellm = self._litellm
+        timed_out = isinstance(exc, litellm.Timeout | TimeoutError)
+        # LiteLLM reports a refused or dropped connection as an InternalServerError with
+        # status 500, which no server sent: name the server and the real cause instead.
+        lost = None if timed_out else _connection_failure(exc)
         log.info(
             "policy.call_failed",
             model=self._model_name,
-            error=type(exc).__name__,
-            status=getattr(exc, "status_code", None),
+            error=type(lost or exc).__name__,
+            status=None if lost else getattr(exc, "status_code", None),
             latency_s=round(latency, 3),
         )
-        if isinstance(exc, litellm.Timeout | TimeoutError):
+        if lost is not None:
+            detail = redact(f"{type(lost).__name__}: {lost}", secrets)[:500]
+            return PolicyCallError(
+                f"{self._model_name}: connection to {self._where()} failed: {detail}"
+            )
+        detail = redact(str(exc), secrets)[:500]
+        if timed_out:
             return PolicyTimeoutError(
                 f"{self._model_name}: no answer within {self.timeout_s:g} s ({detail})"
             )

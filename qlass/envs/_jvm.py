@@ -250,6 +250,23 @@ def _is_py4j_error(exc: BaseException) -> bool:
     return type(exc).__module__.startswith("py4j")
 
 
+def is_java_exception(exc: BaseException) -> bool:
+    """Whether ``exc`` is an exception the simulator threw in Java (py4j's
+    ``Py4JJavaError``; the JVM is still alive), as opposed to a lost connection."""
+    return type(exc).__name__ == "Py4JJavaError" and _is_py4j_error(exc)
+
+
+def java_error_line(exc: BaseException) -> str:
+    """The Java exception of a ``Py4JJavaError`` in one line
+    (``java.lang.RuntimeException: ERROR: ...``), without py4j's preamble and the Java
+    stack trace (those go to DEBUG logs)."""
+    for line in str(exc).splitlines():
+        line = line.strip().removeprefix(": ").strip()
+        if line and not line.startswith(("at ", "An error occurred while calling")):
+            return line
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
 class JvmEnv(ABC):
     """Base of envs backed by a py4j simulator; subclasses implement the blocking hooks.
 
@@ -418,13 +435,10 @@ class JvmEnv(ABC):
                 raise EnvCrashedError(f"{self.family} simulator was killed ({self._dead})") from exc
             if self._closed:  # closed while this call was under way (a stop): no crash
                 raise EnvCrashedError(f"{self.family} env was closed during {what}") from exc
-            if (
-                type(exc).__name__ == "Py4JJavaError"
-                and self._proc is not None
-                and self._proc.poll() is None
-            ):
+            if is_java_exception(exc) and self._proc is not None and self._proc.poll() is None:
+                log.debug("env_java_error", env=self.family, what=what, error=str(exc))
                 raise EnvError(
-                    f"{self.family} simulator raised an error during {what}: {exc}"
+                    f"{self.family} simulator raised an error during {what}: {java_error_line(exc)}"
                 ) from exc
             pid = self._proc.pid if self._proc is not None else None
             _disconnect(self._sim)

@@ -242,6 +242,15 @@ class ALFWorldFamily(BaseEnvFamily):
     def games(self) -> tuple[str, ...]:
         return TASK_TYPES
 
+    def config_options(
+        self, *, data_dir: Path | None, server_url: str | None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``env.data_dir``: where the game files are (else ``ALFWORLD_DATA``)."""
+        if server_url is not None:
+            raise ConfigError("env.server_url: the alfworld env does not use it")
+        options = {} if data_dir is None else {"data_dir": str(data_dir)}
+        return options, dict(options)
+
     def create(self, **options: Any) -> ALFWorldEnv:
         return ALFWorldEnv(**options)
 

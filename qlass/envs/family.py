@@ -10,10 +10,11 @@ whether a replayed observation shows the recorded state and its expert path of a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from qlass.envs.base import Env, EnvPrompt, GoldPathEnv
-from qlass.errors import UserError
+from qlass.errors import ConfigError, UserError
 from qlass.types import TaskSpec
 
 __all__ = ["BaseEnvFamily", "EnvFamily", "gold_actions"]
@@ -53,6 +54,14 @@ class EnvFamily(Protocol):
         """Tasks of a split in a deterministic order."""
         ...
 
+    def config_options(
+        self, *, data_dir: Path | None, server_url: str | None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The options for :meth:`create` and for :meth:`list_tasks` from the env config's
+        ``data_dir`` and ``server_url``; :class:`~qlass.errors.ConfigError` naming the field
+        when one is set that this family does not read."""
+        ...
+
     def check_params(self, params: Any, games: Sequence[str] | None = None) -> None:
         """Raise :class:`~qlass.errors.ConfigError` naming the first simulator parameter in
         ``params`` that ``games`` (default: all) do not take, without starting a simulator."""
@@ -80,6 +89,15 @@ class BaseEnvFamily:
 
     name: str
     own_expert = False
+
+    def config_options(
+        self, *, data_dir: Path | None, server_url: str | None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """No data folder, no server: setting either is a mistake worth saying."""
+        for field, value in (("data_dir", data_dir), ("server_url", server_url)):
+            if value is not None:
+                raise ConfigError(f"env.{field}: the {self.name} env does not use it")
+        return {}, {}
 
     def check_params(self, params: Any, games: Sequence[str] | None = None) -> None:
         """No simulator parameters to check: anything is accepted here."""

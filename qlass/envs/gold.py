@@ -36,11 +36,18 @@ import structlog
 from qlass.chat import policy_messages
 from qlass.envs.base import Env
 from qlass.envs.registry import create_env, env_prompt, expert_actions, has_own_expert
-from qlass.errors import EnvError, NoExpertPathError
+from qlass.errors import EnvError, NoExpertPathError, TaskGenerationError
 from qlass.parsing import format_turn
 from qlass.types import ChatMessage, History, TaskSpec, Turn
 
-__all__ = ["GoldExportReport", "GoldTrajectory", "export_gold", "replay_gold", "trajectory_record"]
+__all__ = [
+    "GoldExportReport",
+    "GoldTrajectory",
+    "export_gold",
+    "partial_file",
+    "replay_gold",
+    "trajectory_record",
+]
 
 log = structlog.get_logger(__name__)
 _FULL_SCORE = 1.0 - 1e-9
@@ -79,6 +86,8 @@ class GoldExportReport:
     skipped: tuple[tuple[str, str], ...]  # (task key, reason)
     steps: int
     env_steps: int
+    ungeneratable: tuple[str, ...] = ()  # keys of the skipped tasks no game exists for
+    unfinished: int = 0  # tasks not started because a stop was asked for
 
     @property
     def total(self) -> int:
@@ -156,6 +165,8 @@ async def export_gold(
     with_example: bool = False,
     env_options: dict[str, Any] | None = None,
     on_task: Callable[[TaskSpec, bool], None] | None = None,
+    stop: Callable[[], bool] | None = None,
+    resume: bool = False,
 ) -> GoldExportReport:
     """Replay the gold path of every task and write the full-score ones to ``out`` (JSONL).
 
@@ -163,27 +174,40 @@ async def export_gold(
     :func:`replay_gold`. ``on_task(task,
     written)`` is called after each task (for progress bars). ``with_example`` puts the
     in-context example in the system prompt (off: BC data usually goes without it).
+
+    ``stop()`` is asked before each task: once it is true no task starts, the ones under
+    way finish, and what is written goes to :func:`partial_file` instead of ``out`` (so
+    nothing takes a partial export for a whole one); ``resume`` reuses the records of that
+    file (their tasks are not replayed). A finished export removes it.
     """
     system = env_prompt(env_name).render(with_example=with_example)
+    partial = partial_file(out)
+    earlier = await asyncio.to_thread(_read_records, partial) if resume else {}
     queue: asyncio.Queue[tuple[int, TaskSpec]] = asyncio.Queue()
-    for item in enumerate(tasks):
-        queue.put_nowait(item)
     results: dict[int, dict[str, Any] | str] = {}
+    for index, task in enumerate(tasks):
+        if task.key in earlier:
+            results[index] = earlier[task.key]
+        else:
+            queue.put_nowait((index, task))
+    ungeneratable: set[int] = set()
     env_steps = 0
 
     async def worker() -> None:
         nonlocal env_steps
         env = create_env(env_name, **(env_options or {}))
         try:
-            while not queue.empty():
+            while not queue.empty() and not (stop is not None and stop()):
                 index, task = queue.get_nowait()
                 searched = _search_calls(env)
                 try:
                     trajectory = await replay_gold(env, task, max_steps=max_steps, tries=tries)
-                except NoExpertPathError as exc:  # the simulator is fine: keep it
+                except (NoExpertPathError, TaskGenerationError) as exc:  # the simulator is fine
                     log.warning("gold_failed", task=task.key, error=str(exc))
                     results[index] = str(exc)
                     env_steps += _search_calls(env) - searched
+                    if isinstance(exc, TaskGenerationError):
+                        ungeneratable.add(index)
                 except EnvError as exc:
                     log.warning("gold_failed", task=task.key, error=str(exc))
                     results[index] = f"{type(exc).__name__}: {exc}"
@@ -200,15 +224,35 @@ async def export_gold(
         finally:
             await env.close()
 
-    await asyncio.gather(*(worker() for _ in range(max(1, min(workers, len(tasks))))))
-    records = [results[i] for i in range(len(tasks))]
+    await asyncio.gather(*(worker() for _ in range(max(1, min(workers, queue.qsize())))))
+    records = [results[i] for i in range(len(tasks)) if i in results]
     lines = [json.dumps(r, ensure_ascii=False) for r in records if isinstance(r, dict)]
-    await asyncio.to_thread(_write_lines, out, lines)
+    unfinished = len(tasks) - len(records)
+    await asyncio.to_thread(_write_lines, partial if unfinished else out, lines)
+    if not unfinished:
+        await asyncio.to_thread(partial.unlink, missing_ok=True)
     skipped = tuple(
-        (task.key, r) for task, r in zip(tasks, records, strict=True) if isinstance(r, str)
+        (task.key, reason)
+        for i, task in enumerate(tasks)
+        if isinstance(reason := results.get(i), str)
     )
     steps = sum(r["steps"] for r in records if isinstance(r, dict))
-    return GoldExportReport(out, len(lines), skipped, steps, env_steps)
+    cannot = tuple(tasks[i].key for i in sorted(ungeneratable))
+    path = partial if unfinished else out
+    return GoldExportReport(path, len(lines), skipped, steps, env_steps, cannot, unfinished)
+
+
+def partial_file(out: Path) -> Path:
+    """Where :func:`export_gold` keeps the records of an export that was stopped."""
+    return out.with_name(out.name + ".partial")
+
+
+def _read_records(path: Path) -> dict[str, dict[str, Any]]:
+    """The records of a JSONL file by task key (none if there is no file)."""
+    if not path.is_file():
+        return {}
+    records = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines())
+    return {r["task"]["key"]: r for r in records}
 
 
 def _search_calls(env: Env) -> int:

@@ -21,11 +21,16 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from qlass.envs._jvm import JvmEnv, qlass_launch
+from qlass.envs._jvm import JvmEnv, is_java_exception, java_error_line, qlass_launch
 from qlass.envs.base import Env
 from qlass.envs.expert import DEFAULT_MAX_CALLS, SearchState, search_expert_path
 from qlass.envs.family import BaseEnvFamily
-from qlass.errors import ConfigError, MissingDependencyError, UnknownNameError
+from qlass.errors import (
+    ConfigError,
+    MissingDependencyError,
+    TaskGenerationError,
+    UnknownNameError,
+)
 from qlass.types import Observation, Split, StepResult, TaskSpec
 
 __all__ = [
@@ -184,9 +189,20 @@ class TextWorldExpressEnv(JvmEnv):
                     f"TextWorldExpress rejected params {task.params!r}: {exc}"
                 ) from exc
             self._loaded = (game, task.params)
-        text, info = self._sim.reset(
-            seed=task.variation, gameFold=task.split, generateGoldPath=gold
-        )
+        try:
+            text, info = self._sim.reset(
+                seed=task.variation, gameFold=task.split, generateGoldPath=gold
+            )
+        except Exception as exc:
+            # Some settings admit no game for some seeds (mapreader with numLocations=5,
+            # maxDistanceApart=3: "ERROR: No locations could be found that distance
+            # apart"): that task cannot be played, the simulator is fine.
+            if is_java_exception(exc) and "ERROR:" in java_error_line(exc):
+                raise TaskGenerationError(
+                    f"TextWorldExpress cannot generate {task.key}: "
+                    f"{java_error_line(exc).split('ERROR:', 1)[1].strip()}"
+                ) from exc
+            raise
         if text.startswith("ERROR:"):  # the simulator answers some bad settings in the text
             raise ConfigError(f"TextWorldExpress cannot generate {task.key}: {text.strip()}")
         self._task, self._moves, self._score = task, 0, 0.0

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -199,6 +200,14 @@ class WebShopFamily(BaseEnvFamily):
 
     def games(self) -> tuple[str, ...]:
         return ("webshop",)
+
+    def config_options(
+        self, *, data_dir: Path | None, server_url: str | None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``env.server_url``: the WebShop env server the envs talk to."""
+        if data_dir is not None:
+            raise ConfigError("env.data_dir: the webshop env does not use it")
+        return ({} if server_url is None else {"url": server_url}), {}
 
     def create(self, **options: Any) -> WebShopEnv:
         return WebShopEnv(**options)

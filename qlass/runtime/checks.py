@@ -10,14 +10,16 @@ stage. Values pydantic validates (ranges, literals) are checked when the config 
 
 from __future__ import annotations
 
+from typing import Any
+
 from qlass.backends.registry import BACKENDS
-from qlass.config import RunConfig
+from qlass.config import EnvConfig, RunConfig
 from qlass.envs.registry import check_params, get_family, list_tasks
 from qlass.errors import ConfigError, QlassError, UnknownNameError
 from qlass.qnet.registry import VALUE_MODELS
 from qlass.runtime.strategies import make_strategy
 
-__all__ = ["check_config"]
+__all__ = ["check_config", "env_options"]
 
 
 def check_config(config: RunConfig) -> None:
@@ -31,9 +33,10 @@ def check_config(config: RunConfig) -> None:
         get_family(env.name)
     except UnknownNameError as exc:
         raise ConfigError(f"env.name: {exc}") from exc
+    _, listing = env_options(env)  # refuses data_dir / server_url the family does not read
     if env.games:
         try:
-            list_tasks(env.name, "train", games=list(env.games), params=None, limit=1)
+            list_tasks(env.name, "train", games=list(env.games), params=None, limit=1, **listing)
         except UnknownNameError as exc:
             raise ConfigError(f"env.games: {exc}") from exc
         except QlassError:
@@ -59,3 +62,10 @@ def check_config(config: RunConfig) -> None:
                 make_strategy(spec)
             except UnknownNameError as exc:
                 raise ConfigError(f"{field}: {exc}") from exc
+
+
+def env_options(env: EnvConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The options ``env.data_dir`` and ``env.server_url`` give the env family: for
+    creating an env, and for listing its tasks (ALFWorld's game files, WebShop's server).
+    :class:`ConfigError` naming the field for one the family does not read."""
+    return get_family(env.name).config_options(data_dir=env.data_dir, server_url=env.server_url)

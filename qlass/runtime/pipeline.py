@@ -27,7 +27,7 @@ from qlass._version import code_version
 from qlass.config import RunConfig
 from qlass.envs.registry import list_tasks
 from qlass.errors import ConfigError, StoreError
-from qlass.runtime.checks import check_config
+from qlass.runtime.checks import check_config, env_options
 from qlass.runtime.limits import RunBudget
 from qlass.runtime.progress import NullProgress, Progress
 from qlass.runtime.resources import RunResources, close_later
@@ -62,6 +62,10 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 StageRunner = Callable[..., Awaitable[list[StageResult]]]
+
+# Stages a run has done when its status is "done" (gold and bc leave no record when the
+# expert file or the policy is given).
+_WHOLE_METHOD = ("explore", "label", "train_qnet", "eval")
 
 STAGE_RUNNERS: Mapping[str, StageRunner] = {
     "gold": gold.run,
@@ -146,13 +150,34 @@ class Pipeline:
             self.config, cache=store.call_cache, stack=self._stack, budget=self.budget
         )
         self._run = await self._get_or_create_run()
+        await self.store.runs.set_status(self._run.id, "running")
         self.budget.spent_tokens = self._run.spent_tokens
         self.budget.spent_usd = self._run.spent_usd
         self.budget.check()  # spent already: nothing new starts
         return self
 
-    async def __aexit__(self, *_exc: object) -> None:
-        await self.aclose()
+    async def __aexit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
+        try:
+            if self._run is not None and self._store is not None:
+                await asyncio.shield(self._record_status(exc))
+        except Exception as error:  # the store itself may be what failed: keep its error
+            log.warning("run_status_not_saved", error=str(error))
+        finally:
+            await self.aclose()
+
+    async def _record_status(self, exc: BaseException | None) -> None:
+        """Leave the run's status saying how the work ended (see docs/reliability.md)."""
+        stages = await self.store.stages.of_run(self.run_record.id)
+        if self.stop.requested or isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
+            status = "stopped"
+        elif exc is not None:
+            status = "failed"
+        elif any(stage.status != "done" for stage in stages):
+            status = "incomplete"  # unfinished tasks: a rerun retries them
+        else:
+            ran = {stage.name.split("@")[0] for stage in stages}
+            status = "done" if ran >= set(_WHOLE_METHOD) else "incomplete"
+        await self.store.runs.set_status(self.run_record.id, status)
 
     async def aclose(self) -> None:
         """Close envs, models and the store (in reverse order of opening)."""
@@ -264,9 +289,9 @@ class Pipeline:
             mode="json", include=set(DEPENDS[fingerprint_of or name])
         )
         stopped = self.stop.requested
+        # Stored metrics are merged into: a resumed stage that finishes clears the mark.
+        metrics["stopped"] = True if stopped else None
         if stopped or metrics.get("unfinished_tasks"):  # stays running, to be resumed
-            if stopped:
-                metrics["stopped"] = True
             await self.store.stages.put(run_id, record, status="running", metrics=metrics)
         else:
             await self.store.stages.finish(run_id, record, metrics=metrics)
@@ -281,9 +306,10 @@ class Pipeline:
         """
         env = self.config.env
         games = list(env.games) if env.games else None
+        _, listing = env_options(env)
 
         def listed(name: str, cap: int | None = None) -> list[TaskSpec]:
-            return list_tasks(env.name, name, games=games, params=env.params, limit=cap)
+            return list_tasks(env.name, name, games=games, params=env.params, limit=cap, **listing)
 
         if split != "train":
             return await asyncio.to_thread(listed, split, limit)

@@ -36,6 +36,7 @@ from qlass.envs.registry import env_prompt, task_max_steps
 from qlass.errors import ConfigError, MissingDataError
 from qlass.qnet.base import ValueModel
 from qlass.qnet.registry import create_value_model
+from qlass.runtime.checks import env_options
 from qlass.runtime.context import EnvProvider, SearchContext
 from qlass.runtime.limits import BudgetedPolicy, EpisodeLimits, EpisodeMeter, RunBudget
 from qlass.types import TaskSpec
@@ -292,11 +293,13 @@ class RunResources:
         """The run's env pool (one for every stage)."""
         if self._pool is None:
             env = self.config.env
+            creating, _ = env_options(env)
             self._pool = EnvPool.for_env(
                 env.name,
                 size=env.pool_size,
                 step_timeout_s=env.step_timeout_s,
                 max_steps=self.max_steps,
+                **creating,
             )
             close_later(self._stack, self._pool.aclose)
         return self._pool

@@ -153,9 +153,20 @@ async def test_connection_refused_raises_call_error_after_retries() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     inner = LiteLLMPolicy("hosted_vllm/fake", api_base=f"http://127.0.0.1:{port}/v1")
-    with pytest.raises(PolicyCallError, match="gave up after 3 attempts"):
+    with (
+        structlog.testing.capture_logs() as logs,
+        pytest.raises(PolicyCallError, match="gave up after 3 attempts") as error,
+    ):
         await retrying(inner, retries=2).sample(MESSAGES)
     assert inner.should_retry(PolicyTimeoutError("x"))
+    # The message names the server and the refusal; LiteLLM calls it an
+    # InternalServerError with status 500, which no server sent.
+    message = str(error.value)
+    assert f"connection to http://127.0.0.1:{port}/v1 failed: ConnectionRefusedError" in message
+    assert "InternalServerError" not in message
+    failures = [e for e in logs if e["event"] == "policy.call_failed"]
+    assert len(failures) == 3
+    assert all(e["status"] is None and e["error"] == "ConnectionRefusedError" for e in failures)
 
 
 class RecordingEnv:

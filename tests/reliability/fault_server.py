@@ -4,11 +4,14 @@
 ``http.server``, so it can also cut connections). Its answers are deterministic per
 request seed (choice ``i`` of a call seeded ``s`` is the answer of ``sample_seed(s, i)``,
 the rule every qlass backend follows), so a run is reproducible whatever the order of the
-requests. ``faults`` is consumed one per request, in arrival order:
+requests. Faults are scripted per request seed (``by_seed``: the requests with seed ``s``
+get ``by_seed[s]`` one by one, first attempt first, then normal answers), so which request
+meets which fault does not depend on timing; ``faults`` is consumed by the other requests
+one per request, in arrival order:
 
 - ``"429"``, ``"500"``: that status with an OpenAI-style error body;
 - ``"401-echo"``: 401 whose message echoes the API key it was sent (as some providers do);
-- ``"timeout"``: answer only after ``slow_s`` (longer than the client's timeout);
+- ``"timeout"``: no answer until the server shuts down, so the client must hang up itself;
 - ``"drop"``: close the connection without answering;
 - ``"malformed"``: a 200 whose body is not JSON;
 - ``"empty"``: a 200 whose completion is empty;
@@ -72,28 +75,44 @@ class _Base:
 
 
 class FaultServer(_Base):
-    def __init__(self, faults: list[str | None] | None = None, *, slow_s: float = 3.0) -> None:
+    def __init__(
+        self,
+        faults: list[str | None] | None = None,
+        *,
+        by_seed: dict[int, list[str | None]] | None = None,
+    ) -> None:
         super().__init__(_ChatHandler)
         self.faults: list[str | None] = list(faults or [])
-        self.slow_s = slow_s
+        self.by_seed = {seed: list(script) for seed, script in (by_seed or {}).items()}
         self.down = False
         self.lock = threading.Lock()
+        self.closing = threading.Event()  # set on exit: a "timeout" request gives up then
         self.requests = 0
         self.served: list[str] = []  # the fault (or "ok") each request got
+        self.served_by_seed: dict[int, list[str]] = {}  # the same, per scripted seed
         self.authorization: set[str] = set()
+
+    def __exit__(self, *exc: object) -> None:
+        self.closing.set()
+        super().__exit__(*exc)
 
     @property
     def base_url(self) -> str:
         return f"{self.url}/v1"
 
-    def next_fault(self) -> str | None:
+    def next_fault(self, seed: int | None) -> str | None:
         with self.lock:
             self.requests += 1
+            script = self.by_seed.get(seed) if seed is not None else None
             if self.down:
                 fault: str | None = "500"
+            elif script is not None:
+                fault = script.pop(0) if script else None
             else:
                 fault = self.faults.pop(0) if self.faults else None
             self.served.append(fault or "ok")
+            if script is not None and seed is not None:
+                self.served_by_seed.setdefault(seed, []).append(fault or "ok")
             return fault
 
 
@@ -125,7 +144,8 @@ class _ChatHandler(_Handler):
         body = self._body()
         key = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
         server.authorization.add(key)
-        fault = server.next_fault()
+        seed = body.get("seed")
+        fault = server.next_fault(None if seed is None else int(seed))
         if fault in ("429", "500"):
             error = {"message": f"injected {fault}", "type": "server_error", "code": fault}
             self._json(int(fault), {"error": error})  # type: ignore[arg-type]
@@ -142,9 +162,10 @@ class _ChatHandler(_Handler):
             self._send(200, b"{this is not json", "application/json")
             return
         if fault == "timeout":
-            time.sleep(server.slow_s)
+            server.closing.wait(timeout=600)
+            self.close_connection = True
+            return
         n = int(body.get("n") or 1)
-        seed = body.get("seed")
         texts = [answer(None if seed is None else sample_seed(int(seed), i)) for i in range(n)]
         if fault == "empty":
             texts = [""] * n

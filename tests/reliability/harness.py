@@ -213,6 +213,7 @@ class Snapshot:
     keys: dict[int, NodeKey] = field(default_factory=dict)
     labels: dict[NodeKey, float] = field(default_factory=dict)
     task_status: dict[str, str] = field(default_factory=dict)
+    task_errors: dict[str, str | None] = field(default_factory=dict)
     task_attempts: dict[str, int] = field(default_factory=dict)
     claimed_by: dict[str, str | None] = field(default_factory=dict)
 
@@ -235,6 +236,7 @@ async def snapshot_async(url: str, run_name: str) -> Snapshot:
         label_sets = await store.labels.sets(run.id)
         for task in await store.tasks.of_run(run.id):
             snap.task_status[task.key] = task.status
+            snap.task_errors[task.key] = task.error
             snap.task_attempts[task.key] = task.attempts
             snap.claimed_by[task.key] = task.claimed_by
             tree = await store.trees.load(task.id)

@@ -324,3 +324,38 @@ def test_config_show_masks_database_passwords(
     out = capsys.readouterr().out
     assert '"url": "postgresql+asyncpg://qlass:***@db.example:5432/qlass"' in out
     assert "hunter2" not in out
+
+
+def test_env_server_url_and_data_dir_are_read_from_the_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """env.server_url and env.data_dir were never read (the WebShop message told users to
+    set a field that was ignored): each now reaches its env, and one set for an env that
+    does not read it is refused."""
+    import socket
+
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as sock:  # bound, then closed: nobody listens on it
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    scripted = ["--set", "policy.backend=scripted", "--set", "env.train_tasks=1"]
+    webshop = ["--set", "name=ws", "--set", "env.name=webshop", "--set", f"env.server_url={url}"]
+    code, err = _run(
+        monkeypatch, capsys, "explore", *webshop, *scripted, "--set", "policy.model=search[x]"
+    )
+    assert code == 1
+    assert f"WebShop server unreachable for POST {url}/create" in err
+
+    data = tmp_path / "no-alfworld-here"
+    alfworld = ["--set", "name=af", "--set", "env.name=alfworld", "--set", f"env.data_dir={data}"]
+    code, err = _run(
+        monkeypatch, capsys, "explore", *alfworld, *scripted, "--set", "policy.model=look"
+    )
+    assert code == 2
+    assert f"ALFWorld data not found: {data} (from data_dir)" in err
+
+    before = sorted(tmp_path.iterdir())
+    code, err = _run(monkeypatch, capsys, "explore", *BASE, "--set", f"env.server_url={url}")
+    assert code == 2
+    assert err.strip() == "error: env.server_url: the textworld_express env does not use it"
+    assert sorted(tmp_path.iterdir()) == before  # nothing created

@@ -3,18 +3,26 @@ backend over real HTTP, with a planted API key that must never leave the process
 
 Transient faults (429, 500, timeout, dropped connection) are retried; bad completions
 (malformed body, empty, over-long, no action) become recorded invalid steps or retried
-calls; an outage fails the tasks in flight with a clear error and a rerun finishes them,
-with every committed node kept. The key is sent to the server, yet appears in no log line,
-error message, DB byte or report file.
+calls; an outage fails its task with a clear error and a rerun finishes it, with every
+committed node kept. The key is sent to the server, yet appears in no log line, error
+message, DB byte or report file.
+
+Each fault is scripted for the root call of one task (the server knows it by its seed,
+which the explorer derives from the run seed, the task and the node), not for the n-th
+request to arrive: which call meets which fault, and so what each tree holds, does not
+depend on the order in which concurrent trees happen to call (it used to, and a loaded
+box left faults unserved when the run ended first).
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 from pathlib import Path
 
+from qlass._seeding import derive_seed
+from qlass.config import load_config
+from qlass.runtime.pipeline import Pipeline
 from qlass.storage import TreeStore
 from tests.reliability.fault_server import FaultServer
 from tests.reliability.harness import (
@@ -26,34 +34,51 @@ from tests.reliability.harness import (
 )
 
 NAME = "llm"
+WIDTH = 2
+# What each task's root call meets, attempt by attempt (then normal answers). A transient
+# fault is retried; the retry of the first three gets a bad completion, which is not.
+SCRIPTS: list[list[str | None]] = [
+    ["429", "empty"],
+    ["500", "long"],
+    ["timeout", "noaction"],
+    ["drop"],
+    ["malformed"],
+    ["401-echo"],  # not retried: the task fails
+    ["500", "500", "500"],  # an outage that outlasts the retries: the task fails
+]
 TRANSIENT = ["429", "500", "timeout", "drop", "malformed"]
-CONTENT = ["empty", "long", "noaction"]
 
 
-def _settings(server: FaultServer, run_dir: Path) -> list[str]:
-    pairs = [
+def _pairs(base_url: str, run_dir: Path) -> list[str]:
+    return [
         f"name={NAME}",
         f"run_dir={run_dir}",
         "env.games=[coin]",
         "env.params=numLocations=3,includeDoors=0",
-        "env.train_tasks=3",
+        f"env.train_tasks={len(SCRIPTS)}",
         "env.eval_tasks=1",
         "env.max_steps=5",
         "env.pool_size=4",
-        "explore.width=2",
+        f"explore.width={WIDTH}",
         "explore.max_depth=3",
         "explore.min_prune_depth=1",
         "explore.concurrency=2",
         "policy.backend=litellm",
-        "policy.model=openai/fake-model",
-        f"policy.api_base={server.base_url}",
+        "policy.model=openai/fake-model",  # an OpenAI provider: n samples in one request
+        f"policy.api_base={base_url}",
         "policy.api_key_env=OPENAI_API_KEY",
         "policy.prompt=none",
-        "policy.retries=1",
+        "policy.retries=2",
         "policy.timeout_s=1",
         "search.strategies=[greedy]",
     ]
-    return [arg for pair in pairs for arg in ("--set", pair)]
+
+
+def _root_seeds(pairs: list[str]) -> dict[str, int]:
+    """The seed of each train task's root call (by task key), as the explorer derives it."""
+    config = load_config(None, pairs)
+    tasks = asyncio.run(Pipeline(config).tasks("train", config.env.train_tasks))
+    return {task.key: derive_seed(config.seed, "explore", task.key, (), WIDTH) for task in tasks}
 
 
 async def _labels_exact(db: Path) -> int:
@@ -68,25 +93,26 @@ def test_llm_faults_are_retried_or_recorded_and_the_key_never_leaks(tmp_path: Pa
     env = child_env(OPENAI_API_KEY=key)
     db = tmp_path / "llm.db"
     logs = tmp_path / "logs"
-    # Two good answers after each fault: with two calls in flight, the retry of a call that
-    # met a fault gets a good answer.
-    faults: list[str | None] = []
-    for fault in [*TRANSIENT, *CONTENT, "401-echo"]:
-        faults += [fault, None, None]
-    with FaultServer(faults, slow_s=1.5) as server:
-        args = ["explore", "--db", str(db), *_settings(server, tmp_path / "run")]
+    roots = _root_seeds(_pairs("http://unused/v1", tmp_path / "run"))
+    keys, seeds = list(roots), list(roots.values())
+    assert len(set(seeds)) == len(SCRIPTS)
+    with FaultServer(by_seed=dict(zip(seeds, SCRIPTS, strict=True))) as server:
+        pairs = _pairs(server.base_url, tmp_path / "run")
+        args = ["explore", "--db", str(db), *[a for p in pairs for a in ("--set", p)]]
         first = start(qlass_command(*args), logs, "faults", env)
-        while server.faults and first.popen.poll() is None:  # every fault served
-            time.sleep(0.02)
-        server.down = True  # then an outage: the tasks in flight fail after their retries
-        assert first.wait(timeout=180) == 0, first.err()[-4000:]
+        assert first.wait(timeout=300) == 0, first.err()[-4000:]
         assert "incomplete" in first.out()
-        assert not server.faults
+        # Every scripted fault was served, to the call it was meant for, in order; the
+        # retry after a lone transient fault got a normal answer.
+        served = {key: server.served_by_seed.get(seed) for key, seed in roots.items()}
+        assert served == {
+            key: [*script, *(["ok"] if script[-1] in ("drop", "malformed") else [])]
+            for key, script in zip(keys, SCRIPTS, strict=True)
+        }
         broken = snapshot(str(db), NAME)
-        failed = [k for k, status in broken.task_status.items() if status == "failed"]
-        assert failed  # the outage and the 401 failed tasks, with the error kept
+        statuses = [broken.task_status[key] for key in keys]
+        assert statuses == ["done"] * 5 + ["failed"] * 2
 
-        server.down = False
         resume = ["explore", "--resume", NAME, "--db", str(db)]
         second = start(qlass_command(*resume), logs, "recover", env)
         assert second.wait(timeout=180) == 0, second.err()[-4000:]
@@ -103,23 +129,29 @@ def test_llm_faults_are_retried_or_recorded_and_the_key_never_leaks(tmp_path: Pa
             env,
         )
         assert report.wait(timeout=120) == 0, report.err()[-3000:]
-        served = list(server.served)
         assert server.authorization == {key}  # the key really was in use
 
     final = snapshot(str(db), NAME)
-    # Nothing committed before the outage was lost or changed; every task finished.
+    # Nothing committed before the recovery was lost or changed; every task finished.
     for node_id, row in broken.nodes.items():
         assert final.nodes[node_id] == row
     assert set(final.task_status.values()) == {"done"}
     assert duplicate_siblings(final) == []
     assert asyncio.run(_labels_exact(db)) == 0
-    # Every fault was served. Transient ones were retried (each retry is logged) ...
-    for fault in [*TRANSIENT, *CONTENT, "401-echo"]:
-        assert fault in served
-    retried = " ".join(e.get("detail", "") for e in first.events() if e["event"] == "policy.retry")
-    for sign in ("injected 429", "injected 500", "no answer within 1 s", "Connection error"):
-        assert sign in retried
-    assert "Expecting property name" in retried  # the body that was not JSON
+    # Each transient fault was retried, and the client logged why.
+    retried = [e.get("detail", "") for e in first.events() if e["event"] == "policy.retry"]
+    signs = {
+        "429": "injected 429",
+        "500": "injected 500",
+        "timeout": "no answer within 1 s",
+        "drop": f"connection to {server.base_url} failed",
+        "malformed": "Expecting property name",  # the body that was not JSON
+    }
+    for fault, sign in signs.items():
+        assert any(sign in detail for detail in retried), (fault, retried)
+    refused, outage = (broken.task_errors[key] or "" for key in keys[5:])
+    assert "AuthenticationError" in refused and "Incorrect API key provided: ***" in refused
+    assert "injected 500" in outage and "gave up after 3 attempts" in outage
     # ... and bad completions are recorded invalid steps, never env steps.
     invalid = [row for row in final.nodes.values() if row["status"] == "invalid"]
     errors = {row["error"] for row in invalid}

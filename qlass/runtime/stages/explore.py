@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from qlass._log import redact
+from qlass.errors import StageFailedError
 from qlass.runtime.context import Tally
 from qlass.runtime.explore import ExploreSettings, TreeExplorer, TreeStats
 from qlass.runtime.scheduler import StopSignal, bounded_map
@@ -32,8 +33,20 @@ async def run(
         run_id = ctx.run_record.id
         await label_set(ctx)  # exists before any leaf: labels stay incremental
         specs = await ctx.tasks("train", config.explore.tasks or config.env.train_tasks)
+        gold = await store.stages.get(run_id, "gold")
+        cannot = set(gold.metrics.get("ungeneratable") or ()) if gold else set()
+        if cannot:  # they would fail at their first reset, every time
+            ctx.progress.log(
+                f"[yellow]explore: leaving out {len(cannot)} task(s) the gold stage found "
+                f"the simulator cannot generate: {', '.join(sorted(cannot))}"
+            )
+            specs = [spec for spec in specs if spec.key not in cannot]
         await store.tasks.add_many(run_id, specs)
-        todo = [t for t in await store.tasks.of_run(run_id) if t.status != "done"]
+        todo = [
+            t
+            for t in await store.tasks.of_run(run_id)
+            if t.status != "done" and t.key not in cannot
+        ]
         policy, pool = await ctx.resources.policy(), await ctx.resources.env_pool()
         search = ctx.resources.search_context(policy, pool, None)
         before = pool.stats.snapshot()
@@ -63,8 +76,12 @@ async def run(
             )
             return stats
 
+        first_failure: list[str] = []
+
         def failed(task: TaskRecord, error: str) -> None:
             counts["failed_tasks"] += 1
+            if not first_failure:
+                first_failure.append(f"{task.key}: {error}")
             ctx.progress.log(f"[red]{task.key}: {error}")
 
         async def grow_here(task: TaskRecord) -> TreeStats | None:
@@ -81,6 +98,7 @@ async def run(
             return stats
 
         extra: dict[str, Any] = {}
+        tried = len(todo)
         if worker is None:
             await bounded_map(
                 grow_here, todo, concurrency=config.explore.concurrency, stop=ctx.stop
@@ -96,9 +114,17 @@ async def run(
                 on_failed=failed,
             )
             extra = {f"worker:{worker.worker_id}": report.as_dict()}
+            tried = report.done + report.failed
+        if first_failure and counts["failed_tasks"] == tried and not ctx.stop.requested:
+            # Nothing for the stages after this one to work on: stop the run here, with
+            # the cause, rather than label nothing and train on nothing.
+            raise StageFailedError(
+                f"explore: all {tried} task(s) it tried failed (rerun to retry them); the "
+                f"first, {first_failure[0]}"
+            )
         # Failed or unfinished trees keep the stage running: a rerun retries them.
         tasks = await store.tasks.of_run(run_id, split="train")
-        extra["unfinished_tasks"] = sum(t.status != "done" for t in tasks)
+        extra["unfinished_tasks"] = sum(t.status != "done" and t.key not in cannot for t in tasks)
         pool_stats = pool.stats.since(before)
         return {
             **counts,
