@@ -98,7 +98,19 @@ class LabelRepository:
                 )
             )
             if existing is not None:
-                return record(LabelSetRecord, existing.__dict__)
+                found = record(LabelSetRecord, existing.__dict__)
+                if await _lost_its_labels(session, found):
+                    # Stores upgraded to revision 0004 before the migrations turned SQLite's
+                    # foreign keys off lost every Q label (the rebuilt label_sets table
+                    # cascaded its delete); the trees are intact, so the labels come back.
+                    written = await _recompute(session, found, task_id=None)
+                    log.warning(
+                        "label set had lost its labels: recomputed from the trees",
+                        run_id=run_id,
+                        label_set=found.id,
+                        labels=written,
+                    )
+                return found
             label_set = LabelSet(
                 run_id=run_id,
                 gamma=gamma,
@@ -167,6 +179,23 @@ class LabelRepository:
                         f"{label_set_id})"
                     )
             return await _recompute(session, label_set, task_id=task_id)
+
+
+async def _lost_its_labels(session: AsyncSession, label_set: LabelSetRecord) -> bool:
+    """True when the set holds no label while its run has tree nodes (a stored set always
+    labels every node on a path to a finished leaf)."""
+    has_label = await session.scalar(
+        select(_LABELS.c.node_id).where(_LABELS.c.label_set_id == label_set.id).limit(1)
+    )
+    if has_label is not None:
+        return False
+    has_leaf = await session.scalar(
+        select(_NODES.c.id)
+        .join(Task, Task.id == _NODES.c.task_id)
+        .where(Task.run_id == label_set.run_id, _NODES.c.final_reward.is_not(None))
+        .limit(1)
+    )
+    return has_leaf is not None
 
 
 async def load_label_set(session: AsyncSession, label_set_id: int) -> LabelSetRecord:

@@ -29,10 +29,12 @@ from qlass.storage.models import Base
 
 __all__ = [
     "SchemaState",
+    "check_foreign_keys",
     "ensure_schema",
     "head_revision",
     "load_migrations",
     "read_revision",
+    "sqlite_foreign_keys",
 ]
 
 log = structlog.get_logger(__name__)
@@ -79,8 +81,17 @@ async def ensure_schema(engine: AsyncEngine, *, upgrade: bool = True) -> SchemaS
             and ``upgrade`` is false.
     """
     script = await asyncio.to_thread(load_migrations)
-    async with engine.execution_options(**{WRITE_OPTION: True}).begin() as connection:
-        state = await connection.run_sync(_check_and_upgrade, script, upgrade, safe_url(engine.url))
+    async with engine.execution_options(**{WRITE_OPTION: True}).connect() as connection:
+        # Off before the transaction begins (SQLite ignores the pragma inside one), on again
+        # after it ended, whatever happened in between.
+        await connection.run_sync(sqlite_foreign_keys, False)
+        try:
+            async with connection.begin():
+                state = await connection.run_sync(
+                    _check_and_upgrade, script, upgrade, safe_url(engine.url)
+                )
+        finally:
+            await connection.run_sync(sqlite_foreign_keys, True)
     if state.upgraded:
         log.info(
             "store schema upgraded",
@@ -89,6 +100,38 @@ async def ensure_schema(engine: AsyncEngine, *, upgrade: bool = True) -> SchemaS
             after=state.after,
         )
     return state
+
+
+def sqlite_foreign_keys(connection: Connection, on: bool) -> None:
+    """Turn SQLite's foreign-key enforcement on or off for ``connection`` (a no-op on other
+    databases); call it outside a transaction.
+
+    Migrations run with it off: SQLite alters a table by copying it and dropping the old
+    one (Alembic's batch mode), and with foreign keys on, dropping a parent table deletes
+    its rows first, cascading to every child row (revision 0004's rebuild of
+    ``label_sets`` emptied ``q_labels`` that way). :func:`check_foreign_keys` verifies the
+    result instead.
+    """
+    if connection.dialect.name != "sqlite":
+        return
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA foreign_keys = {'ON' if on else 'OFF'}")
+    finally:
+        cursor.close()
+
+
+def check_foreign_keys(connection: Connection, where: str) -> None:
+    """Raise if a migration left rows whose parent is missing (SQLite, keys off)."""
+    if connection.dialect.name != "sqlite":
+        return
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        tables = sorted({row[0] for row in broken})
+        raise SchemaVersionError(
+            f"migrating {where} would leave {len(broken)} rows without their parent row (in "
+            f"{', '.join(tables)}); nothing was changed"
+        )
 
 
 async def read_revision(engine: AsyncEngine) -> str | None:
@@ -144,4 +187,5 @@ def _check_and_upgrade(
         env.configure(connection=connection, target_metadata=Base.metadata)
         with env.begin_transaction():
             env.run_migrations()
+    check_foreign_keys(connection, where)
     return SchemaState(before, head, head)

@@ -4,6 +4,7 @@ the Alembic revisions create exactly the schema the ORM models describe."""
 from __future__ import annotations
 
 import asyncio
+import random
 import sqlite3
 from argparse import Namespace
 from pathlib import Path
@@ -20,6 +21,7 @@ from qlass.storage import TreeStore, head_revision
 from qlass.storage.engine import make_engine
 from qlass.storage.models import Base
 from qlass.storage.schema import MIGRATIONS_DIR
+from qlass.testing import full_tree, new_run, synthetic_node
 
 
 def _sqlite(path: Path, *statements: str) -> None:
@@ -145,3 +147,74 @@ def test_alembic_command_line_environment_works(tmp_path: Path) -> None:
     command.upgrade(config, "head")
     assert _revision(path) == [head_revision()]
     command.check(config)  # raises if the models need a new revision
+
+
+def _count(path: Path, table: str) -> int:
+    with sqlite3.connect(path) as conn:
+        (count,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+    conn.close()
+    return int(count)
+
+
+def test_migrations_keep_the_rows_of_tables_they_rebuild(tmp_path: Path) -> None:
+    """SQLite alters a table by rebuilding it; with foreign keys on, dropping the old
+    ``label_sets`` cascaded to every Q label (revision 0004 emptied ``q_labels`` of stores
+    made before it). Down to 0003 and up again, through both migration paths: every row
+    stays. (Synchronous: Alembic's env.py runs its own event loop.)"""
+    path = tmp_path / "old.db"
+
+    async def fill() -> None:
+        async with await TreeStore.open(path) as store:
+            run, (task,) = await new_run(store, "labelled")
+            await store.labels.create_set(run.id)
+            leaves = await full_tree(
+                store, task.id, lambda level, p: synthetic_node(random.Random(p), level), depth=2
+            )
+            final = synthetic_node(random.Random(0), 3, 1.0)
+            await store.trees.add_children(leaves[0].id, [final])
+
+    async def upgrade() -> str | None:  # qlass's own path
+        async with await TreeStore.open(path) as store:
+            assert store.schema.upgraded
+            return store.schema.before
+
+    def counts() -> dict[str, int]:
+        return {table: _count(path, table) for table in ("q_labels", "label_sets", "nodes")}
+
+    asyncio.run(fill())
+    before = counts()
+    assert before["q_labels"] > 0 and before["label_sets"] == 1
+
+    config = Config(str(MIGRATIONS_DIR / "alembic.ini"), cmd_opts=Namespace(x=[f"db={path}"]))
+    command.downgrade(config, "0003")  # the developer path (alembic.ini + env.py)
+    assert _revision(path) == ["0003"]
+    assert counts() == before
+
+    assert asyncio.run(upgrade()) == "0003"
+    assert _revision(path) == [head_revision()]
+    assert counts() == before
+
+
+def test_a_label_set_emptied_by_the_old_migration_is_recomputed(tmp_path: Path) -> None:
+    path = tmp_path / "emptied.db"
+
+    async def labelled() -> tuple[int, int]:
+        async with await TreeStore.open(path) as store:
+            run, (task,) = await new_run(store, "labelled")
+            leaves = await full_tree(
+                store, task.id, lambda level, p: synthetic_node(random.Random(p), level), depth=2
+            )
+            await store.trees.add_children(leaves[0].id, [synthetic_node(random.Random(0), 3, 1.0)])
+            label_set = await store.labels.create_set(run.id)
+            return run.id, label_set.id
+
+    async def again(run_id: int) -> int:
+        async with await TreeStore.open(path) as store:
+            return (await store.labels.create_set(run_id)).id
+
+    run_id, set_id = asyncio.run(labelled())
+    before = _count(path, "q_labels")
+    _sqlite(path, "DELETE FROM q_labels")  # what revision 0004 did to such a store
+    assert _count(path, "q_labels") == 0
+    assert asyncio.run(again(run_id)) == set_id
+    assert _count(path, "q_labels") == before > 0

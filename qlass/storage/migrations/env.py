@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 
 from qlass.storage.engine import make_engine, normalize_url
 from qlass.storage.models import Base
+from qlass.storage.schema import check_foreign_keys, sqlite_foreign_keys
 
 config = context.config
 target_metadata = Base.metadata
@@ -31,8 +32,14 @@ def _run(connection: Connection) -> None:
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
     )
-    with context.begin_transaction():
-        context.run_migrations()
+    # As qlass.storage.schema does: SQLite's table rebuilds must not cascade deletes.
+    sqlite_foreign_keys(connection, False)
+    try:
+        with context.begin_transaction():
+            context.run_migrations()
+            check_foreign_keys(connection, _url())
+    finally:
+        sqlite_foreign_keys(connection, True)
 
 
 async def _run_online() -> None:
