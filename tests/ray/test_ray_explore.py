@@ -1,0 +1,99 @@
+"""``qlass explore --executor ray`` with 2 actors on a local Ray cluster and a throwaway
+PostgreSQL store; one actor's process is SIGKILLed mid-tree (once it has committed a few
+nodes of a task it holds). Ray restarts it; every task is explored exactly once (the
+victim's task taken over once, continued from its committed nodes), nothing committed is
+lost or changed, nothing is stored twice, and the trees and Q labels equal a single
+uninterrupted process's.
+
+Slow (a Ray cluster and three simulators' JVMs): run with
+``pytest -m 'slow and ray' tests/ray`` after ``pip install -e '.[ray,postgres]'``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.reliability.campaign import finish_reference, start_reference
+from tests.reliability.harness import (
+    Snapshot,
+    child_env,
+    duplicate_siblings,
+    qlass_command,
+    settings,
+    snapshot,
+    start,
+)
+
+from ..postgres.conftest import PostgresServer
+
+pytest.importorskip("ray")
+
+NAME = "onray"
+EXTRA = ["env.train_tasks=6", "env.max_steps=6", "explore.max_depth=4", "env.pool_size=2"]
+LEASE_S = 3
+
+
+def _victim(
+    url: str, driver_alive: Callable[[], bool], timeout: float = 600
+) -> tuple[int, str, Snapshot]:
+    """An actor's pid and the task it holds once that tree has 3 committed nodes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        snap = snapshot(url, NAME)
+        for task, owner in snap.claimed_by.items():
+            if owner is None or snap.task_status[task] != "running":
+                continue
+            made = sum(1 for key in snap.key_set() if key[0] == task)
+            if owner.startswith("ray") and made >= 4:  # the root and 3 children
+                return int(owner.rsplit(":", 1)[1]), task, snap
+        assert driver_alive(), "the driver exited before a kill"
+        time.sleep(0.05)
+    raise TimeoutError("no actor got into a tree")
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.postgres
+def test_two_ray_actors_survive_a_killed_actor(
+    tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    url = postgres_server.create_database()
+    reference, ref_db = start_reference(tmp_path, NAME, EXTRA)
+    args = [
+        "explore", "--db", url, "--executor", "ray", "--lease-s", str(LEASE_S),
+        *settings(NAME, f"run_dir={tmp_path / 'run'}", "ray.actors=2", *EXTRA),
+    ]  # fmt: skip
+    env = child_env(RAY_DEDUP_LOGS="0")
+    env.pop("RAY_ADDRESS", None)  # a local Ray for the test
+    driver = start(qlass_command(*args), tmp_path / "logs", "driver", env)
+    pid, task, _ = _victim(url, lambda: driver.popen.poll() is None)
+    os.kill(pid, signal.SIGKILL)  # an actor's process: Ray's worker, not the driver
+    at_kill = snapshot(url, NAME)
+    assert driver.wait(timeout=900) == 0, driver.err()[-4000:]
+    final = snapshot(url, NAME)
+    expected = finish_reference(reference, ref_db, NAME)
+
+    # Every task done; the victim's task taken over once, by another process.
+    assert set(final.task_status.values()) == {"done"}
+    assert final.task_attempts[task] == 2
+    assert all(n == 1 for t, n in final.task_attempts.items() if t != task)
+    assert final.claimed_by[task] is not None and not final.claimed_by[task].endswith(f":{pid}")
+    # Ray restarted the killed actor and the restarted one reported back.
+    restarted = [
+        e for e in driver.events() if e.get("event") == "ray.actor_finished" and e["restarted"]
+    ]
+    assert len(restarted) == 1
+    # Nothing the victim committed was lost or changed; nothing stored twice.
+    for node_id, row in at_kill.nodes.items():
+        assert final.nodes[node_id] == row
+    assert duplicate_siblings(final) == []
+    # The same trees and Q labels as one uninterrupted process.
+    assert final.content() == expected.content()
+    assert final.labels.keys() == expected.labels.keys()
+    assert all(abs(final.labels[k] - expected.labels[k]) < 1e-9 for k in final.labels)
