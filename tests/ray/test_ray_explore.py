@@ -11,14 +11,21 @@ Slow (a Ray cluster and three simulators' JVMs): run with
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import os
+import re
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from qlass.storage import TreeStore
 from tests.reliability.campaign import finish_reference, start_reference
 from tests.reliability.harness import (
     Snapshot,
@@ -28,6 +35,7 @@ from tests.reliability.harness import (
     settings,
     snapshot,
     start,
+    trace_keys,
 )
 
 from ..postgres.conftest import PostgresServer
@@ -37,6 +45,29 @@ pytest.importorskip("ray")
 NAME = "onray"
 EXTRA = ["env.train_tasks=6", "env.max_steps=6", "explore.max_depth=4", "env.pool_size=2"]
 LEASE_S = 3
+# A record an actor logged, as Ray forwards it to the driver's stderr.
+_ACTOR_LINE = re.compile(r"^(?:\x1b\[\d+m)?\(ExploreActor pid=(\d+)\)(?:\x1b\[0m)? (\{.*)$")
+
+
+def _actor_events(stderr: str) -> dict[int, list[dict[str, Any]]]:
+    """Each actor process's trace events (by pid), from the driver's stderr."""
+    events: dict[int, list[dict[str, Any]]] = {}
+    for line in stderr.splitlines():
+        match = _ACTOR_LINE.match(line)
+        if match is None:
+            continue
+        try:
+            event = json.loads(match[2])
+        except json.JSONDecodeError:
+            continue  # the line a SIGKILL cut short
+        events.setdefault(int(match[1]), []).append(event)
+    return events
+
+
+async def _create_schema(url: str) -> None:
+    """The store's tables, so that the test can read the store before the driver wrote it."""
+    async with await TreeStore.open(url):
+        pass
 
 
 def _victim(
@@ -64,6 +95,7 @@ def test_two_ray_actors_survive_a_killed_actor(
     tmp_path: Path, postgres_server: PostgresServer
 ) -> None:
     url = postgres_server.create_database()
+    asyncio.run(_create_schema(url))
     reference, ref_db = start_reference(tmp_path, NAME, EXTRA)
     args = [
         "explore", "--db", url, "--executor", "ray", "--lease-s", str(LEASE_S),
@@ -72,10 +104,16 @@ def test_two_ray_actors_survive_a_killed_actor(
     env = child_env(RAY_DEDUP_LOGS="0")
     env.pop("RAY_ADDRESS", None)  # a local Ray for the test
     driver = start(qlass_command(*args), tmp_path / "logs", "driver", env)
-    pid, task, _ = _victim(url, lambda: driver.popen.poll() is None)
-    os.kill(pid, signal.SIGKILL)  # an actor's process: Ray's worker, not the driver
-    at_kill = snapshot(url, NAME)
-    assert driver.wait(timeout=900) == 0, driver.err()[-4000:]
+    try:
+        pid, task, _ = _victim(url, lambda: driver.popen.poll() is None)
+        os.kill(pid, signal.SIGKILL)  # an actor's process: Ray's worker, not the driver
+        at_kill = snapshot(url, NAME)
+        assert driver.wait(timeout=900) == 0, driver.err()[-4000:]
+    finally:  # a failed check leaves no driver (nor its local Ray) behind
+        if driver.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
     final = snapshot(url, NAME)
     expected = finish_reference(reference, ref_db, NAME)
 
@@ -93,6 +131,22 @@ def test_two_ray_actors_survive_a_killed_actor(
     for node_id, row in at_kill.nodes.items():
         assert final.nodes[node_id] == row
     assert duplicate_siblings(final) == []
+    # No other process stepped or sampled again what the victim had committed; each node
+    # was created by one process (Ray forwards the actors' trace to the driver).
+    by_actor = _actor_events(driver.err())
+    assert pid in by_actor and len(by_actor) == 3  # the two actors and the restarted one
+    committed = {key for key in at_kill.key_set() if key[0] == task}
+    for other, events in by_actor.items():
+        if other != pid:
+            assert not committed & set(trace_keys(events, "explore.step"))
+            assert not committed & set(trace_keys(events, "explore.sample"))
+    created = Counter(
+        (e["task"], tuple(e["path"]))
+        for events in by_actor.values()
+        for e in events
+        if e.get("event") == "explore.node" and e["created"]
+    )
+    assert max(created.values()) == 1 and set(created) <= final.key_set()
     # The same trees and Q labels as one uninterrupted process.
     assert final.content() == expected.content()
     assert final.labels.keys() == expected.labels.keys()
