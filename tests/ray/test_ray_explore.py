@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
-import re
 import signal
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -32,6 +29,7 @@ from tests.reliability.harness import (
     child_env,
     duplicate_siblings,
     qlass_command,
+    ray_actor_events,
     settings,
     snapshot,
     start,
@@ -45,23 +43,6 @@ pytest.importorskip("ray")
 NAME = "onray"
 EXTRA = ["env.train_tasks=6", "env.max_steps=6", "explore.max_depth=4", "env.pool_size=2"]
 LEASE_S = 3
-# A record an actor logged, as Ray forwards it to the driver's stderr.
-_ACTOR_LINE = re.compile(r"^(?:\x1b\[\d+m)?\(ExploreActor pid=(\d+)\)(?:\x1b\[0m)? (\{.*)$")
-
-
-def _actor_events(stderr: str) -> dict[int, list[dict[str, Any]]]:
-    """Each actor process's trace events (by pid), from the driver's stderr."""
-    events: dict[int, list[dict[str, Any]]] = {}
-    for line in stderr.splitlines():
-        match = _ACTOR_LINE.match(line)
-        if match is None:
-            continue
-        try:
-            event = json.loads(match[2])
-        except json.JSONDecodeError:
-            continue  # the line a SIGKILL cut short
-        events.setdefault(int(match[1]), []).append(event)
-    return events
 
 
 async def _create_schema(url: str) -> None:
@@ -133,7 +114,7 @@ def test_two_ray_actors_survive_a_killed_actor(
     assert duplicate_siblings(final) == []
     # No other process stepped or sampled again what the victim had committed; each node
     # was created by one process (Ray forwards the actors' trace to the driver).
-    by_actor = _actor_events(driver.err())
+    by_actor = ray_actor_events(driver.stderr)
     assert pid in by_actor and len(by_actor) == 3  # the two actors and the restarted one
     committed = {key for key in at_kill.key_set() if key[0] == task}
     for other, events in by_actor.items():
