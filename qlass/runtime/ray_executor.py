@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from tenacity import Retrying, retry_if_exception_message, stop_after_attempt
 
 from qlass._log import configure_logging
 from qlass.config import RunConfig
-from qlass.errors import ConfigError
+from qlass.errors import ConfigError, RuntimeFailure
 from qlass.runtime.scheduler import StopSignal
 from qlass.runtime.stages.base import StageResult
 
@@ -138,6 +139,12 @@ _LOCAL_OBJECT_STORE_BYTES = 128 * 1024**2
 """A local Ray's object store: the actors hand back only their metrics (Ray's default, 30%
 of the memory, would be reserved in /dev/shm for nothing)."""
 
+_LOCAL_START_ATTEMPTS = 3
+"""Ray 2.60's raylet aborts when its Python agents take over 15 s to report their ports (a
+fixed wait; on a loaded machine their imports alone can take that long), and ``ray.init``
+then raises "The current node timed out during startup". Starting again usually succeeds
+(the agents' modules are in the page cache by then)."""
+
 
 def _ray_init(ray: Any, config: RunConfig) -> None:
     address = config.ray.address or os.environ.get("RAY_ADDRESS") or None
@@ -148,12 +155,39 @@ def _ray_init(ray: Any, config: RunConfig) -> None:
         "log_to_driver": True,
         "logging_level": logging.WARNING,
     }
-    if address is None:  # a local Ray for this command: room for every actor, no more
-        wanted = config.ray.actors * config.ray.cpus_per_actor
-        options["num_cpus"] = max(1, int(wanted + 0.999))
-        options["object_store_memory"] = _LOCAL_OBJECT_STORE_BYTES
     log.info("ray.init", address=address or "local")
-    ray.init(address=address, **options)
+    if address is not None:
+        ray.init(address=address, **options)
+        return
+    # A local Ray for this command: room for every actor, no more.
+    wanted = config.ray.actors * config.ray.cpus_per_actor
+    options["num_cpus"] = max(1, int(wanted + 0.999))
+    options["object_store_memory"] = _LOCAL_OBJECT_STORE_BYTES
+    attempts = Retrying(
+        retry=retry_if_exception_message(match=".*timed out during startup"),
+        stop=stop_after_attempt(_LOCAL_START_ATTEMPTS),
+        before_sleep=lambda state: _local_start_failed(ray, state.attempt_number),
+        reraise=True,
+    )
+    try:
+        for attempt in attempts:
+            with attempt:
+                ray.init(**options)
+    except Exception as exc:
+        if "timed out during startup" not in str(exc):
+            raise
+        raise RuntimeFailure(
+            f"a local Ray did not start in {_LOCAL_START_ATTEMPTS} attempts (its raylet gives "
+            "its agents 15 s to start; is the machine overloaded?): start one with "
+            "`ray start --head` and set RAY_ADDRESS, or retry"
+        ) from exc
+
+
+def _local_start_failed(ray: Any, attempt: int) -> None:
+    log.warning("ray.local_start_failed", attempt=attempt, retrying=True)
+    # The failed start's processes are not Ray's global node, so shutdown() leaves them
+    # (idle) until this command exits, when Ray's reaper ends its process group.
+    ray.shutdown()
 
 
 def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
