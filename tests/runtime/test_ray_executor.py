@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from qlass.cli import app
+from qlass.cli import app, main
 from qlass.errors import ConfigError
 from qlass.runtime.pipeline import Pipeline
 from qlass.runtime.ray_executor import ExploreActor, RaySettings, _merge, import_ray
@@ -94,14 +94,18 @@ def test_missing_ray_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_cli_refuses_ray_without_ray_installed(
-    cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setitem(sys.modules, "ray", None)
-    result = cli.invoke(app, ["explore", "--executor", "ray", "--set", f"run_dir={tmp_path}"])
-    assert result.exit_code != 0
-    assert "pip install 'qlass[ray]'" in result.output
-    assert "Traceback" not in result.output
-    assert not (tmp_path / "qlass.db").exists()  # refused before anything was created
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    run_dir = tmp_path / "run"
+    argv = ["qlass", "explore", "--executor", "ray", "--set", f"run_dir={run_dir}"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "pip install 'qlass[ray]'" in lines[0], lines
+    assert not run_dir.exists()  # refused before anything was created
 
 
 @pytest.mark.parametrize(
