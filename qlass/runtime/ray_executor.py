@@ -30,7 +30,7 @@ from tenacity import Retrying, retry_if_exception_message, stop_after_attempt
 
 from qlass._log import configure_logging
 from qlass.config import RunConfig
-from qlass.errors import ConfigError, RuntimeFailure
+from qlass.errors import ConfigError, QlassError, RuntimeFailure
 from qlass.runtime.scheduler import StopSignal
 from qlass.runtime.stages.base import StageResult
 
@@ -190,6 +190,27 @@ def _local_start_failed(ray: Any, attempt: int) -> None:
     ray.shutdown()
 
 
+async def _results(ray: Any, refs: list[Any]) -> list[dict[str, Any]]:
+    """The actors' reports; a qlass error raised in an actor as itself, Ray's as one line."""
+    try:
+        parts: list[dict[str, Any]] = await asyncio.to_thread(ray.get, refs)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, QlassError):
+            raise exc.cause from None
+        raise RuntimeFailure(f"a Ray actor failed: {_first_line(exc.cause)}") from exc
+    except ray.exceptions.RayError as exc:  # an actor died more often than ray.max_restarts
+        raise RuntimeFailure(
+            f"a Ray actor was lost ({_first_line(exc)}); what it committed is kept: rerun "
+            "the command to continue"
+        ) from exc
+    return parts
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     merged: dict[str, Any] = {key: 0 for key in _SUMMED}
     for part in parts:
@@ -242,7 +263,7 @@ async def explore_on_ray(pipeline: Pipeline, settings: RaySettings) -> list[Stag
                 stopping = True
                 for actor in actors:
                     actor.stop.remote()
-        parts = await asyncio.to_thread(ray.get, refs)
+        parts = await _results(ray, refs)
     finally:
         ray.shutdown()
     for part in parts:
