@@ -11,8 +11,6 @@ Slow (a Ray cluster and three simulators' JVMs): run with
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import signal
 import time
@@ -22,33 +20,23 @@ from pathlib import Path
 
 import pytest
 
-from qlass.storage import TreeStore
 from tests.reliability.campaign import finish_reference, start_reference
 from tests.reliability.harness import (
     Snapshot,
-    child_env,
     duplicate_siblings,
-    qlass_command,
     ray_actor_events,
-    settings,
     snapshot,
-    start,
     trace_keys,
 )
 
 from ..postgres.conftest import PostgresServer
+from .driver import create_schema, ray_driver, ray_explore_args
 
 pytest.importorskip("ray")
 
 NAME = "onray"
 EXTRA = ["env.train_tasks=6", "env.max_steps=6", "explore.max_depth=4", "env.pool_size=2"]
 LEASE_S = 3
-
-
-async def _create_schema(url: str) -> None:
-    """The store's tables, so that the test can read the store before the driver wrote it."""
-    async with await TreeStore.open(url):
-        pass
 
 
 def _victim(
@@ -76,25 +64,15 @@ def test_two_ray_actors_survive_a_killed_actor(
     tmp_path: Path, postgres_server: PostgresServer
 ) -> None:
     url = postgres_server.create_database()
-    asyncio.run(_create_schema(url))
+    create_schema(url)
     reference, ref_db = start_reference(tmp_path, NAME, EXTRA)
-    args = [
-        "explore", "--db", url, "--executor", "ray", "--lease-s", str(LEASE_S),
-        *settings(NAME, f"run_dir={tmp_path / 'run'}", "ray.actors=2", *EXTRA),
-    ]  # fmt: skip
-    env = child_env(RAY_DEDUP_LOGS="0")
-    env.pop("RAY_ADDRESS", None)  # a local Ray for the test
-    driver = start(qlass_command(*args), tmp_path / "logs", "driver", env)
-    try:
+    args = ray_explore_args(NAME, url, tmp_path / "run", "ray.actors=2", *EXTRA)
+    args += ["--lease-s", str(LEASE_S)]
+    with ray_driver(args, tmp_path / "logs", "driver") as driver:
         pid, task, _ = _victim(url, lambda: driver.popen.poll() is None)
         os.kill(pid, signal.SIGKILL)  # an actor's process: Ray's worker, not the driver
         at_kill = snapshot(url, NAME)
         assert driver.wait(timeout=900) == 0, driver.err()[-4000:]
-    finally:  # a failed check leaves no driver (nor its local Ray) behind
-        if driver.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(driver.pid, signal.SIGKILL)
-            driver.wait()
     final = snapshot(url, NAME)
     expected = finish_reference(reference, ref_db, NAME)
 
@@ -102,7 +80,8 @@ def test_two_ray_actors_survive_a_killed_actor(
     assert set(final.task_status.values()) == {"done"}
     assert final.task_attempts[task] == 2
     assert all(n == 1 for t, n in final.task_attempts.items() if t != task)
-    assert final.claimed_by[task] is not None and not final.claimed_by[task].endswith(f":{pid}")
+    taker = final.claimed_by[task]
+    assert taker is not None and not taker.endswith(f":{pid}")
     # Ray restarted the killed actor and the restarted one reported back.
     restarted = [
         e for e in driver.events() if e.get("event") == "ray.actor_finished" and e["restarted"]
