@@ -158,6 +158,8 @@ def _resume_hint(config: RunConfig, *, aborted: bool) -> None:
     resume = ["qlass", command, "--resume", config.name, "--db", safe_url(config.store_url)]
     if "--worker" in argv:
         resume.append("--worker")
+    if "--executor" in argv[:-1]:  # explore on Ray again
+        resume += ["--executor", argv[argv.index("--executor") + 1]]
     masked = any("***" in arg for arg in [*again, *resume])
     typer.secho(
         redact(
