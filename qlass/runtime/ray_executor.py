@@ -142,8 +142,9 @@ of the memory, would be reserved in /dev/shm for nothing)."""
 _LOCAL_START_ATTEMPTS = 3
 """Ray 2.60's raylet aborts when its Python agents take over 15 s to report their ports (a
 fixed wait; on a loaded machine their imports alone can take that long), and ``ray.init``
-then raises "The current node timed out during startup". Starting again usually succeeds
-(the agents' modules are in the page cache by then)."""
+then raises "The current node timed out during startup". A Ray installed without its
+bytecode compiled makes that likely (docs/scale-out.md); otherwise a second start, once the
+load has dropped, may succeed."""
 
 
 def _ray_init(ray: Any, config: RunConfig) -> None:
