@@ -173,7 +173,7 @@ def _ray_init(ray: Any, config: RunConfig) -> None:
     try:
         for attempt in attempts:
             with attempt:
-                ray.init(**options)
+                ray.init(address="local", **options)  # None would join the last `ray start`
     except Exception as exc:
         if "timed out during startup" not in str(exc):
             raise
