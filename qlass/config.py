@@ -34,6 +34,7 @@ __all__ = [
     "LabelConfig",
     "PolicyConfig",
     "QNetConfig",
+    "RayConfig",
     "RunConfig",
     "SearchConfig",
     "SelfTrainConfig",
@@ -283,6 +284,23 @@ class BudgetConfig(_Section):
     )
 
 
+class RayConfig(_Section):
+    """How ``qlass explore --executor ray`` uses a Ray cluster (docs/scale-out.md). Not part
+    of any stage's fingerprint: the trees do not depend on where they grow."""
+
+    address: str | None = Field(
+        None,
+        description="cluster to join ('auto', 'ray://head:10001'); None: $RAY_ADDRESS, "
+        "else a local Ray started for the command",
+    )
+    actors: int = Field(2, ge=1, description="explore actors (one worker each: own envs, policy)")
+    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs Ray reserves per actor")
+    gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per actor (a local QNet/policy)")
+    max_restarts: int = Field(
+        3, ge=-1, description="times Ray restarts an actor whose process died (-1: no limit)"
+    )
+
+
 class RunConfig(BaseModel):
     """Everything one run needs; stored in the DB so a run can be reproduced or resumed."""
 
@@ -302,6 +320,7 @@ class RunConfig(BaseModel):
     eval: EvalConfig = EvalConfig()
     self_train: SelfTrainConfig = SelfTrainConfig()
     budget: BudgetConfig = BudgetConfig()
+    ray: RayConfig = RayConfig()
 
     @field_validator("name")
     @classmethod

@@ -158,6 +158,8 @@ def _resume_hint(config: RunConfig, *, aborted: bool) -> None:
     resume = ["qlass", command, "--resume", config.name, "--db", safe_url(config.store_url)]
     if "--worker" in argv:
         resume.append("--worker")
+    if "--executor" in argv[:-1]:  # explore on Ray again
+        resume += ["--executor", argv[argv.index("--executor") + 1]]
     masked = any("***" in arg for arg in [*again, *resume])
     typer.secho(
         redact(
@@ -332,6 +334,15 @@ def register(app: typer.Typer) -> None:
                 help="Leave alone a task already claimed this many times (its workers keep dying).",
             ),
         ] = 5,
+        executor: Annotated[
+            str,
+            typer.Option(
+                "--executor",
+                help="'local': this process (or this worker, with --worker). 'ray': "
+                "ray.actors workers as Ray actors on the cluster of ray.address / "
+                "$RAY_ADDRESS (else a local Ray), sharing the store under leases.",
+            ),
+        ] = "local",
     ) -> None:
         """Grow exploration trees on the train split, committing every node to the store.
 
@@ -340,7 +351,26 @@ def register(app: typer.Typer) -> None:
         """
         from qlass.runtime.workers import WorkerSettings, default_worker_id
 
+        if executor not in ("local", "ray"):
+            raise typer.BadParameter("must be 'local' or 'ray'", param_hint="--executor")
+        if executor == "ray" and (worker or worker_id is not None):
+            raise typer.BadParameter(
+                "--executor ray starts the workers itself (one per Ray actor): leave out "
+                "--worker/--worker-id",
+                param_hint="--executor",
+            )
         resolved = load_run_config(config, set_, db, resume)
+        if executor == "ray":
+            from qlass.runtime.ray_executor import RaySettings, explore_on_ray, import_ray
+
+            import_ray()  # a clear message before anything is opened
+            ray_settings = RaySettings(lease_s=lease_s, max_attempts=max_attempts)
+
+            async def on_ray(pipeline: Pipeline) -> list[StageResult]:
+                return await explore_on_ray(pipeline, ray_settings)
+
+            print_stages(run_pipeline(resolved, on_ray))
+            return
         settings = None
         if worker:
             settings = WorkerSettings(

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -147,6 +148,25 @@ def read_events(path: Path) -> list[dict[str, Any]]:
     return events
 
 
+# A record a Ray actor logged, as Ray forwards it to the driver's stderr (log_to_driver).
+_RAY_ACTOR_LINE = re.compile(r"^(?:\x1b\[\d+m)?\(ExploreActor pid=(\d+)\)(?:\x1b\[0m)? (\{.*)$")
+
+
+def ray_actor_events(path: Path) -> dict[int, list[dict[str, Any]]]:
+    """Each Ray actor process's events (by pid), from a ``--executor ray`` driver's stderr."""
+    events: dict[int, list[dict[str, Any]]] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        match = _RAY_ACTOR_LINE.match(line)
+        if match is None:
+            continue
+        try:
+            event = json.loads(match[2])
+        except json.JSONDecodeError:
+            continue  # the line a SIGKILL cut short
+        events.setdefault(int(match[1]), []).append(event)
+    return events
+
+
 def count_events(path: Path, name: str) -> int:
     return sum(1 for e in read_events(path) if e.get("event") == name)
 
@@ -247,7 +267,8 @@ async def snapshot_async(url: str, run_name: str) -> Snapshot:
             if label_sets:
                 raw = await store.labels.values(label_sets[0].id, task.id, normalized=False)
                 for node_id, q in raw.items():
-                    snap.labels[snap.keys[node_id]] = q
+                    if node_id in snap.keys:  # a live run may label nodes read after its tree
+                        snap.labels[snap.keys[node_id]] = q
     return snap
 
 

@@ -1,0 +1,45 @@
+"""Running ``qlass explore --executor ray`` as a subprocess in the Ray tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+from qlass.storage import TreeStore
+from tests.reliability.harness import Proc, child_env, qlass_command, settings, start
+
+
+async def _create_schema(url: str) -> None:
+    async with await TreeStore.open(url):
+        pass
+
+
+def create_schema(url: str) -> None:
+    """The store's tables, so that a test can read the store before the driver wrote it."""
+    asyncio.run(_create_schema(url))
+
+
+def ray_explore_args(name: str, url: str, run_dir: Path, *extra: str) -> list[str]:
+    return [
+        "explore", "--db", url, "--executor", "ray",
+        *settings(name, f"run_dir={run_dir}", *extra),
+    ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def ray_driver(args: list[str], log_dir: Path, tag: str) -> Iterator[Proc]:
+    """The driver, with a local Ray; a failed check leaves neither behind."""
+    env = child_env(RAY_DEDUP_LOGS="0")
+    env.pop("RAY_ADDRESS", None)  # a local Ray for the test
+    driver = start(qlass_command(*args), log_dir, tag, env)
+    try:
+        yield driver
+    finally:
+        if driver.popen.poll() is None:  # Ray's processes share the driver's session
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
