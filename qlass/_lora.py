@@ -137,15 +137,15 @@ def add_lora(model: Any, settings: LoraSettings, *, task_type: str, base_path: s
         lora_dropout=settings.dropout,
         target_modules=list(settings.target_modules) if settings.target_modules else "all-linear",
         task_type=task_type,
-        base_model_name_or_path=str(Path(base_path).resolve()),
     )
     try:
         with _quiet_peft():
             wrapped = peft.get_peft_model(model, config)
     except ValueError as exc:  # e.g. a target module the model does not have
         raise ConfigError(f"lora: {str(exc).splitlines()[0]}") from exc
-    # get_peft_model reads the base path from the model; the adapter's base is the folder
-    # the model came from (a merged BC adapter's base is that adapter's folder, not its base).
+    # get_peft_model takes the base path from the model (and warns when the config named
+    # another); the adapter's base is the folder the model came from: for a model loaded from
+    # a BC adapter folder (merged), that folder, not the folder under it.
     wrapped.peft_config["default"].base_model_name_or_path = str(Path(base_path).resolve())
     return wrapped
 

@@ -281,8 +281,12 @@ class QNet(nn.Module):
             if k.startswith("head.")
         }
         backbone_dir = directory / BACKBONE_DIR
-        clear_other_kind(backbone_dir, adapter=is_peft_model(self.backbone))
-        self.backbone.save_pretrained(str(backbone_dir), state_dict=backbone_state)
+        adapter = is_peft_model(self.backbone)
+        clear_other_kind(backbone_dir, adapter=adapter)
+        # LoRA leaves the embeddings alone: no need for peft to look for a resized
+        # vocabulary in the base folder (which has no config.json when it is a BC adapter).
+        extra: dict[str, Any] = {"save_embedding_layers": False} if adapter else {}
+        self.backbone.save_pretrained(str(backbone_dir), state_dict=backbone_state, **extra)
         save_file(head_state, str(directory / HEAD_FILE))
         spec = replace(self.spec, qlass_version=code_version())
         (directory / CONFIG_FILE).write_text(json.dumps(asdict(spec), indent=2) + "\n")
@@ -292,7 +296,7 @@ class QNet(nn.Module):
             directory,
             asdict(spec),
             hidden_size=_hidden_size(self.backbone.config),
-            lora=is_peft_model(self.backbone),
+            lora=adapter,
             metrics=metrics,
         )
         return directory
