@@ -5,9 +5,12 @@ Imports torch: import this module only where torch is needed anyway.
 
 from __future__ import annotations
 
-import torch
+from importlib.metadata import version
 
-__all__ = ["default_dtype", "resolve_device"]
+import torch
+from packaging.version import Version
+
+__all__ = ["default_dtype", "dtype_argument", "resolve_device"]
 
 
 def resolve_device(
@@ -32,3 +35,10 @@ def resolve_device(
 def default_dtype(device: torch.device) -> torch.dtype:
     """bf16 on CUDA (the paper's setting), fp32 on CPU (bf16 matmuls are slow there)."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def dtype_argument(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """``from_pretrained``'s dtype keyword: transformers 4.56 renamed ``torch_dtype`` to
+    ``dtype``."""
+    name = "dtype" if Version(version("transformers")) >= Version("4.56") else "torch_dtype"
+    return {name: dtype}

@@ -9,12 +9,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from transformers import TrainerCallback, set_seed
+from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from qlass._log import adopt_library_logging
 from qlass._reproducibility import torch_settings
 
-__all__ = ["StopCallback", "reproducible_training"]
+__all__ = ["StopCallback", "checkpointing_arguments", "reproducible_training", "resolve_bf16"]
 
 # cuBLAS picks its GEMM algorithms deterministically only with a fixed workspace; the
 # setting must be in place before the first cuBLAS call of the process.
@@ -73,3 +73,23 @@ def reproducible_training(seed: int) -> Iterator[dict[str, Any]]:
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[2:]
+
+
+def checkpointing_arguments(enabled: bool) -> dict[str, Any]:
+    """``TrainingArguments`` for gradient (activation) checkpointing under either name
+    (transformers 5 renamed it). Non-reentrant checkpointing, which needs no gradient on the
+    inputs: with a LoRA adapter the embeddings are frozen and would give none."""
+    fields = TrainingArguments.__dataclass_fields__
+    name = (
+        "activation_checkpointing"
+        if "activation_checkpointing" in fields
+        else ("gradient_checkpointing")
+    )
+    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
+
+
+def resolve_bf16(bf16: bool | None, *, use_cpu: bool = False) -> bool:
+    """bf16 mixed precision as asked, or (``None``) exactly on a bf16-capable GPU."""
+    if bf16 is not None:
+        return bf16
+    return not use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()

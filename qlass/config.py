@@ -32,6 +32,7 @@ __all__ = [
     "EvalConfig",
     "ExploreConfig",
     "LabelConfig",
+    "LoRAConfig",
     "PolicyConfig",
     "QNetConfig",
     "RayConfig",
@@ -122,6 +123,18 @@ class PolicyConfig(_Section):
     max_batch: int = Field(32, ge=1, description="micro-batch size (hf)")
 
 
+class LoRAConfig(_Section):
+    """A LoRA adapter (peft, ``qlass[peft]``): only the adapter trains, saved in PEFT's layout
+    (what vLLM serves with ``--enable-lora``). ``rank`` 0 trains every weight instead."""
+
+    rank: int = Field(0, ge=0, description="LoRA rank r; 0: no adapter (full fine-tuning)")
+    alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: tuple[str, ...] | None = Field(
+        None, description="module names to adapt (q_proj, v_proj...); None: every linear layer"
+    )
+
+
 class BCConfig(_Section):
     """Behaviour cloning on expert trajectories (loss on agent turns only)."""
 
@@ -143,6 +156,11 @@ class BCConfig(_Section):
     width: int = Field(128, ge=16, description="from-scratch model width")
     heads: int = Field(4, ge=1)
     vocab_size: int = Field(1024, ge=64, description="from-scratch tokenizer vocabulary")
+    lora: LoRAConfig = LoRAConfig()
+    bf16: bool | None = Field(
+        None, description="bf16 mixed precision (and a bf16 base under LoRA); None: on a bf16 GPU"
+    )
+    gradient_checkpointing: bool = Field(False, description="recompute activations (less memory)")
 
 
 class ExploreConfig(_Section):
@@ -207,6 +225,11 @@ class QNetConfig(_Section):
         ge=0,
         description="weight of a sibling ranking loss added to MSE (0: the paper's MSE only)",
     )
+    lora: LoRAConfig = LoRAConfig()
+    bf16: bool | None = Field(
+        None, description="bf16 mixed precision (and a bf16 base under LoRA); None: on a bf16 GPU"
+    )
+    gradient_checkpointing: bool = Field(False, description="recompute activations (less memory)")
     max_batch: int = Field(32, ge=1, description="scorer micro-batch size")
 
 

@@ -111,6 +111,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "langgraph": "langgraph",
     "alfworld": "alfworld",
     "vllm": "vllm",
+    "peft": "peft",
 }
 """The extra that installs each optional top-level module (``pip install 'qlass[extra]'``)."""
 

@@ -20,6 +20,10 @@ the oldest turns are dropped (:mod:`qlass.backends._prompt_fit`) and
 not fit, the call fails with :class:`PromptTooLongError`. ``top_p`` and ``logprobs`` are
 described in :mod:`qlass.backends._sampling`.
 
+``model_dir`` is a model folder or a LoRA adapter folder in PEFT's layout (BC with
+``bc.lora``): the adapter's ``base_model_name_or_path`` names its base, which is loaded with
+the adapter merged in (that needs peft, ``qlass[peft]``).
+
 This module needs torch and transformers only (GPU boxes may have nothing else).
 """
 
@@ -36,14 +40,13 @@ from typing import Any
 
 import structlog
 import torch
-import transformers
-from packaging.version import Version
 from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from qlass._batching import BatchStats, MicroBatcher
 from qlass._log import adopt_library_logging
-from qlass._torch import default_dtype, resolve_device
+from qlass._lora import is_adapter_dir, load_model
+from qlass._torch import default_dtype, dtype_argument, resolve_device
 from qlass.backends._prefill import prefill
 from qlass.backends._prompt_fit import fit_prompt
 from qlass.backends._sampling import (
@@ -64,9 +67,6 @@ log = structlog.get_logger(__name__)
 
 # transformers attached its own log handler on import: hand its records to qlass's.
 adopt_library_logging()
-
-# transformers 4.56 renamed from_pretrained's torch_dtype argument to dtype.
-_DTYPE_ARG = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +122,10 @@ class HFPolicy:
         prefill_tokens: int | None = None,
     ) -> None:
         path = Path(model_dir)
-        if not (path / "config.json").is_file():
-            raise MissingDataError(f"no model at {path} (config.json not found)")
+        if not (path / "config.json").is_file() and not is_adapter_dir(path):
+            raise MissingDataError(
+                f"no model at {path} (neither config.json nor a LoRA adapter_config.json)"
+            )
         self.device = resolve_device(device, error=ConfigError, field="policy.device")
         if dtype is None:
             dtype = default_dtype(self.device)
@@ -131,7 +133,8 @@ class HFPolicy:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             if not getattr(self.tokenizer, "chat_template", None):
                 raise ConfigError(f"the tokenizer in {path} has no chat template")
-            model: Any = AutoModelForCausalLM.from_pretrained(path, **{_DTYPE_ARG: dtype})
+            # A LoRA adapter folder: its base model with the adapter merged in (needs peft).
+            model: Any = load_model(AutoModelForCausalLM, path, **dtype_argument(dtype))
         except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
             # A corrupt config.json, tokenizer or weights file: one line, not a traceback.
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

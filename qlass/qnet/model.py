@@ -8,9 +8,18 @@ when the backbone runs in bf16 on a GPU.
 A checkpoint is a self-contained directory that can be copied between machines::
 
     qnet_config.json         head_dim, max_length, base model, qlass version, format version
-    backbone/                the backbone (``save_pretrained``: config.json + safetensors)
+    backbone/                the backbone (``save_pretrained``: config.json + safetensors),
+                             or with ``qnet.lora`` a LoRA adapter in PEFT's layout on the
+                             folder the QNet was trained from (which must stay there)
     value_head.safetensors   the head's weights
     tokenizer.json ...       the tokenizer, chat template included
+    config.json              the same as a transformers config, naming ...
+    modeling_qlass_qnet.py   ... the model class (:mod:`qlass.qnet.modeling_qlass_qnet`),
+                             so that ``AutoModel.from_pretrained(folder,
+                             trust_remote_code=True)`` loads it without qlass
+    README.md                the model card: base model, training data, metrics, loading
+
+Checkpoints written before ``config.json`` existed load in qlass as before.
 """
 
 from __future__ import annotations
@@ -25,12 +34,33 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel
-from transformers.utils import ModelOutput
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 
 from qlass._log import adopt_library_logging
+from qlass._lora import (
+    LoraSettings,
+    add_lora,
+    clear_other_kind,
+    import_peft,
+    is_adapter_dir,
+    load_adapted,
+)
 from qlass._version import __version__, code_version
 from qlass.errors import MissingDataError, ValueModelError
+from qlass.qnet.card import write_transformers_files
+from qlass.qnet.modeling_qlass_qnet import (
+    BACKBONE_DIR,
+    HEAD_FILE,
+    MODEL_TYPE,
+    QlassQNetConfig,
+    QlassQNetModel,
+    QNetOutput,
+    ValueHead,
+    is_right_padded,
+    last_token_index,
+    load_backbone,
+    value_at_last_token,
+)
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -47,11 +77,12 @@ log = structlog.get_logger(__name__)
 
 # transformers attached its own log handler on import: hand its records to qlass's.
 adopt_library_logging()
+# Inside qlass a checkpoint's config.json resolves to these classes with no remote code.
+AutoConfig.register(MODEL_TYPE, QlassQNetConfig, exist_ok=True)
+AutoModel.register(QlassQNetConfig, QlassQNetModel, exist_ok=True)
 
 CHECKPOINT_FORMAT = 1
 CONFIG_FILE = "qnet_config.json"
-HEAD_FILE = "value_head.safetensors"
-BACKBONE_DIR = "backbone"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,50 +97,12 @@ class QNetSpec:
     format: int = CHECKPOINT_FORMAT
 
 
-@dataclass
-class QNetOutput(ModelOutput):
-    """``value``: one float32 value per sequence; ``loss``: MSE to ``labels`` if given."""
-
-    loss: torch.Tensor | None = None
-    value: torch.Tensor | None = None
-
-
-class ValueHead(nn.Module):
-    """``Linear(hidden, d) -> ReLU -> Linear(d, d) -> ReLU -> Linear(d, 1)``."""
-
-    def __init__(self, hidden_size: int, head_dim: int = 1024) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(hidden_size, head_dim),
-            nn.ReLU(),
-            nn.Linear(head_dim, head_dim),
-            nn.ReLU(),
-            nn.Linear(head_dim, 1),
-        )
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.net(hidden).squeeze(-1)
-
-
 def _hidden_size(config: Any) -> int:
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     size = getattr(text_config, "hidden_size", None) or getattr(text_config, "n_embd", None)
     if not isinstance(size, int):
         raise ValueModelError(f"cannot tell the hidden size of a {type(config).__name__}")
     return size
-
-
-def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last real token of each row (right or left padding)."""
-    width = attention_mask.shape[1]
-    return width - 1 - attention_mask.flip(1).to(torch.long).argmax(dim=1)
-
-
-def is_right_padded(attention_mask: torch.Tensor) -> bool:
-    """True if every row is ones followed by zeros (and starts with a real token)."""
-    if attention_mask.shape[1] == 0 or not bool(attention_mask[:, 0].all()):
-        return False
-    return bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
 
 
 def _max_positions(config: Any) -> int | None:
@@ -156,18 +149,7 @@ class QNet(nn.Module):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> QNetOutput:
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        # With right padding, causal attention already keeps every real token from seeing
-        # the pads (they come after it), so the backbone needs no padding mask: it then
-        # takes the fused causal attention path instead of materialising a B x L x L mask.
-        # The value is read at the last real token, whose result is exactly as unpadded.
-        backbone_mask = None if is_right_padded(attention_mask) else attention_mask
-        outputs = self.backbone(input_ids=input_ids, attention_mask=backbone_mask, use_cache=False)
-        hidden = outputs.last_hidden_state
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        last = hidden[rows, last_token_index(attention_mask).to(hidden.device)]
-        values = self.head(last.float()).float()
+        values = value_at_last_token(self.backbone, self.head, input_ids, attention_mask)
         loss = None
         if labels is not None:
             loss = nn.functional.mse_loss(values, labels.to(values.device, torch.float32))
@@ -187,6 +169,14 @@ class QNet(nn.Module):
         self.backbone.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs=gradient_checkpointing_kwargs
         )
+
+    def with_lora(self, settings: LoraSettings, base_path: str | Path) -> QNet:
+        """Put a fresh LoRA adapter on the backbone (only it and the head train then);
+        ``base_path`` is the backbone's folder, recorded as the adapter's base."""
+        self.backbone = add_lora(
+            self.backbone, settings, task_type="FEATURE_EXTRACTION", base_path=base_path
+        )
+        return self
 
     # ---- construction ---------------------------------------------------------------------
 
@@ -216,8 +206,11 @@ class QNet(nn.Module):
         return cls(backbone, spec)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, *, dtype: torch.dtype = torch.float32) -> QNet:
-        """Load a checkpoint written by :meth:`save_pretrained`.
+    def from_pretrained(
+        cls, directory: str | Path, *, dtype: torch.dtype = torch.float32, trainable: bool = False
+    ) -> QNet:
+        """Load a checkpoint written by :meth:`save_pretrained`. A LoRA backbone is merged
+        into its base for scoring; with ``trainable`` it stays an adapter that trains on.
 
         Raises:
             MissingDataError: the directory is not a QNet checkpoint or a file is missing.
@@ -239,7 +232,16 @@ class QNet(nn.Module):
                 f"{directory} has QNet checkpoint format {spec.format}; this qlass reads "
                 f"format {CHECKPOINT_FORMAT} (upgrade qlass)"
             )
-        backbone = _load_backbone(directory / BACKBONE_DIR, dtype)
+        backbone_dir = directory / BACKBONE_DIR
+        if trainable and is_adapter_dir(backbone_dir):
+            backbone = load_adapted(
+                backbone_dir,
+                lambda base: _load_backbone(base, dtype),
+                merge=False,
+                trainable=True,
+            )
+        else:
+            backbone = _load_backbone(backbone_dir, dtype)
         qnet = cls(backbone, spec)
         head = directory / HEAD_FILE
         if not head.is_file():
@@ -259,10 +261,13 @@ class QNet(nn.Module):
         *,
         tokenizer: Any = None,
         state_dict: dict[str, torch.Tensor] | None = None,
+        metrics: dict[str, Any] | None = None,
     ) -> Path:
         """Write the checkpoint directory (see the module docstring) and return its path.
 
-        ``state_dict`` lets a distributed trainer pass the full gathered weights (FSDP).
+        ``state_dict`` lets a distributed trainer pass the full gathered weights (FSDP);
+        ``metrics`` (training's) go into the model card. A LoRA backbone is saved as its
+        adapter only.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -275,21 +280,42 @@ class QNet(nn.Module):
             for k, v in state.items()
             if k.startswith("head.")
         }
-        self.backbone.save_pretrained(str(directory / BACKBONE_DIR), state_dict=backbone_state)
+        backbone_dir = directory / BACKBONE_DIR
+        adapter = is_peft_model(self.backbone)
+        clear_other_kind(backbone_dir, adapter=adapter)
+        # LoRA leaves the embeddings alone: no need for peft to look for a resized
+        # vocabulary in the base folder (which has no config.json when it is a BC adapter).
+        extra: dict[str, Any] = {"save_embedding_layers": False} if adapter else {}
+        self.backbone.save_pretrained(str(backbone_dir), state_dict=backbone_state, **extra)
         save_file(head_state, str(directory / HEAD_FILE))
         spec = replace(self.spec, qlass_version=code_version())
         (directory / CONFIG_FILE).write_text(json.dumps(asdict(spec), indent=2) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(str(directory))
+        write_transformers_files(
+            directory,
+            asdict(spec),
+            hidden_size=_hidden_size(self.backbone.config),
+            lora=adapter,
+            metrics=metrics,
+        )
         return directory
 
 
+def is_peft_model(model: Any) -> bool:
+    """True for a backbone wrapped in a LoRA adapter (without importing peft)."""
+    return hasattr(model, "peft_config")
+
+
 def _load_backbone(directory: Path, dtype: torch.dtype) -> PreTrainedModel:
-    if not (directory / "config.json").is_file():
+    if not (directory / "config.json").is_file() and not is_adapter_dir(directory):
         raise MissingDataError(f"no model at {directory} (config.json missing)")
+    if is_adapter_dir(directory):
+        import_peft()  # the "install qlass[peft]" error, not the standalone file's
     try:
-        model = AutoModel.from_pretrained(str(directory), dtype=dtype)
-    except (OSError, ValueError) as exc:
-        raise MissingDataError(f"cannot load a backbone from {directory}: {exc}") from exc
+        model = load_backbone(directory, dtype)
+    except (OSError, ValueError, KeyError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MissingDataError(f"cannot load a backbone from {directory}: {reason}") from exc
     assert isinstance(model, PreTrainedModel)
     return model

@@ -14,13 +14,11 @@ between it and ``micro_batch_size x processes``.
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import math
 import os
 import random
 import time
-from collections import defaultdict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,10 +30,17 @@ import torch
 from torch.utils.data import Dataset
 from transformers import PrinterCallback, TrainerCallback, TrainingArguments
 
-from qlass._training import StopCallback, reproducible_training
+from qlass._lora import LoraSettings, lora_settings_of
+from qlass._training import (
+    StopCallback,
+    checkpointing_arguments,
+    reproducible_training,
+    resolve_bf16,
+)
 from qlass.errors import TrainingStopped, UserError
 from qlass.qnet.encoding import encode_texts, ensure_chat_template, pad_right, render
-from qlass.qnet.model import CONFIG_FILE, QNet, load_tokenizer
+from qlass.qnet.metrics import regression_metrics, sibling_accuracy, spearman
+from qlass.qnet.model import CONFIG_FILE, QNet, is_peft_model, load_tokenizer
 from qlass.qnet.ranking import RankingTrainer, sibling_groups
 from qlass.types import LabelledStep
 
@@ -75,7 +80,9 @@ class TrainSettings:
     ``bf16=None`` means bf16 mixed precision exactly when a bf16-capable GPU is used.
     ``save_steps`` writes resumable Trainer checkpoints under ``output_dir`` (off by default).
     ``rank_weight`` > 0 adds :func:`~qlass.qnet.ranking.sibling_margin_loss` to the paper's MSE, with the
-    candidates of one state kept together in training batches.
+    candidates of one state kept together in training batches. ``lora``: train a LoRA
+    adapter on the backbone (and the head) instead of every weight; with bf16 the frozen
+    backbone is then stored in bf16 as well.
     """
 
     output_dir: Path
@@ -99,6 +106,7 @@ class TrainSettings:
     use_cpu: bool = False
     eval_before: bool = True
     rank_weight: float = 0.0
+    lora: LoraSettings | None = None
 
 
 def qnet_train_settings(config: RunConfig, **overrides: Any) -> TrainSettings:
@@ -116,6 +124,9 @@ def qnet_train_settings(config: RunConfig, **overrides: Any) -> TrainSettings:
         "max_turns": q.max_turns,
         "dev_fraction": q.dev_fraction,
         "rank_weight": q.rank_weight,
+        "bf16": q.bf16,
+        "gradient_checkpointing": q.gradient_checkpointing,
+        "lora": lora_settings_of(q),
         "seed": config.seed,
     }
     return TrainSettings(**(settings | overrides))
@@ -179,35 +190,6 @@ def split_by_task(steps: Sequence[LabelledStep], dev_fraction: float, seed: int)
     train_task_set = {s.task_key for s in train}
     assert not train_task_set & dev_tasks, "a task is in both splits"
     return TaskSplit(train, dev, tuple(sorted(train_task_set)), tuple(sorted(dev_tasks)))
-
-
-def spearman(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
-    """Spearman rank correlation (average ranks for ties); NaN if either side is constant."""
-    x, y = _ranks(np.asarray(a, dtype=np.float64)), _ranks(np.asarray(b, dtype=np.float64))
-    if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return math.nan
-    return float(np.corrcoef(x, y)[0, 1])
-
-
-def _ranks(values: np.ndarray) -> np.ndarray:
-    order = np.argsort(values, kind="mergesort")
-    sorted_values = values[order]
-    ranks = np.empty(values.size, dtype=np.float64)
-    start = 0
-    while start < values.size:
-        end = start
-        while end + 1 < values.size and sorted_values[end + 1] == sorted_values[start]:
-            end += 1
-        ranks[order[start : end + 1]] = (start + end) / 2.0
-        start = end + 1
-    return ranks
-
-
-def regression_metrics(predictions: Any, labels: Any) -> dict[str, float]:
-    """``mse`` and ``spearman`` of predictions against labels."""
-    pred = np.asarray(predictions, dtype=np.float64).reshape(-1)
-    gold = np.asarray(labels, dtype=np.float64).reshape(-1)
-    return {"mse": float(np.mean((pred - gold) ** 2)), "spearman": spearman(pred, gold)}
 
 
 class LabelledStepDataset(Dataset[dict[str, Any]]):
@@ -297,18 +279,14 @@ def _version_specific_arguments(settings: TrainSettings) -> dict[str, Any]:
         kwargs["warmup_ratio"] = settings.warmup_ratio
     else:
         kwargs["warmup_steps"] = settings.warmup_ratio
-    checkpointing = "activation_checkpointing"
-    kwargs[checkpointing if checkpointing in fields else "gradient_checkpointing"] = (
-        settings.gradient_checkpointing
-    )
-    return kwargs
+    return kwargs | checkpointing_arguments(settings.gradient_checkpointing)
 
 
 def _training_arguments(settings: TrainSettings, quiet: bool) -> TrainingArguments:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     accumulation = max(1, math.ceil(settings.batch_size / (settings.micro_batch_size * world)))
     on_gpu = torch.cuda.is_available() and not settings.use_cpu
-    bf16 = settings.bf16 if settings.bf16 is not None else on_gpu and torch.cuda.is_bf16_supported()
+    bf16 = resolve_bf16(settings.bf16, use_cpu=settings.use_cpu)
     return TrainingArguments(
         output_dir=str(settings.output_dir),
         per_device_train_batch_size=settings.micro_batch_size,
@@ -340,31 +318,6 @@ def _training_arguments(settings: TrainSettings, quiet: bool) -> TrainingArgumen
     )
 
 
-def sibling_accuracy(predictions: Any, labels: Any, states: Sequence[Hashable]) -> float:
-    """How often two candidates of one state are ordered by the predictions as by the labels.
-
-    This is what Q-guided search needs from a QNet (it only compares siblings), and what MSE
-    and a correlation over all states do not show. Pairs with equal labels are skipped; a
-    tie in the predictions counts one half. NaN when no state has two candidates with
-    different labels.
-    """
-    pred = np.asarray(predictions, dtype=np.float64).reshape(-1)
-    gold = np.asarray(labels, dtype=np.float64).reshape(-1)
-    by_state: dict[Hashable, list[int]] = defaultdict(list)
-    for index, state in enumerate(states):
-        by_state[state].append(index)
-    agree = pairs = 0.0
-    for indices in by_state.values():
-        for a, b in itertools.combinations(indices, 2):
-            label_gap = gold[a] - gold[b]
-            if abs(label_gap) < 1e-9:
-                continue
-            pairs += 1
-            pred_gap = pred[a] - pred[b]
-            agree += 0.5 if pred_gap == 0 else float((pred_gap > 0) == (label_gap > 0))
-    return agree / pairs if pairs else math.nan
-
-
 def train_qnet(
     steps: Sequence[LabelledStep],
     init_dir: str | Path,
@@ -388,16 +341,37 @@ def train_qnet(
     if not split.train:
         raise UserError("no training examples: the triples are empty or all in the dev split")
     init_dir = Path(init_dir)
+    lora = settings.lora
+    dtype = (
+        torch.bfloat16
+        if lora and resolve_bf16(settings.bf16, use_cpu=settings.use_cpu)
+        else torch.float32
+    )
     if (init_dir / CONFIG_FILE).is_file():
-        qnet = QNet.from_pretrained(init_dir)
+        # A LoRA checkpoint trains on as an adapter under qnet.lora, merged otherwise.
+        qnet = QNet.from_pretrained(init_dir, dtype=dtype, trainable=lora is not None)
+        base = init_dir / "backbone"
+        if (
+            lora
+            and not is_peft_model(qnet.backbone)
+            and base.resolve().is_relative_to(settings.output_dir.resolve())
+        ):
+            raise UserError(
+                f"a LoRA QNet on the backbone of {init_dir} needs that backbone to stay: "
+                "save it elsewhere (another output folder)"
+            )
     else:
         qnet = QNet.from_backbone(
             init_dir,
             head_dim=settings.head_dim,
             max_length=settings.max_length,
             max_turns=settings.max_turns,
+            dtype=dtype,
             seed=settings.seed,
         )
+        base = init_dir
+    if lora and not is_peft_model(qnet.backbone):
+        qnet.with_lora(lora, base)
     tokenizer = load_tokenizer(init_dir)
     ensure_chat_template(tokenizer)
     if tokenizer.pad_token_id is None:
@@ -477,7 +451,9 @@ def train_qnet(
     # Gathers the full weights under FSDP; a plain state dict otherwise.
     state_dict = trainer.accelerator.get_state_dict(trainer.model)
     if trainer.is_world_process_zero():
-        qnet.save_pretrained(settings.output_dir, tokenizer=tokenizer, state_dict=state_dict)
+        qnet.save_pretrained(
+            settings.output_dir, tokenizer=tokenizer, state_dict=state_dict, metrics=asdict(result)
+        )
         (settings.output_dir / METRICS_FILE).write_text(
             json.dumps(result.metrics(), indent=2) + "\n"
         )

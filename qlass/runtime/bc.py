@@ -2,7 +2,11 @@
 
 CPU default: a small Llama-architecture model with a BPE tokenizer trained on the expert
 data, both made from scratch (qlass.backends.tiny). GPU path: ``base_model`` points to a
-local checkpoint (a Llama, say) that is fine-tuned with the same code. Training uses the
+local checkpoint (a Llama, say) that is fine-tuned with the same code, whole or, with
+``lora.rank`` > 0, through a LoRA adapter (peft) saved in PEFT's layout (the output folder
+then holds the adapter and the tokenizer; its base stays in ``base_model``). ``bf16`` with
+LoRA also loads the base in bf16, which with ``gradient_checkpointing`` is what lets a 7B
+policy train on one GPU. Training uses the
 transformers ``Trainer``, so ``accelerate launch``/``torchrun`` spread it over GPUs.
 
 Each training sequence is rendered exactly as the policy will see it at inference:
@@ -33,7 +37,14 @@ from transformers import (
     TrainingArguments,
 )
 
-from qlass._training import StopCallback, reproducible_training
+from qlass._lora import add_lora, clear_other_kind, load_model, lora_settings_of
+from qlass._torch import dtype_argument
+from qlass._training import (
+    StopCallback,
+    checkpointing_arguments,
+    reproducible_training,
+    resolve_bf16,
+)
 from qlass.backends.tiny import new_tiny_model, save_model, train_tokenizer
 from qlass.config import BCConfig
 from qlass.errors import ConfigError, MissingDataError, TrainingStopped
@@ -207,11 +218,13 @@ class _Progress(TrainerCallback):
         self._report(state.global_step, state.max_steps, self.last_loss)
 
 
-def _base(config: BCConfig, conversations: list[list[ChatMessage]], seed: int) -> tuple[Any, Any]:
+def _base(
+    config: BCConfig, conversations: list[list[ChatMessage]], seed: int, dtype: torch.dtype
+) -> tuple[Any, Any]:
     model: Any
     if config.base_model is not None:
         tokenizer = AutoTokenizer.from_pretrained(config.base_model)
-        model = AutoModelForCausalLM.from_pretrained(config.base_model)
+        model = load_model(AutoModelForCausalLM, config.base_model, **dtype_argument(dtype))
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         return model, tokenizer
@@ -233,6 +246,7 @@ def _untrained(
 ) -> BCResult:
     """``bc.examples=0``: the policy before any behaviour cloning, saved as it is (the
     from-scratch tokenizer has still learnt its vocabulary from the expert texts)."""
+    clear_other_kind(output_dir, adapter=False)
     save_model(model, tokenizer, output_dir)
     log.info("bc.untrained", model_dir=str(output_dir), vocabulary_from=conversations)
     return BCResult(
@@ -295,9 +309,24 @@ def _train(
     determinism: dict[str, Any],
 ) -> BCResult:
     started = time.perf_counter()
-    model, tokenizer = _base(config, conversations, seed)
+    lora = lora_settings_of(config)
+    if lora is not None and config.base_model is None:
+        raise ConfigError(
+            "bc.lora needs bc.base_model (a local model folder to adapt); a policy trained "
+            "from scratch trains every weight"
+        )
+    use_cpu = not torch.cuda.is_available()
+    bf16 = resolve_bf16(config.bf16, use_cpu=use_cpu)
+    # Full fine-tuning keeps fp32 master weights (bf16 is autocast); under LoRA the frozen
+    # base may as well be stored in bf16 (half the memory), the adapter stays fp32.
+    model, tokenizer = _base(
+        config, conversations, seed, torch.bfloat16 if bf16 and lora else torch.float32
+    )
     if config.examples == 0:
         return _untrained(model, tokenizer, output_dir, len(conversations), started)
+    if lora is not None:
+        assert config.base_model is not None
+        model = add_lora(model, lora, task_type="CAUSAL_LM", base_path=config.base_model)
     examples = build_examples(
         conversations,
         tokenizer,
@@ -314,6 +343,7 @@ def _train(
         tokens=train_tokens,
         steps=math.ceil(steps_per_epoch * config.epochs),
         base=config.base_model or "from scratch",
+        lora_rank=lora.rank if lora else None,
     )
     args = TrainingArguments(
         output_dir=str(output_dir / "trainer"),
@@ -331,8 +361,9 @@ def _train(
         data_seed=seed,
         dataloader_num_workers=0,
         remove_unused_columns=False,
-        use_cpu=not torch.cuda.is_available(),
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        use_cpu=use_cpu,
+        bf16=bf16,
+        **checkpointing_arguments(config.gradient_checkpointing),
         **_length_grouping(),
     )
     callback = _Progress(progress or (lambda *_: None))
@@ -348,6 +379,7 @@ def _train(
     output = trainer.train()
     if stopper.stopped:
         raise TrainingStopped(f"BC stopped after {output.global_step} steps; nothing saved")
+    clear_other_kind(output_dir, adapter=lora is not None)
     save_model(trainer.model, tokenizer, output_dir)  # type: ignore[arg-type]
     result = BCResult(
         model_dir=output_dir,

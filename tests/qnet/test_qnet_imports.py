@@ -1,10 +1,13 @@
 import subprocess
 import sys
 
-# GPU boxes may have only torch + transformers: the model, scorer and trainer must import
-# without the web, database and LLM-client stacks. Importing a blocked package fails; only
-# looking it up (importlib.util.find_spec, as `datasets` does for sqlalchemy when
-# transformers' Trainer imports it) does not raise, as on a box where it is absent.
+# GPU boxes may have only torch + transformers: the model, scorer and trainer, and the local
+# backend, must import without the web, database and LLM-client stacks, and without peft
+# (LoRA only). Importing a blocked package fails; only looking it up
+# (importlib.util.find_spec, as `datasets` does for sqlalchemy when transformers' Trainer
+# imports it) does not raise, as on a box where it is absent. peft is made absent outright
+# (sys.modules["peft"] = None: find_spec finds nothing and import fails), since
+# transformers imports it whenever find_spec finds it.
 _CHECK = """
 import importlib.abc, importlib.machinery, sys
 BLOCKED = {"pydantic", "fastapi", "sqlalchemy", "litellm", "httpx", "uvicorn", "aiosqlite"}
@@ -19,12 +22,14 @@ class Block(importlib.abc.MetaPathFinder):
             return importlib.machinery.ModuleSpec(name, Blocked())
         return None
 sys.meta_path.insert(0, Block())
+sys.modules["peft"] = None
 import qlass.qnet, qlass.qnet.model, qlass.qnet.scorer, qlass.qnet.train, qlass.qnet.constant
+import qlass.backends.hf
 print("ok")
 """
 
 
-def test_model_scorer_train_import_without_web_db_or_llm_stacks() -> None:
+def test_model_scorer_train_and_local_backend_import_without_web_db_llm_stacks_or_peft() -> None:
     done = subprocess.run(
         [sys.executable, "-c", _CHECK], capture_output=True, text=True, timeout=120
     )

@@ -1,4 +1,5 @@
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,20 @@ def test_save_then_load_gives_identical_scores(qnet_dir: Path, tmp_path: Path) -
     assert before is not None and after is not None
     assert torch.equal(before, after)
     assert before.std() > 0  # the scores are not all the same constant
+
+
+def test_a_checkpoint_from_before_the_transformers_files_loads_the_same(
+    qnet_dir: Path, tmp_path: Path
+) -> None:
+    old = Path(shutil.copytree(qnet_dir, tmp_path / "old"))
+    for name in ("config.json", "modeling_qlass_qnet.py", "README.md"):
+        (old / name).unlink()
+    input_ids, mask, _ = _encode(qnet_dir)
+    with torch.inference_mode():
+        expected = QNet.from_pretrained(qnet_dir).eval()(input_ids, mask).value
+        loaded = QNet.from_pretrained(old).eval()(input_ids, mask).value
+    assert expected is not None and loaded is not None
+    assert torch.equal(loaded, expected)
 
 
 def test_right_padded_batch_equals_rows_alone(qnet_dir: Path) -> None:

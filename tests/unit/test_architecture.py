@@ -30,6 +30,7 @@ FOUNDATION = frozenset(
         "_batching",
         "_config_env",
         "_log",
+        "_lora",
         "_registry",
         "_reproducibility",
         "_retry",
