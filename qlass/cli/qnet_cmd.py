@@ -97,6 +97,10 @@ def _summary(result: TrainResult, recorded: int | None) -> Table:
     table.add_row(
         "dev sibling order right (what search needs)", _fmt(result.dev_sibling_accuracy, 3)
     )
+    table.add_row(
+        "dev sibling gaps kept (predicted / labelled; ~0: blind to the action)",
+        _fmt(result.dev_sibling_spread, 3),
+    )
     table.add_row("train time", f"{result.train_seconds:.1f} s")
     if recorded is not None:
         table.add_row("recorded in the store", f"checkpoint id {recorded}")

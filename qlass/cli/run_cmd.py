@@ -214,6 +214,7 @@ def print_stages(results: Sequence[StageResult]) -> None:
         "dev_mse",
         "dev_spearman",
         "dev_sibling_accuracy",
+        "dev_sibling_spread",
         "completion_tokens",
     )
     for result in results:

@@ -90,6 +90,7 @@ _METRICS = (
     "dev_mse_mean_baseline",
     "dev_spearman",
     "dev_sibling_accuracy",
+    "dev_sibling_spread",
 )
 
 

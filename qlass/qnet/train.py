@@ -39,7 +39,7 @@ from qlass._training import (
 )
 from qlass.errors import TrainingStopped, UserError
 from qlass.qnet.encoding import encode_texts, ensure_chat_template, pad_right, render
-from qlass.qnet.metrics import regression_metrics, sibling_accuracy, spearman
+from qlass.qnet.metrics import regression_metrics, sibling_accuracy, sibling_spread, spearman
 from qlass.qnet.model import CONFIG_FILE, QNet, is_peft_model, load_tokenizer
 from qlass.qnet.ranking import RankingTrainer, sibling_groups
 from qlass.types import LabelledStep
@@ -160,6 +160,8 @@ class TrainResult:
     dev_mse_mean_baseline: float | None
     train_seconds: float
     eval_seconds: float
+    dev_sibling_spread: float | None = None
+    """Median sibling gap of the predictions over the labels' (near 0: action-blind)."""
     settings: dict[str, Any] = field(default_factory=dict)
     determinism: dict[str, Any] = field(default_factory=dict)
     """The torch settings training ran with (threads, deterministic algorithms)."""
@@ -268,6 +270,7 @@ def _compute_metrics(prediction: Any, states: Sequence[Hashable]) -> dict[str, f
     metrics["sibling_accuracy"] = sibling_accuracy(
         prediction.predictions, prediction.label_ids, states
     )
+    metrics["sibling_spread"] = sibling_spread(prediction.predictions, prediction.label_ids, states)
     return metrics
 
 
@@ -442,6 +445,7 @@ def train_qnet(
         dev_mse=_finite_or_none(after.get("eval_mse")),
         dev_spearman=_finite_or_none(after.get("eval_spearman")),
         dev_sibling_accuracy=_finite_or_none(after.get("eval_sibling_accuracy")),
+        dev_sibling_spread=_finite_or_none(after.get("eval_sibling_spread")),
         dev_mse_mean_baseline=baseline,
         train_seconds=train_seconds,
         eval_seconds=eval_seconds,
@@ -463,6 +467,7 @@ def train_qnet(
             dev_mse=result.dev_mse,
             dev_spearman=result.dev_spearman,
             dev_sibling_accuracy=result.dev_sibling_accuracy,
+            dev_sibling_spread=result.dev_sibling_spread,
             seconds=round(train_seconds, 1),
         )
     return result

@@ -71,6 +71,7 @@ _KEY_FIGURES = (
     "dev_mse_mean_baseline",
     "dev_spearman",
     "dev_sibling_accuracy",
+    "dev_sibling_spread",
     "round",
     "collected",
     "kept",

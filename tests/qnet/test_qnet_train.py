@@ -12,6 +12,7 @@ from qlass.qnet.train import (
     TrainSettings,
     regression_metrics,
     sibling_accuracy,
+    sibling_spread,
     spearman,
     split_by_task,
     train_qnet,
@@ -64,6 +65,18 @@ def test_sibling_accuracy_compares_candidates_of_one_state_only() -> None:
     assert math.isnan(sibling_accuracy([1.0, 0.0], [1.0, 0.0], ["s", "t"]))  # no pairs
 
 
+def test_sibling_spread_shows_a_qnet_blind_to_the_action() -> None:
+    states = ["a", "a", "b", "b", "c", "c"]
+    labels = [1.0, 0.6, 0.5, 0.1, 0.3, 0.3]  # label gaps 0.4, 0.4 (c: equal, no pair)
+    assert sibling_spread([0.9, 0.5, 0.6, 0.2, 0.0, 1.0], labels, states) == pytest.approx(1.0)
+    assert sibling_spread([0.9, 0.7, 0.6, 0.4, 0.0, 1.0], labels, states) == pytest.approx(0.5)
+    # Right order, gaps of 1e-4: sibling accuracy 1.0, yet the search picks among near-ties.
+    blind = [0.8001, 0.8, 0.3001, 0.3, 0.0, 0.0]
+    assert sibling_accuracy(blind, labels, states) == 1.0
+    assert sibling_spread(blind, labels, states) == pytest.approx(0.00025)
+    assert math.isnan(sibling_spread([1.0, 0.0], [1.0, 0.0], ["s", "t"]))
+
+
 def test_triples_jsonl_round_trip(tmp_path: Path) -> None:
     steps = synthetic_steps(2)
     path = tmp_path / "triples.jsonl"
@@ -111,6 +124,7 @@ async def test_training_lowers_the_loss_and_learns_the_ranking(
     assert last < first
     assert result.dev_spearman is not None and result.dev_spearman > 0.5
     assert result.dev_sibling_accuracy is not None and result.dev_sibling_accuracy > 0.8
+    assert result.dev_sibling_spread is not None and result.dev_sibling_spread > 0.1
     saved = json.loads((settings.output_dir / "train_metrics.json").read_text())
     assert saved["dev_mse"] == pytest.approx(result.dev_mse)
     # The saved checkpoint scores an unseen task: the good move above the bad one.
