@@ -37,7 +37,7 @@ import threading
 import types
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -184,10 +184,20 @@ def _launch_names() -> dict[str, Any]:
         java_gateway.launch_gateway,
         get_create_new_process_group_kwargs=lambda: {"process_group": 0},
     )
-    return {
-        "launch_gateway": functools.partial(launch, create_new_process_group=True),
-        "JavaGateway": WorkerBoundGateway,
-    }
+
+    def launch_gateway(*args: Any, javaopts: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        options = [*(javaopts or ()), *JVM_OPTIONS]
+        return launch(*args, javaopts=options, create_new_process_group=True, **kwargs)
+
+    return {"launch_gateway": launch_gateway, "JavaGateway": WorkerBoundGateway}
+
+
+JVM_OPTIONS = ("-XX:-UsePerfData",)
+"""Added to every simulator JVM's options. Without it, the JVM writes a monitoring file
+``/tmp/hsperfdata_<user>/<pid>``; when a file of that name is locked by another process
+(pids are reused, e.g. across containers sharing /tmp), the JVM prints a warning on stdout
+before py4j's port line, py4j reads the warning as the port, and the launch fails
+(``invalid literal for int()``), leaving the JVM running. qlass needs no such monitoring."""
 
 
 def qlass_launch(cls: type[Any]) -> type[Any]:

@@ -37,8 +37,17 @@ async def test_jvm_has_a_process_group_of_its_own_in_this_session(
         pid = env.pid
         assert os.getpgid(pid) == pid != os.getpgid(0)  # a terminal's SIGINT misses it
         assert os.getsid(pid) == os.getsid(0)  # still findable as part of this session
+        # No hsperfdata file: one locked by another process made the JVM print a warning
+        # where py4j reads its port (the launch failed and the JVM was left running).
+        cmdline = await asyncio.to_thread(_cmdline, pid)
+        assert "-XX:-UsePerfData" in cmdline
     finally:
         await env.close()
+
+
+def _cmdline(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/cmdline", "rb") as file:
+        return file.read().decode().split("\0")
 
 
 async def test_proxies_collected_on_the_loop_thread_are_released_by_the_worker() -> None:
