@@ -59,7 +59,7 @@ from qlass.qnet.modeling_qlass_qnet import (
     is_right_padded,
     last_token_index,
     load_backbone,
-    value_at_last_token,
+    value_output,
 )
 
 __all__ = [
@@ -149,11 +149,7 @@ class QNet(nn.Module):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> QNetOutput:
-        values = value_at_last_token(self.backbone, self.head, input_ids, attention_mask)
-        loss = None
-        if labels is not None:
-            loss = nn.functional.mse_loss(values, labels.to(values.device, torch.float32))
-        return QNetOutput(loss=loss, value=values)
+        return value_output(self.backbone, self.head, input_ids, attention_mask, labels)
 
     def activation_checkpointing_enable(self, **kwargs: Any) -> None:
         """Delegate to the backbone (called by the Trainer for ``activation_checkpointing``)."""

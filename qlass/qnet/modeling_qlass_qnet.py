@@ -44,6 +44,7 @@ __all__ = [
     "last_token_index",
     "load_backbone",
     "value_at_last_token",
+    "value_output",
 ]
 
 MODEL_TYPE = "qlass_qnet"
@@ -101,6 +102,22 @@ def value_at_last_token(
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     last = hidden[rows, last_token_index(attention_mask).to(hidden.device)]
     return head(last.float()).float()
+
+
+def value_output(
+    backbone: nn.Module,
+    head: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    labels: torch.Tensor | None,
+) -> QNetOutput:
+    """The forward pass of a QNet: :func:`value_at_last_token`, and the MSE against
+    ``labels`` when given (the paper's training loss)."""
+    values = value_at_last_token(backbone, head, input_ids, attention_mask)
+    loss = None
+    if labels is not None:
+        loss = nn.functional.mse_loss(values, labels.to(values.device, torch.float32))
+    return QNetOutput(loss=loss, value=values)
 
 
 def _dtype_argument(dtype: torch.dtype) -> dict[str, torch.dtype]:
@@ -235,8 +252,4 @@ class QlassQNetModel(PreTrainedModel):
         labels: torch.Tensor | None = None,
         **_: Any,
     ) -> QNetOutput:
-        values = value_at_last_token(self.backbone, self.head, input_ids, attention_mask)
-        loss = None
-        if labels is not None:
-            loss = nn.functional.mse_loss(values, labels.to(values.device, torch.float32))
-        return QNetOutput(loss=loss, value=values)
+        return value_output(self.backbone, self.head, input_ids, attention_mask, labels)
