@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from qlass._config_env import EnvOverride
 from qlass._config_env import env_overrides as _env_overrides
+from qlass._config_fingerprint import ADDED_LATER, fingerprint_data
 from qlass.errors import ConfigError
 
 __all__ = [
@@ -156,11 +157,15 @@ class BCConfig(_Section):
     width: int = Field(128, ge=16, description="from-scratch model width")
     heads: int = Field(4, ge=1)
     vocab_size: int = Field(1024, ge=64, description="from-scratch tokenizer vocabulary")
-    lora: LoRAConfig = LoRAConfig()
+    lora: LoRAConfig = Field(LoRAConfig(), json_schema_extra=ADDED_LATER)
     bf16: bool | None = Field(
-        None, description="bf16 mixed precision (and a bf16 base under LoRA); None: on a bf16 GPU"
+        None,
+        description="bf16 mixed precision (and a bf16 base under LoRA); None: on a bf16 GPU",
+        json_schema_extra=ADDED_LATER,
     )
-    gradient_checkpointing: bool = Field(False, description="recompute activations (less memory)")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations (less memory)", json_schema_extra=ADDED_LATER
+    )
 
 
 class ExploreConfig(_Section):
@@ -225,11 +230,15 @@ class QNetConfig(_Section):
         ge=0,
         description="weight of a sibling ranking loss added to MSE (0: the paper's MSE only)",
     )
-    lora: LoRAConfig = LoRAConfig()
+    lora: LoRAConfig = Field(LoRAConfig(), json_schema_extra=ADDED_LATER)
     bf16: bool | None = Field(
-        None, description="bf16 mixed precision (and a bf16 base under LoRA); None: on a bf16 GPU"
+        None,
+        description="bf16 mixed precision (and a bf16 base under LoRA); None: on a bf16 GPU",
+        json_schema_extra=ADDED_LATER,
     )
-    gradient_checkpointing: bool = Field(False, description="recompute activations (less memory)")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations (less memory)", json_schema_extra=ADDED_LATER
+    )
     max_batch: int = Field(32, ge=1, description="scorer micro-batch size")
 
 
@@ -373,8 +382,8 @@ class RunConfig(BaseModel):
 
     def section_fingerprint(self, *sections: str) -> str:
         """A hash of some sections (and the seed): what one stage depends on."""
-        data = self.model_dump(mode="json")
-        chosen = {name: data[name] for name in sections} | {"seed": self.seed}
+        chosen: dict[str, Any] = {name: fingerprint_data(getattr(self, name)) for name in sections}
+        chosen["seed"] = self.seed
         text = json.dumps(chosen, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
