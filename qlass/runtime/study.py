@@ -144,7 +144,8 @@ class StudyRunner:
             changed = [
                 name
                 for name in RunConfig.model_fields
-                if name not in ("name", "seed") and config.get(name) != existing.config.get(name)
+                # read through the current schema: a field added since is at its default
+                if name not in ("name", "seed") and getattr(base, name) != getattr(stored, name)
             ]
             if changed:
                 log.info("study_config_changed", study=base.name, sections=changed)
