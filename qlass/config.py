@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from qlass._config_env import EnvOverride
 from qlass._config_env import env_overrides as _env_overrides
+from qlass._config_files import apply_overrides, format_validation_error, read_config_file
 from qlass._config_fingerprint import ADDED_LATER, fingerprint_data
 from qlass.errors import ConfigError
 
@@ -248,7 +247,7 @@ class SearchConfig(_Section):
     strategies: tuple[str, ...] = Field(
         ("greedy", "best_of_n:2", "qlass:2"),
         description="strategies to evaluate: greedy, sampled, best_of_n:N, qlass:M, beam:B, "
-        "best_first:K",
+        "best_first:K, mcts:K",
     )
     value_model: str = Field(
         "qnet", description="value model kind: qnet, qnet-server, constant, random, judge"
@@ -267,6 +266,21 @@ class SearchConfig(_Section):
         False,
         description="ABLATION ONLY: score finished candidates by the true env reward "
         "(the authors' released behaviour; leaks test reward)",
+    )
+    tree_branching: int = Field(
+        2,
+        ge=1,
+        description="best_first:K and mcts:K: children sampled per expanded node",
+        json_schema_extra=ADDED_LATER,
+    )
+    lookahead: int = Field(
+        2,
+        ge=1,
+        description="best_first:K: how many steps below the current state it expands",
+        json_schema_extra=ADDED_LATER,
+    )
+    mcts_exploration: float = Field(
+        1.0, ge=0, description="mcts:K: UCT exploration constant c", json_schema_extra=ADDED_LATER
     )
 
 
@@ -395,77 +409,9 @@ class RunConfig(BaseModel):
         return json.dumps(self.model_dump(mode="json"), sort_keys=True)
 
 
-def _read_file(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-    try:
-        if path.suffix == ".toml":
-            data: Any = tomllib.loads(text)
-        elif path.suffix in {".yaml", ".yml"}:
-            data = yaml.safe_load(text) or {}
-        else:
-            raise ConfigError(f"config file {path} must end in .toml, .yaml or .yml")
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"config file {path} is not valid {path.suffix[1:]}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a table/mapping at the top level")
-    if not data:
-        # Probably a mistake (a file saved before it was written): running on would start
-        # the paper's full settings, thousands of tasks.
-        raise ConfigError(
-            f"config file {path} holds no settings: an empty config runs the paper's full "
-            "settings (every task of every game); write the settings you want into it, or "
-            "leave out --config to run the defaults on purpose"
-        )
-    return data
-
-
-def _parse_value(raw: str) -> Any:
-    """Read a CLI override value as YAML (numbers, booleans, lists, null), else as text."""
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return raw
-
-
-def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Apply ``section.field=value`` overrides to a raw config mapping (returns a copy)."""
-    merged: dict[str, Any] = json.loads(json.dumps(data, default=str))
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override {item!r} must look like section.field=value")
-        *parents, leaf = key.strip().split(".")
-        node = merged
-        for part in parents:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is not a section")
-            node = child
-        node[leaf] = _parse_value(raw)
-    return merged
-
-
 def env_overrides(environ: Mapping[str, str]) -> list[EnvOverride]:
     """The :class:`RunConfig` fields ``environ`` sets (see :mod:`qlass._config_env`)."""
     return _env_overrides(environ, RunConfig)
-
-
-def _format_validation_error(
-    exc: ValidationError, source: str, from_env: Mapping[str, str] | None = None
-) -> str:
-    lines = [f"invalid configuration ({source}):"]
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "<top>"
-        variable = next(
-            (v for f, v in (from_env or {}).items() if where == f or where.startswith(f + ".")),
-            None,
-        )
-        origin = f" (from {variable})" if variable else ""
-        lines.append(f"  {where}: {err['msg']}{origin}")
-    return "\n".join(lines)
 
 
 def load_config(
@@ -483,7 +429,7 @@ def load_config(
             value that fails validation; the message names each offending field (and the
             variable it came from).
     """
-    data = _read_file(path) if path is not None else {}
+    data = read_config_file(path) if path is not None else {}
     from_env = env_overrides(environ) if environ is not None else []
     data = apply_overrides(data, [item.as_override() for item in from_env])
     data = apply_overrides(data, overrides)
@@ -492,4 +438,4 @@ def load_config(
     except ValidationError as exc:
         source = str(path) if path else "defaults"
         variables = {item.field: item.variable for item in from_env}
-        raise ConfigError(_format_validation_error(exc, source, variables)) from exc
+        raise ConfigError(format_validation_error(exc, source, variables)) from exc

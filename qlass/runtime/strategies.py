@@ -24,6 +24,7 @@ from typing import ClassVar, Protocol
 
 from qlass._registry import Registry
 from qlass._seeding import derive_seed
+from qlass.config import SearchConfig
 from qlass.errors import UnknownNameError
 from qlass.runtime.context import SearchContext, Tally
 from qlass.runtime.episode import (
@@ -48,6 +49,7 @@ __all__ = [
     "QGuided",
     "Sampled",
     "SearchStrategy",
+    "StrategyOptions",
     "make_strategy",
     "strategy_names",
 ]
@@ -282,16 +284,52 @@ class BeamSearch:
         return _Option(await advance(ctx, option.state, option.decision), option.value)
 
 
-_STRATEGIES: Registry[Callable[[int | None, float, int], SearchStrategy]] = Registry(
+@dataclass(frozen=True, slots=True)
+class StrategyOptions:
+    """Settings of the strategies beyond their count (``search.*`` in a run's config)."""
+
+    temperature: float = 0.7
+    resample_rounds: int = 0
+    """qlass:M: extra policy calls per step to get M different actions."""
+    tree_branching: int = 2
+    """best_first and mcts: children sampled per expanded node."""
+    lookahead: int = 2
+    """best_first: steps below the current state it expands."""
+    mcts_exploration: float = 1.0
+    """mcts: UCT exploration constant."""
+
+    @classmethod
+    def from_config(cls, search: SearchConfig) -> StrategyOptions:
+        """The options a run's ``search`` section sets."""
+        return cls(
+            temperature=search.temperature,
+            resample_rounds=search.resample_rounds,
+            tree_branching=search.tree_branching,
+            lookahead=search.lookahead,
+            mcts_exploration=search.mcts_exploration,
+        )
+
+
+_STRATEGIES: Registry[Callable[[int | None, StrategyOptions], SearchStrategy]] = Registry(
     "strategy",
     {
-        "greedy": lambda _k, _t, _r: Greedy(),
-        "sampled": lambda _k, t, _r: Sampled(t),
-        "best_of_n": lambda k, t, _r: BestOfN(k or 4, t),
-        "qlass": lambda k, t, r: QGuided(k or 2, t, r),
-        "beam": lambda k, t, _r: BeamSearch(width=k or 2, temperature=t),
-        "best_first": lambda k, t, _r: BestFirst(budget=k or 4, temperature=t),
-        "mcts": lambda k, t, _r: MCTS(iterations=k or 4, temperature=t),
+        "greedy": lambda _k, _o: Greedy(),
+        "sampled": lambda _k, o: Sampled(o.temperature),
+        "best_of_n": lambda k, o: BestOfN(k or 4, o.temperature),
+        "qlass": lambda k, o: QGuided(k or 2, o.temperature, o.resample_rounds),
+        "beam": lambda k, o: BeamSearch(width=k or 2, temperature=o.temperature),
+        "best_first": lambda k, o: BestFirst(
+            budget=k or 4,
+            branching=o.tree_branching,
+            lookahead=o.lookahead,
+            temperature=o.temperature,
+        ),
+        "mcts": lambda k, o: MCTS(
+            iterations=k or 4,
+            branching=o.tree_branching,
+            exploration=o.mcts_exploration,
+            temperature=o.temperature,
+        ),
     },
 )
 
@@ -302,12 +340,17 @@ def strategy_names() -> list[str]:
 
 
 def make_strategy(
-    spec: str, *, temperature: float = 0.7, resample_rounds: int = 0
+    spec: str,
+    *,
+    temperature: float = 0.7,
+    resample_rounds: int = 0,
+    options: StrategyOptions | None = None,
 ) -> SearchStrategy:
     """Build a strategy from ``name`` or ``name:K`` (``best_of_n:8``, ``qlass:4``).
 
     ``resample_rounds``: extra policy calls per step that step-wise value-guided strategies
-    may make to get K different actions (see :class:`QGuided`).
+    may make to get K different actions (see :class:`QGuided`). ``options``, when given,
+    holds every setting (its temperature and resample rounds win over the two arguments).
     """
     name, _, k = spec.partition(":")
     factory = _STRATEGIES[name]
@@ -317,4 +360,6 @@ def make_strategy(
         raise UnknownNameError(f"strategy {spec!r}: the part after ':' must be a number") from None
     if count is not None and count < 1:
         raise UnknownNameError(f"strategy {spec!r}: the count must be at least 1")
-    return factory(count, temperature, resample_rounds)
+    if options is None:
+        options = StrategyOptions(temperature=temperature, resample_rounds=resample_rounds)
+    return factory(count, options)

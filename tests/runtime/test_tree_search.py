@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from qlass.backends.scripted import ScriptedPolicy
+from qlass.config import load_config
 from qlass.envs.pool import EnvPool
 from qlass.parsing import parse_output
 from qlass.qnet.base import ValueQuery
 from qlass.runtime.context import SearchContext
-from qlass.runtime.strategies import MCTS, BestFirst, QGuided, make_strategy
+from qlass.runtime.strategies import MCTS, BestFirst, QGuided, StrategyOptions, make_strategy
 from qlass.types import ChatMessage
 
 from .toys import TASK, Corridor
@@ -64,6 +65,19 @@ def test_tree_searches_are_built_from_their_names() -> None:
     assert strategy.name == "best_first:3" and strategy.needs_value
     assert make_strategy("mcts:8") == MCTS(iterations=8)
     assert make_strategy("mcts").name == "mcts:4"
+
+
+def test_tree_search_settings_come_from_the_search_section() -> None:
+    config = load_config(
+        None, ["search.tree_branching=3", "search.lookahead=4", "search.mcts_exploration=0.5"]
+    )
+    options = StrategyOptions.from_config(config.search)
+    assert make_strategy("best_first:6", options=options) == BestFirst(
+        budget=6, branching=3, lookahead=4, temperature=config.search.temperature
+    )
+    assert make_strategy("mcts:2", options=options) == MCTS(
+        iterations=2, branching=3, exploration=0.5, temperature=config.search.temperature
+    )
 
 
 async def test_best_first_executes_nodes_by_value_and_commits_the_best_path() -> None:

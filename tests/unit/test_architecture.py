@@ -29,6 +29,7 @@ FOUNDATION = frozenset(
         "config",
         "_batching",
         "_config_env",
+        "_config_files",
         "_config_fingerprint",
         "_log",
         "_lora",

@@ -13,7 +13,7 @@ from qlass.runtime.context import SearchContext, Tally
 from qlass.runtime.evaluate import StrategyReport, evaluate_strategy, summarise
 from qlass.runtime.stages import DEPENDS
 from qlass.runtime.stages.base import StageContext, StageResult
-from qlass.runtime.strategies import SearchStrategy, make_strategy
+from qlass.runtime.strategies import SearchStrategy, StrategyOptions, make_strategy
 from qlass.storage import trajectory_from_json
 from qlass.types import TaskSpec, Trajectory
 
@@ -47,12 +47,7 @@ async def evaluate(
     split = split or config.eval.split
     names = list(strategies or config.search.strategies)
     parsed = [
-        make_strategy(
-            name,
-            temperature=config.search.temperature,
-            resample_rounds=config.search.resample_rounds,
-        )
-        for name in names
+        make_strategy(name, options=StrategyOptions.from_config(config.search)) for name in names
     ]
     needs_value = any(s.needs_value for s in parsed)
     tasks = list(tasks) if tasks is not None else await ctx.tasks(split, config.env.eval_tasks)

@@ -21,7 +21,7 @@ from qlass.chat import policy_messages
 from qlass.runtime.stages.base import StageContext, StageResult, import_in_thread
 from qlass.runtime.stages.evaluation import evaluate, stored_trajectories
 from qlass.runtime.stages.gold import expert_file
-from qlass.runtime.strategies import make_strategy
+from qlass.runtime.strategies import StrategyOptions, make_strategy
 from qlass.types import ChatMessage, Trajectory
 
 __all__ = ["run", "trajectory_messages"]
@@ -61,11 +61,7 @@ async def _round(ctx: StageContext, round_: int, base: Path, out: Path) -> dict[
 
     config = ctx.config
     settings = config.self_train
-    strategy = make_strategy(
-        settings.strategy,
-        temperature=config.search.temperature,
-        resample_rounds=config.search.resample_rounds,
-    )
+    strategy = make_strategy(settings.strategy, options=StrategyOptions.from_config(config.search))
     tasks = await ctx.tasks("train", settings.tasks)
     collect_stage = f"self_train:{round_}:collect"
     await evaluate(
