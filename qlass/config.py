@@ -58,6 +58,12 @@ class StoreConfig(_Section):
         description="SQLAlchemy async URL (sqlite+aiosqlite:///FILE, postgresql+asyncpg://...) "
         "or a file path; None: qlass.db in the run folder",
     )
+    run_lease_s: float = Field(
+        120.0,
+        gt=0,
+        description="a running run's process renews its lease every quarter of this; a "
+        "run not renewed for this long (its process was killed outright) reads as interrupted",
+    )
 
 
 class EnvConfig(_Section):

@@ -155,6 +155,12 @@ async def _all_summaries(store: TreeStore) -> list[RunSummary]:
 def _print_summary(console: Console, summary: RunSummary, show_config: bool) -> None:
     run = summary.run
     console.print(f"[bold]run {run.id}: {run.name}[/]  status {run.status}")
+    if run.status == "interrupted":
+        console.print(
+            "[yellow]its process stopped without recording how (killed outright, out of "
+            "memory, power loss): what it committed is kept; rerun the same command to "
+            "continue[/]"
+        )
     console.print(
         f"code version {run.code_version or '-'}   seed {run.seed}   "
         f"config {run.config_fingerprint or '-'}   created {_when(run.created_at)}   "

@@ -125,6 +125,7 @@ class Pipeline:
         self.stop = stop or StopSignal()
         self.variant_records = variant_records
         self._stack = AsyncExitStack()
+        self._lease: asyncio.Task[None] | None = None
         self._store: TreeStore | None = None
         self._run: RunRecord | None = None
         self._resources: RunResources | None = None
@@ -150,13 +151,17 @@ class Pipeline:
             self.config, cache=store.call_cache, stack=self._stack, budget=self.budget
         )
         self._run = await self._get_or_create_run()
-        await self.store.runs.set_status(self._run.id, "running")
+        lease_s = self.config.store.run_lease_s
+        await self.store.runs.set_status(self._run.id, "running", lease_s=lease_s)
+        self._lease = asyncio.create_task(self._renew_lease(self._run.id, lease_s))
         self.budget.spent_tokens = self._run.spent_tokens
         self.budget.spent_usd = self._run.spent_usd
         self.budget.check()  # spent already: nothing new starts
         return self
 
     async def __aexit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
+        if self._lease is not None:
+            self._lease.cancel()
         try:
             if self._run is not None and self._store is not None:
                 await asyncio.shield(self._record_status(exc))
@@ -164,6 +169,16 @@ class Pipeline:
             log.warning("run_status_not_saved", error=str(error))
         finally:
             await self.aclose()
+
+    async def _renew_lease(self, run_id: int, lease_s: float) -> None:
+        """Renew the run's lease while the pipeline is open (a heartbeat: a process
+        killed outright stops renewing, and the run then reads as interrupted)."""
+        while True:
+            await asyncio.sleep(lease_s / 4)
+            try:
+                await self.store.runs.renew_lease(run_id, lease_s=lease_s)
+            except Exception as error:  # a busy or lost store: the work itself will say so
+                log.warning("run_lease_not_renewed", error=str(error))
 
     async def _record_status(self, exc: BaseException | None) -> None:
         """Leave the run's status saying how the work ended (see docs/reliability.md)."""

@@ -120,6 +120,8 @@ class Run(Base):
     # What the run's fresh policy calls cost over all its stages (its budget's spend).
     spent_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     spent_usd: Mapped[float] = mapped_column(default=0.0, server_default="0")
+    # While a process works on the run it renews this lease; 'running' past it: interrupted.
+    lease_expires_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

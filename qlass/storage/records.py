@@ -48,6 +48,8 @@ class RunRecord:
     code_version: str
     seed: int
     status: str
+    """How the last command on it ended (docs/reliability.md); ``interrupted``: it was
+    ``running`` but its process stopped renewing the run's lease (killed outright)."""
     spent_tokens: int
     spent_usd: float
     created_at: datetime

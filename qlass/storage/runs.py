@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import Select, and_, case, func, select, update
 
 from qlass.errors import ConfigError, UnknownNameError
 from qlass.storage._db import Database, record
@@ -32,9 +33,12 @@ from qlass.storage.records import (
 )
 from qlass.types import Usage
 
-__all__ = ["RunRepository"]
+__all__ = ["RUN_LEASE_S", "RunRepository"]
 
 _RUNS = table(Run)
+
+RUN_LEASE_S = 120.0
+"""How long a run counts as running after its process last renewed the lease (default)."""
 
 
 class RunRepository:
@@ -42,6 +46,17 @@ class RunRepository:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+
+    def _now(self) -> Any:
+        """The current time as the database should compare it (server clock on PostgreSQL)."""
+        return func.now() if self._db.is_postgres else utcnow()
+
+    def _select(self) -> Select[Any]:
+        """Every run column, with a ``running`` run whose lease has lapsed read as
+        ``interrupted`` (runs from before leases existed have none and read as stored)."""
+        lapsed = and_(_RUNS.c.status == "running", _RUNS.c.lease_expires_at < self._now())
+        status = case((lapsed, "interrupted"), else_=_RUNS.c.status).label("status")
+        return select(*(c for c in _RUNS.c if c.name != "status"), status)
 
     async def create(
         self,
@@ -86,7 +101,7 @@ class RunRepository:
     async def find(self, name: str) -> RunRecord | None:
         """The run with this name, or ``None``."""
         async with self._db.read() as session:
-            row = (await session.execute(select(_RUNS).where(_RUNS.c.name == name))).first()
+            row = (await session.execute(self._select().where(_RUNS.c.name == name))).first()
         return None if row is None else record(RunRecord, row)
 
     async def get(self, ref: int | str) -> RunRecord:
@@ -95,7 +110,7 @@ class RunRepository:
         Raises:
             UnknownNameError: no such run; the message lists the known names.
         """
-        query = select(_RUNS)
+        query = self._select()
         if isinstance(ref, int):
             query = query.where(_RUNS.c.id == ref)
         elif ref.isdigit():
@@ -116,16 +131,30 @@ class RunRepository:
     async def all(self) -> list[RunRecord]:
         """Every run, oldest first."""
         async with self._db.read() as session:
-            rows = await session.execute(select(_RUNS).order_by(_RUNS.c.id))
+            rows = await session.execute(self._select().order_by(_RUNS.c.id))
             return [record(RunRecord, row) for row in rows]
 
-    async def set_status(self, run_id: int, status: str) -> None:
+    async def set_status(self, run_id: int, status: str, *, lease_s: float = RUN_LEASE_S) -> None:
+        """Record the run's status; ``running`` takes a lease of ``lease_s`` seconds (renew
+        it with :meth:`renew_lease` while the work goes on), any other status drops it."""
+        lease = self._now() + timedelta(seconds=lease_s) if status == "running" else None
         async with self._db.write() as session:
             result = await session.execute(
-                update(_RUNS).where(_RUNS.c.id == run_id).values(status=status, updated_at=utcnow())
+                update(_RUNS)
+                .where(_RUNS.c.id == run_id)
+                .values(status=status, updated_at=utcnow(), lease_expires_at=lease)
             )
             if result.rowcount == 0:  # type: ignore[attr-defined]
                 raise UnknownNameError(f"no run with id {run_id}")
+
+    async def renew_lease(self, run_id: int, *, lease_s: float = RUN_LEASE_S) -> None:
+        """Extend a running run's lease to ``lease_s`` seconds from now (a heartbeat)."""
+        async with self._db.write() as session:
+            await session.execute(
+                update(_RUNS)
+                .where(_RUNS.c.id == run_id, _RUNS.c.status == "running")
+                .values(lease_expires_at=self._now() + timedelta(seconds=lease_s))
+            )
 
     async def add_spend(self, run_id: int, usage: Usage) -> None:
         """Add fresh policy usage to the run's recorded spend (an atomic increment, so

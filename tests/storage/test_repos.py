@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from datetime import UTC
 
@@ -41,6 +42,28 @@ async def test_runs_create_get_and_list(store: TreeStore) -> None:
     assert [r.name for r in await store.runs.all()] == ["demo", "other"]
     await store.runs.set_status(other.id, "done")
     assert (await store.runs.get("other")).status == "done"
+
+
+async def test_a_running_run_whose_lease_lapsed_reads_as_interrupted(store: TreeStore) -> None:
+    await check_run_lease(store)
+
+
+async def check_run_lease(store: TreeStore) -> None:
+    """Run status through a lease's life (also run on PostgreSQL's server clock)."""
+    run = await store.runs.create("leased", config={})
+    await store.runs.set_status(run.id, "running", lease_s=3600)
+    assert (await store.runs.get(run.id)).status == "running"
+    await store.runs.set_status(run.id, "running", lease_s=0.001)
+    await asyncio.sleep(0.01)  # at least this long after the lease ran out, however busy
+    assert (await store.runs.get(run.id)).status == "interrupted"
+    assert [r.status for r in await store.runs.all()] == ["interrupted"]
+    assert (await store.runs.find("leased")).status == "interrupted"  # type: ignore[union-attr]
+    await store.runs.renew_lease(run.id, lease_s=3600)  # the heartbeat of a live process
+    assert (await store.runs.get(run.id)).status == "running"
+    await store.runs.set_status(run.id, "stopped")  # any other status drops the lease
+    assert (await store.runs.get(run.id)).status == "stopped"
+    await store.runs.renew_lease(run.id)  # only a running run is renewed
+    assert (await store.runs.get(run.id)).status == "stopped"
 
 
 async def test_tasks_are_idempotent_and_track_status(store: TreeStore) -> None:
