@@ -188,9 +188,10 @@ def _print_summary(console: Console, summary: RunSummary, show_config: bool) -> 
         for column in ("stage", "status", "fingerprint", "started", "finished", "metrics"):
             table.add_column(column)
         for stage in summary.stages:
+            dead = run.status == "interrupted" and stage.status == "running"
             table.add_row(
                 stage.name,
-                stage.status,
+                "interrupted" if dead else stage.status,
                 stage.fingerprint,
                 _when(stage.started_at),
                 _when(stage.finished_at),

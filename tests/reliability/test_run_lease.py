@@ -51,6 +51,7 @@ def test_a_killed_run_reads_as_interrupted_and_a_resume_clears_it(tmp_path: Path
         time.sleep(0.5)
     assert "status interrupted" in shown, shown
     assert "rerun the same command to continue" in shown
+    assert "│ explore │ interrupted" in shown  # its stage too, not 'running'
 
     resumed = start(
         qlass_command("explore", "--resume", NAME, "--db", str(db)),
