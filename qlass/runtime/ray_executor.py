@@ -42,9 +42,9 @@ __all__ = ["ExploreActor", "RaySettings", "explore_on_ray", "import_ray"]
 log = structlog.get_logger(__name__)
 
 _SUMMED = (
-    "trees",
-    "nodes",
-    "leaves",
+    "new_trees",
+    "new_nodes",
+    "new_leaves",
     "duplicate_samples",
     "failed_tasks",
     "prompt_tokens",
@@ -220,8 +220,11 @@ def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
             merged[key] += metrics.get(key) or 0
         worker = f"worker:{part['worker_id']}"
         merged[worker] = {**metrics.get(worker, {}), "restarted": part["restarted"]}
-    merged["env_steps_per_node"] = merged["env_steps"] / merged["nodes"] if merged["nodes"] else 0
-    # Each actor counts the unfinished tasks when it leaves; the last to leave saw the end.
+    new = merged["new_nodes"]
+    merged["env_steps_per_node"] = merged["env_steps"] / new if new else 0
+    # Each actor counts the stored trees when it leaves; the last to leave saw the end.
+    for key in ("trees", "nodes", "leaves"):
+        merged[key] = max(p["metrics"].get(key, 0) for p in parts)
     merged["unfinished_tasks"] = min(p["metrics"].get("unfinished_tasks", 0) for p in parts)
     merged["actors"] = len(parts)
     merged["restarted_actors"] = sum(p["restarted"] for p in parts)

@@ -71,7 +71,8 @@ def test_merge_adds_up_the_actors_figures() -> None:
             "restarted": i == 1,
             "skipped": False,
             "metrics": {
-                "nodes": 10 * (i + 1),
+                "new_nodes": 10 * (i + 1),
+                "nodes": 40 + 10 * i,
                 "env_steps": 30,
                 "cost_usd": 0.5,
                 "unfinished_tasks": 1 - i,
@@ -81,7 +82,12 @@ def test_merge_adds_up_the_actors_figures() -> None:
         for i in range(2)
     ]
     merged = _merge(parts)
-    assert merged["nodes"] == 30 and merged["env_steps"] == 60 and merged["cost_usd"] == 1.0
+    assert (
+        merged["new_nodes"] == 30
+        and merged["nodes"] == 50
+        and merged["env_steps"] == 60
+        and merged["cost_usd"] == 1.0
+    )
     assert merged["env_steps_per_node"] == 2
     assert merged["restarted_actors"] == 1 and merged["unfinished_tasks"] == 0
     assert merged["worker:ray1@h:1"] == {"claimed": 2, "restarted": True}

@@ -70,3 +70,30 @@ async def test_episode_limits_are_recorded_per_episode_and_in_the_column(tmp_pat
     assert "token_limit" in reasons and set(reasons) <= {"token_limit", "done"}
     assert [e.trajectory["stop_reason"] for e in episodes] == reasons
     assert all(e.steps == 1 for e in episodes)
+
+
+async def test_a_resumed_explore_reports_the_stored_trees_and_its_own_work(
+    tmp_path: Path,
+) -> None:
+    settings = (
+        *SETTINGS,
+        "env.train_tasks=3",
+        "explore.max_depth=3",
+        "explore.min_prune_depth=1",
+        "explore.concurrency=1",
+    )
+
+    async def explore(*overrides: str) -> tuple[dict[str, object], int]:
+        config = tiny_run_config(tmp_path / "run", *settings, *overrides)
+        async with Pipeline(config) as pipeline:
+            (result,) = await pipeline.stage("explore")
+            nodes, _ = await pipeline.store.trees.count(pipeline.run_record.id)
+        return result.metrics, nodes
+
+    stopped, nodes_then = await explore("budget.tokens=20")  # stops within the first trees
+    assert stopped["stopped"] and stopped["nodes"] == stopped["new_nodes"] == nodes_then
+    resumed, nodes_now = await explore("budget.tokens=1000000")
+    assert resumed["unfinished_tasks"] == 0 and resumed["trees"] == 3
+    assert resumed["nodes"] == nodes_now > nodes_then  # the stored trees, all of them
+    assert resumed["new_nodes"] == nodes_now - nodes_then  # what this invocation added
+    assert resumed["leaves"] >= resumed["new_leaves"] > 0

@@ -15,7 +15,21 @@ from qlass.runtime.stages.label import label_set
 from qlass.runtime.workers import TASK_FAILURES, WorkerSettings, ensure_stage, run_worker
 from qlass.storage import TaskRecord
 
-__all__ = ["run"]
+__all__ = ["run", "stored_tree_figures"]
+
+
+async def stored_tree_figures(ctx: StageContext, cannot: set[str] | None = None) -> dict[str, int]:
+    """What the run's stored train trees hold: finished ``trees``, ``nodes``, finished
+    ``leaves`` and ``unfinished_tasks`` (tasks in ``cannot``, ungeneratable, not counted)."""
+    run_id = ctx.run_record.id
+    tasks = await ctx.store.tasks.of_run(run_id, split="train")
+    nodes, leaves = await ctx.store.trees.count(run_id, split="train")
+    return {
+        "trees": sum(t.status == "done" for t in tasks),
+        "nodes": nodes,
+        "leaves": leaves,
+        "unfinished_tasks": sum(t.status != "done" and t.key not in (cannot or ()) for t in tasks),
+    }
 
 
 async def run(
@@ -52,7 +66,15 @@ async def run(
         before = pool.stats.snapshot()
         bar = ctx.progress.bar("exploring trees", len(todo))
         totals = Tally()
-        counts = {"trees": 0, "nodes": 0, "leaves": 0, "duplicate_samples": 0, "failed_tasks": 0}
+        # This invocation's work; "trees", "nodes" and "leaves" (below) count the stored
+        # trees, which after a resume (or a kill) also hold the work of earlier invocations.
+        counts = {
+            "new_trees": 0,
+            "new_nodes": 0,
+            "new_leaves": 0,
+            "duplicate_samples": 0,
+            "failed_tasks": 0,
+        }
 
         async def grow(task: TaskRecord, stop: StopSignal) -> TreeStats:
             settings = ExploreSettings(
@@ -66,13 +88,15 @@ async def run(
             )
             explorer = TreeExplorer(store, search, settings, seed=config.seed, stop=stop)
             stats = await explorer.explore(task)
-            counts["trees"] += not stats.stopped
+            counts["new_trees"] += not stats.stopped
             totals.merge(stats.tally)
-            counts["nodes"] += stats.new_nodes
-            counts["leaves"] += stats.leaves
+            counts["new_nodes"] += stats.new_nodes
+            counts["new_leaves"] += stats.leaves
             counts["duplicate_samples"] += stats.duplicate_samples
             bar.advance(
-                nodes=counts["nodes"], tokens=totals.usage.completion_tokens, best=stats.best_score
+                nodes=counts["new_nodes"],
+                tokens=totals.usage.completion_tokens,
+                best=stats.best_score,
             )
             return stats
 
@@ -123,8 +147,7 @@ async def run(
                 f"first, {first_failure[0]}"
             )
         # Failed or unfinished trees keep the stage running: a rerun retries them.
-        tasks = await store.tasks.of_run(run_id, split="train")
-        extra["unfinished_tasks"] = sum(t.status != "done" and t.key not in cannot for t in tasks)
+        extra.update(await stored_tree_figures(ctx, cannot))
         pool_stats = pool.stats.since(before)
         return {
             **counts,
@@ -132,7 +155,9 @@ async def run(
             "env_steps": pool_stats.steps,
             "env_resets": pool_stats.resets,
             "replayed_steps": pool_stats.replayed_steps,
-            "env_steps_per_node": pool_stats.steps / counts["nodes"] if counts["nodes"] else 0,
+            "env_steps_per_node": (
+                pool_stats.steps / counts["new_nodes"] if counts["new_nodes"] else 0
+            ),
             **extra,
         }
 
