@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from qlass.chat import policy_messages
+from qlass.errors import TrainingStopped
 from qlass.runtime.stages.base import StageContext, StageResult, import_in_thread
 from qlass.runtime.stages.evaluation import evaluate, stored_trajectories
 from qlass.runtime.stages.gold import expert_file
@@ -72,6 +73,8 @@ async def _round(ctx: StageContext, round_: int, base: Path, out: Path) -> dict[
         policy=await ctx.resources.policy(base),
         stage=collect_stage,
     )
+    if ctx.stop.requested:  # a partial collection must not be trained on
+        return {"round": round_, "note": "stopped while collecting"}
     collected = await stored_trajectories(ctx, collect_stage, strategy.name)
     kept = [t for t in collected if t.final_score >= settings.min_score]
     conversations = [m for m in map(trajectory_messages, kept) if m is not None]
@@ -82,16 +85,20 @@ async def _round(ctx: StageContext, round_: int, base: Path, out: Path) -> dict[
     )
     bar = ctx.progress.bar(f"self-training round {round_}", None)
     ctx.resources.forget_policy(out)  # rewritten below (a forced rerun of the round)
-    trained = await asyncio.to_thread(
-        train_policy,
-        conversations,
-        bc,
-        output_dir=out,
-        system_prompt=ctx.resources.system_prompt(),
-        max_turns=config.policy.max_turns_in_prompt,
-        seed=config.seed + round_,
-        progress=lambda step, total, loss: bar.update(total=total, completed=step),
-    )
+    try:
+        trained = await asyncio.to_thread(
+            train_policy,
+            conversations,
+            bc,
+            output_dir=out,
+            system_prompt=ctx.resources.system_prompt(),
+            max_turns=config.policy.max_turns_in_prompt,
+            seed=config.seed + round_,
+            progress=lambda step, total, loss: bar.update(total=total, completed=step),
+            should_stop=lambda: ctx.stop.requested,
+        )
+    except TrainingStopped as stopped:  # nothing saved: the round trains again on resume
+        return {"round": round_, "note": str(stopped)}
     reports = await evaluate(
         ctx,
         stage=f"self_train:{round_}:eval:{config.eval.split}",
