@@ -32,8 +32,9 @@ Trace events (structlog, DEBUG; see docs/reliability.md), each with ``task`` and
 (the sample indices from the root to the node; ``[]`` is the root):
 
 - ``explore.sample``: a policy sample that was not answered from the call cache;
-- ``explore.step``: an env step whose result becomes a node (not the replays that position
-  an env);
+- ``explore.step``: an env step whose result is to become a node (not the replays that
+  position an env), logged as the step is issued, so a process killed during the step
+  still leaves it in the trace (a step that fails logs once per attempt);
 - ``explore.node``: a node committed (``created`` false when another explorer stored it
   first).
 """
@@ -334,8 +335,12 @@ class _Grower:
         """Run one candidate from ``node`` and commit the child (None if the env failed)."""
         error: Exception | None = None
         ctx = replace(self._ctx, envs=line)
+        path = [*node.path, index]
         for _attempt in range(self._settings.env_retries + 1):
             started = time.perf_counter()
+            if candidate.action is not None:  # an invalid output costs no env step
+                # Before the step, so that a kill during it still leaves its trace.
+                log.debug("explore.step", task=self._task.key, path=path)
             try:
                 after = await advance(ctx, node.state, Decision(candidate))
             except (EnvCrashedError, EnvTimeoutError) as exc:
@@ -343,9 +348,6 @@ class _Grower:
                 log.warning("explore.env_failed", task=self._task.key, error=str(exc))
                 continue
             result = after.steps[-1].result
-            path = [*node.path, index]
-            if candidate.action is not None:  # an invalid output costs no env step
-                log.debug("explore.step", task=self._task.key, path=path)
             leaf = after.done or node.record.depth + 1 >= self._settings.max_steps
             record, created = await self._store.trees.add_child_if_absent(
                 node.record.id,

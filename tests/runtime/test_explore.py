@@ -1,10 +1,12 @@
 """The explorer against the real SQLite tree store, a corridor env and a scripted policy."""
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import structlog
 
 from qlass.backends.cache import CachedPolicy
 from qlass.backends.scripted import ScriptedPolicy
@@ -13,7 +15,7 @@ from qlass.runtime.context import SearchContext
 from qlass.runtime.explore import ExploreSettings, TreeExplorer
 from qlass.runtime.scheduler import StopSignal
 from qlass.storage import Tree, TreeStore
-from qlass.types import ChatMessage
+from qlass.types import ChatMessage, StepResult
 
 from .toys import TASK, Corridor
 
@@ -201,3 +203,35 @@ async def test_duplicate_samples_are_kept_merged_or_resampled(
     again = await TreeExplorer(store, ctx, settings, seed=0).explore(task)
     assert again.new_nodes == 0
     await store.aclose()
+
+
+class _HangsOnFirstStep(Corridor):
+    """The corridor, but its first step never returns (a process killed mid-step)."""
+
+    def __init__(self) -> None:
+        super().__init__(3)
+        self.stepping = asyncio.Event()
+
+    async def step(self, action: str) -> StepResult:
+        self.stepping.set()
+        await asyncio.Event().wait()  # forever
+        raise AssertionError("unreachable")
+
+
+async def test_a_step_is_traced_before_it_is_made(tmp_path: Path) -> None:
+    """A kill during a step still leaves its ``explore.step`` event, so the documented
+    count of repeated work sees it (it was logged after the step returned)."""
+    async with await TreeStore.open(tmp_path / "t.db") as store:
+        run = await store.runs.create("r", config={}, seed=0)
+        (task,) = await store.tasks.add_many(run.id, [TASK])
+        env = _HangsOnFirstStep()
+        policy = ScriptedPolicy(rule=_right_then_left)
+        ctx = SearchContext(policy=policy, envs=EnvPool.around(env))
+        with structlog.testing.capture_logs() as events:
+            work = asyncio.create_task(TreeExplorer(store, ctx, SETTINGS, seed=0).explore(task))
+            await env.stepping.wait()
+            work.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await work
+    steps = [e for e in events if e["event"] == "explore.step"]
+    assert steps and steps[0]["task"] == TASK.key and len(steps[0]["path"]) == 1
