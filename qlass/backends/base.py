@@ -82,7 +82,13 @@ def hooks_of(policy: Policy) -> BasePolicy:
 
 @runtime_checkable
 class CallCache(Protocol):
-    """A persistent map from a request key to a stored response (the tree store has one)."""
+    """A persistent map from a request key to a stored response (the tree store has one).
+
+    A cache may also have ``async put_many(items: Sequence[tuple[str, dict]])`` that stores
+    several responses in one transaction (the tree store's does): :class:`CachedPolicy`
+    then stores the samples of one call together, so that a process killed while storing
+    them leaves all or none, and a resume never re-asks one sample of a call alone.
+    """
 
     async def get(self, key: str) -> dict[str, Any] | None: ...
 

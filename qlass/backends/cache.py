@@ -106,6 +106,10 @@ class InMemoryCallCache:
     async def put(self, key: str, response: dict[str, Any]) -> None:
         self._data[key] = dict(response)
 
+    async def put_many(self, items: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        for key, response in items:
+            self._data[key] = dict(response)
+
     def __len__(self) -> int:
         return len(self._data)
 
@@ -177,8 +181,13 @@ class CachedPolicy(PolicyWrapper):
                 )
             )
             fresh = {i: part[0] for i, part in zip(missing, parts, strict=True)}
-        for i, candidate in fresh.items():
-            await self.cache.put(keys[i], _record(candidate, model))
+        items = [(keys[i], _record(candidate, model)) for i, candidate in fresh.items()]
+        put_many = getattr(self.cache, "put_many", None)
+        if put_many is not None and items:  # one transaction: a kill leaves all or none
+            await put_many(items)
+        else:
+            for key, record in items:
+                await self.cache.put(key, record)
         hits = n - len(missing)
         if hits:
             log.debug("policy.cache", model=model, n=n, cached=hits, fresh=len(missing))

@@ -9,7 +9,7 @@ request answers the same every time, so a second ``put`` changes nothing.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import func, select
@@ -74,6 +74,19 @@ class PolicyCallCache:
         }
         async with self._db.write() as session:
             await upsert(session, _CALLS, [row], ("key",), ())
+
+    async def put_many(self, items: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Store several ``(key, response)`` pairs in one transaction (all or none), each
+        unless its key is present."""
+        now = utcnow()
+        rows = [
+            {"key": k, "model": "", "request": None, "response": r, "created_at": now}
+            for k, r in items
+        ]
+        if not rows:
+            return
+        async with self._db.write() as session:
+            await upsert(session, _CALLS, rows, ("key",), ())
 
     async def count(self) -> int:
         """How many responses are stored."""

@@ -7,6 +7,7 @@ import pytest
 from qlass.backends.cache import CachedPolicy, InMemoryCallCache, cache_key, sample_seed
 from qlass.backends.scripted import ScriptedPolicy
 from qlass.errors import PolicyCallError
+from qlass.storage import TreeStore
 from qlass.types import ChatMessage
 
 MESSAGES: list[ChatMessage] = [{"role": "user", "content": "Observation: a kitchen"}]
@@ -116,3 +117,29 @@ async def test_parse_errors_are_cached_as_what_the_model_said() -> None:
     assert first[0].action is None and again[0].action is None
     assert again[0].parse_error == first[0].parse_error
     assert cache.records()[0]["text"] == "no action here"
+
+
+async def test_the_samples_of_one_call_are_stored_in_one_transaction(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With the tree store's cache, a kill cannot store one sample of a call and not the
+    other (the resume then asked for the missing one alone and charged its whole prompt)."""
+    async with await TreeStore.open(tmp_path / "c.db") as store:
+        writes: list[int] = []
+        cache = store.call_cache
+        put_many = cache.put_many
+
+        async def recording_put_many(items):  # type: ignore[no-untyped-def]
+            writes.append(len(items))
+            await put_many(items)
+
+        cache.put_many = recording_put_many  # type: ignore[method-assign]
+        policy = CachedPolicy(ScriptedPolicy(TEXTS), cache)
+        first = await policy.sample(MESSAGES, n=3, seed=9)
+        again = await CachedPolicy(ScriptedPolicy(["Action: other"]), cache).sample(
+            MESSAGES, n=3, seed=9
+        )
+        assert writes == [3]  # one write of the whole call
+        assert [c.text for c in again] == [c.text for c in first] and all(c.cached for c in again)
+        await cache.put_many([(key(), {"text": "Action: x"})])  # a present key is kept
+        assert await cache.count() == 4
+        await cache.put_many([(key(), {"text": "Action: y"})])
+        assert (await cache.get(key())) == {"text": "Action: x"}
