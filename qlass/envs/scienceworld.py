@@ -245,7 +245,39 @@ def _comparable_lines(observation: str) -> list[str]:
     lines = observation.splitlines()
     if observation.startswith(_AMBIGUOUS):
         lines = [_MENU_NUMBER.sub("", line) for line in lines]
-    return sorted(lines)
+    return sorted(_unordered_lists(line) for line in lines)
+
+
+def _unordered_lists(text: str) -> str:
+    """``text`` with the items of every comma-separated list sorted, at every depth of
+    parentheses: ScienceWorld lists a container's contents ("In the cupboard is: a drawer,
+    a wood cup (containing yellow paint), ...") in hash order too."""
+
+    def level(i: int, depth: int) -> tuple[str, int]:
+        items: list[str] = []
+        current: list[str] = []
+        while i < len(text):
+            if text[i] == "(":
+                inner, i = level(i + 1, depth + 1)
+                current.append(f"({inner})")
+            elif text[i] == ")" and depth:
+                i += 1
+                break
+            elif text.startswith(", ", i):
+                items.append("".join(current))
+                current, i = [], i + 2
+            else:
+                current.append(text[i])
+                i += 1
+        items.append("".join(current))
+        # The list's lead-in ("... is: ") and its full stop are no items.
+        lead, colon, first = items[0].rpartition(": ")
+        items[0] = first if colon else items[0]
+        end = "." if items[-1].endswith(".") else ""
+        items[-1] = items[-1].removesuffix(end)
+        return f"{lead}{colon}{', '.join(sorted(items))}{end}", i
+
+    return level(0, 0)[0]
 
 
 class ScienceWorldFamily(BaseEnvFamily):
@@ -270,8 +302,9 @@ class ScienceWorldFamily(BaseEnvFamily):
         return _max_steps().get(canonical_task_name(task.name))
 
     def same_observation(self, replayed: str, recorded: str) -> bool:
-        """The same lines, in any order: ScienceWorld lists a room's objects in hash order,
-        which changes between resets while the state is the same. Its "Ambiguous request"
+        """The same lines, in any order, and the same items in each comma-separated list, in
+        any order: ScienceWorld lists a room's objects and a container's contents in hash
+        order, which changes between resets while the state is the same. Its "Ambiguous request"
         menu numbers the same options in that order too, so there the numbers are ignored
         (a numeric answer that then picks another object shows in the next observation).
         Any other difference (a line added, removed or changed) is a real divergence."""

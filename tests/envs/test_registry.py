@@ -103,3 +103,31 @@ def test_require_action_rejects_text_that_is_not_utf8() -> None:
     with pytest.raises(InvalidActionError, match="not UTF-8"):
         require_action(undecodable)
     assert require_action(" prendre la pi\u00e8ce ") == "prendre la pi\u00e8ce"
+
+
+def test_scienceworld_container_contents_compare_in_any_order() -> None:
+    """Seen replaying chemistry-mix-paint-tertiary-color: a container's contents come in
+    hash order too. Other differences the replays showed stay differences: a plant in
+    another stage (grow-fruit) and another thermometer reading (use-thermometer)."""
+    recorded = (
+        "This room is called the art studio. In it, you see: \n\tthe agent\n\ta large "
+        "cupboard. The large cupboard door is open. In the large cupboard is: a drawer, a "
+        "wood cup (containing yellow paint), a wood cup (containing nothing), a wood cup "
+        "(containing blue paint)."
+    )
+    replayed = recorded.replace(
+        "a drawer, a wood cup (containing yellow paint), a wood cup (containing nothing), a "
+        "wood cup (containing blue paint).",
+        "a wood cup (containing blue paint), a drawer, a wood cup (containing yellow paint), "
+        "a wood cup (containing nothing).",
+    )
+    sciworld = get_family("scienceworld")
+    assert replayed != recorded and sciworld.same_observation(replayed, recorded)
+    emptied = recorded.replace("(containing blue paint)", "(containing nothing)")
+    assert not sciworld.same_observation(emptied, recorded)
+    pot = "\ta flower pot 1 (containing a banana tree. On the banana tree you see: {}. , soil)"
+    assert not sciworld.same_observation(
+        pot.format("a banana, a adult bee"), pot.format("a wilting flower")
+    )
+    reading = "the thermometer measures a temperature of {} degrees celsius"
+    assert not sciworld.same_observation(reading.format(23), reading.format(22))
