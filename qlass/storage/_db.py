@@ -14,7 +14,7 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import Table, delete, exc, insert, tuple_
+from sqlalchemy import Table, delete, exc, func, insert, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from qlass.errors import QlassError, StoreError
 from qlass.storage.engine import WRITE_OPTION, sqlite_file, translate_error
+from qlass.storage.models import utcnow
 
 __all__ = ["Database", "insert_ids", "record", "upsert"]
 
@@ -48,6 +49,11 @@ class Database:
     @property
     def is_postgres(self) -> bool:
         return self.dialect == "postgresql"
+
+    def now(self) -> Any:
+        """The current time as the database should compare it: the server's clock on
+        PostgreSQL (so that processes on machines with skewed clocks agree), else this one's."""
+        return func.now() if self.is_postgres else utcnow()
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

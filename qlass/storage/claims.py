@@ -47,10 +47,6 @@ class ClaimRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def _now(self) -> Any:
-        """The current time as the database should compare it (server clock on PostgreSQL)."""
-        return func.now() if self._db.is_postgres else utcnow()
-
     def _claimable(self, now: Any) -> ColumnElement[bool]:
         return or_(
             _TASKS.c.status == "pending",
@@ -82,7 +78,7 @@ class ClaimRepository:
         """
         lease = self._check_lease(lease_s)
         async with self._db.write() as session:
-            now = self._now()
+            now = self._db.now()
             query = (
                 select(_TASKS.c.id)
                 .where(_TASKS.c.run_id == run_id, self._claimable(now))
@@ -118,7 +114,7 @@ class ClaimRepository:
         lease = self._check_lease(lease_s)
         async with self._db.write() as session:
             result = await session.execute(
-                self._owned(task_id, worker_id).values(lease_expires_at=self._now() + lease)
+                self._owned(task_id, worker_id).values(lease_expires_at=self._db.now() + lease)
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
@@ -152,7 +148,7 @@ class ClaimRepository:
         query = select(func.count()).where(
             _TASKS.c.run_id == run_id,
             _TASKS.c.status == "running",
-            _TASKS.c.lease_expires_at >= self._now(),
+            _TASKS.c.lease_expires_at >= self._db.now(),
         )
         if exclude is not None:
             query = query.where(or_(_TASKS.c.claimed_by.is_(None), _TASKS.c.claimed_by != exclude))

@@ -8,12 +8,12 @@ from typing import Any
 
 from sqlalchemy import Select, and_, case, func, select, update
 
+from qlass.config import StoreConfig
 from qlass.errors import ConfigError, UnknownNameError
 from qlass.storage._db import Database, record
 from qlass.storage.models import (
     Episode,
     LabelSet,
-    Node,
     QLabel,
     QNetCheckpoint,
     Run,
@@ -31,14 +31,16 @@ from qlass.storage.records import (
     RunSummary,
     StageRecord,
 )
+from qlass.storage.trees import node_counts
 from qlass.types import Usage
 
 __all__ = ["RUN_LEASE_S", "RunRepository"]
 
 _RUNS = table(Run)
 
-RUN_LEASE_S = 120.0
-"""How long a run counts as running after its process last renewed the lease (default)."""
+RUN_LEASE_S: float = StoreConfig.model_fields["run_lease_s"].default
+"""How long a run counts as running after its process last renewed the lease (default:
+the config's ``store.run_lease_s``)."""
 
 
 class RunRepository:
@@ -47,14 +49,10 @@ class RunRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def _now(self) -> Any:
-        """The current time as the database should compare it (server clock on PostgreSQL)."""
-        return func.now() if self._db.is_postgres else utcnow()
-
     def _select(self) -> Select[Any]:
         """Every run column, with a ``running`` run whose lease has lapsed read as
         ``interrupted`` (runs from before leases existed have none and read as stored)."""
-        lapsed = and_(_RUNS.c.status == "running", _RUNS.c.lease_expires_at < self._now())
+        lapsed = and_(_RUNS.c.status == "running", _RUNS.c.lease_expires_at < self._db.now())
         status = case((lapsed, "interrupted"), else_=_RUNS.c.status).label("status")
         return select(*(c for c in _RUNS.c if c.name != "status"), status)
 
@@ -137,7 +135,7 @@ class RunRepository:
     async def set_status(self, run_id: int, status: str, *, lease_s: float = RUN_LEASE_S) -> None:
         """Record the run's status; ``running`` takes a lease of ``lease_s`` seconds (renew
         it with :meth:`renew_lease` while the work goes on), any other status drops it."""
-        lease = self._now() + timedelta(seconds=lease_s) if status == "running" else None
+        lease = self._db.now() + timedelta(seconds=lease_s) if status == "running" else None
         async with self._db.write() as session:
             result = await session.execute(
                 update(_RUNS)
@@ -153,7 +151,7 @@ class RunRepository:
             await session.execute(
                 update(_RUNS)
                 .where(_RUNS.c.id == run_id, _RUNS.c.status == "running")
-                .values(lease_expires_at=self._now() + timedelta(seconds=lease_s))
+                .values(lease_expires_at=self._db.now() + timedelta(seconds=lease_s))
             )
 
     async def add_spend(self, run_id: int, usage: Usage) -> None:
@@ -179,18 +177,7 @@ class RunRepository:
                 select(Task.status, func.count()).where(Task.run_id == run.id).group_by(Task.status)
             )
             by_status = {status: int(count) for status, count in status_rows}
-            nodes, leaves = (
-                await session.execute(
-                    select(
-                        func.count(Node.id),
-                        func.coalesce(
-                            func.sum(case((Node.final_reward.is_not(None), 1), else_=0)), 0
-                        ),
-                    )
-                    .join(Task, Task.id == Node.task_id)
-                    .where(Task.run_id == run.id)
-                )
-            ).one()
+            nodes, leaves = (await session.execute(node_counts(run.id))).one()
             label_rows = await session.execute(
                 select(table(LabelSet), func.count(QLabel.node_id).label("labelled"))
                 .outerjoin(QLabel, QLabel.label_set_id == LabelSet.id)

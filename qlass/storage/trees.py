@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
-from sqlalchemy import bindparam, case, func, insert, select, update
+from sqlalchemy import Select, bindparam, case, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from qlass.errors import StoreError, UnknownNameError
@@ -37,6 +37,17 @@ def _row(node: NewNode, *, task_id: int, parent_id: int | None, depth: int) -> d
         created_at=utcnow(),
     )
     return row
+
+
+def node_counts(run_id: int, *, split: str | None = None) -> Select[Any]:
+    """A query of ``(nodes, finished leaves)`` in the trees of a run's tasks (of ``split``)."""
+    finished = case((_NODES.c.final_reward.is_not(None), 1), else_=0)
+    query = (
+        select(func.count(_NODES.c.id), func.coalesce(func.sum(finished), 0))
+        .join(_TASKS, _TASKS.c.id == _NODES.c.task_id)
+        .where(_TASKS.c.run_id == run_id)
+    )
+    return query if split is None else query.where(_TASKS.c.split == split)
 
 
 class TreeRepository:
@@ -200,16 +211,8 @@ class TreeRepository:
 
     async def count(self, run_id: int, *, split: str | None = None) -> tuple[int, int]:
         """``(nodes, finished leaves)`` in the trees of a run's tasks (of ``split``)."""
-        finished = case((_NODES.c.final_reward.is_not(None), 1), else_=0)
-        query = (
-            select(func.count(_NODES.c.id), func.coalesce(func.sum(finished), 0))
-            .join(_TASKS, _TASKS.c.id == _NODES.c.task_id)
-            .where(_TASKS.c.run_id == run_id)
-        )
-        if split is not None:
-            query = query.where(_TASKS.c.split == split)
         async with self._db.read() as session:
-            nodes, leaves = (await session.execute(query)).one()
+            nodes, leaves = (await session.execute(node_counts(run_id, split=split))).one()
         return int(nodes), int(leaves)
 
     async def load(self, task_id: int) -> Tree:

@@ -69,7 +69,7 @@ async def test_heartbeats_keep_a_lease_longer_than_its_length(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = _Clock()
-    monkeypatch.setattr("qlass.storage.claims.utcnow", clock)
+    monkeypatch.setattr("qlass.storage._db.utcnow", clock)  # the clock leases are read by
     store, run_id = await _store(tmp_path, 1)
     settings = WorkerSettings("A", lease_s=0.3, heartbeat_s=0.05)
     thief = await TreeStore.open(tmp_path / "w.db")
@@ -177,7 +177,7 @@ async def test_a_lease_expiring_between_claim_and_count_is_not_orphaned(
     """The dead worker's lease runs out after A's claim found nothing and before A counts
     the live leases: A must still take the task, not leave because none is live."""
     clock = _Clock()
-    monkeypatch.setattr("qlass.storage.claims.utcnow", clock)
+    monkeypatch.setattr("qlass.storage._db.utcnow", clock)  # the clock leases are read by
     store, run_id = await _store(tmp_path, 1)
     assert await store.claims.claim(run_id, "dead", lease_s=5) is not None
     count = store.claims.live_leases

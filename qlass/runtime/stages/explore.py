@@ -15,10 +15,10 @@ from qlass.runtime.stages.label import label_set
 from qlass.runtime.workers import TASK_FAILURES, WorkerSettings, ensure_stage, run_worker
 from qlass.storage import TaskRecord
 
-__all__ = ["run", "stored_tree_figures"]
+__all__ = ["run"]
 
 
-async def stored_tree_figures(ctx: StageContext, cannot: set[str] | None = None) -> dict[str, int]:
+async def _stored_tree_figures(ctx: StageContext, cannot: set[str] | None = None) -> dict[str, int]:
     """What the run's stored train trees hold: finished ``trees``, ``nodes``, finished
     ``leaves`` and ``unfinished_tasks`` (tasks in ``cannot``, ungeneratable, not counted)."""
     run_id = ctx.run_record.id
@@ -147,7 +147,7 @@ async def run(
                 f"first, {first_failure[0]}"
             )
         # Failed or unfinished trees keep the stage running: a rerun retries them.
-        extra.update(await stored_tree_figures(ctx, cannot))
+        extra.update(await _stored_tree_figures(ctx, cannot))
         pool_stats = pool.stats.since(before)
         return {
             **counts,
