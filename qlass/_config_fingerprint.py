@@ -19,15 +19,13 @@ before it existed) takes part in the fingerprint only when set to something else
 
 def fingerprint_data(section: BaseModel) -> dict[str, Any]:
     """``section`` as JSON data, without the :data:`ADDED_LATER` fields left at default."""
-    data: dict[str, Any] = {}
+    data: dict[str, Any] = section.model_dump(mode="json")
     for name, field in type(section).model_fields.items():
         value = getattr(section, name)
         if field.json_schema_extra == ADDED_LATER and value == field.get_default(
             call_default_factory=True
         ):
-            continue
-        if isinstance(value, BaseModel):
+            del data[name]
+        elif isinstance(value, BaseModel):
             data[name] = fingerprint_data(value)
-        else:
-            data[name] = section.model_dump(mode="json", include={name})[name]
     return data
