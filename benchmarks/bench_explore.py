@@ -167,8 +167,10 @@ async def _grow(
     db: Path,
     latency: float,
     policy_dir: Path | None,
+    max_batch: int = 64,
 ) -> tuple[float, float, int, int, tuple[frozenset[tuple[tuple[int, ...], str | None, str]], ...]]:
     async with await TreeStore.open(db) as store:
+        store.trees.max_batch = max_batch
         run = await store.runs.create(name, config={}, seed=0)
         await store.labels.create_set(run.id)
         records = await store.tasks.add_many(run.id, list(tasks))
@@ -239,11 +241,13 @@ async def main(args: argparse.Namespace) -> None:
     )
     actions = ACTIONS[args.env]
     results: list[Result] = []
-    variants = [("qlass (pool, env branches)", True)]
+    variants = [("qlass (pool, env branches)", True, 64)]
+    if args.per_node_commit:
+        variants.append(("qlass, a transaction per node", True, 1))
     if args.linger:
-        variants.append((f"qlass (pool, linger {args.linger_s:g} s)", False))
+        variants.append((f"qlass (pool, linger {args.linger_s:g} s)", False, 64))
     with tempfile.TemporaryDirectory() as tmp, _hogs(args.hog):
-        for label, branches in variants:
+        for label, branches, max_batch in variants:
             pool = EnvPool.for_env(
                 args.env, size=args.pool, max_steps=args.max_steps, linger_s=args.linger_s
             )
@@ -265,6 +269,7 @@ async def main(args: argparse.Namespace) -> None:
                     Path(tmp) / f"{len(results)}.db",
                     args.policy_latency,
                     args.policy_dir,
+                    max_batch,
                 )
                 stats = pool.stats.since(before)
                 results.append(
@@ -358,6 +363,11 @@ def parse() -> argparse.Namespace:
         "--linger", action="store_true", help="also run the pool's time-based grace (before)"
     )
     parser.add_argument("--linger-s", type=float, default=0.5)
+    parser.add_argument(
+        "--per-node-commit",
+        action="store_true",
+        help="also run qlass with one store transaction per node (before group commit)",
+    )
     parser.add_argument("--hog", type=int, default=0, help="CPU-burning processes beside it")
     parser.add_argument(
         "--policy-dir",

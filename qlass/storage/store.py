@@ -166,6 +166,7 @@ class TreeStore:
         """Close every connection. Idempotent."""
         if not self._closed:
             self._closed = True
+            await self.trees.wait_idle()
             await self._db.dispose()
 
     async def __aenter__(self) -> Self:

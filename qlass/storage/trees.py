@@ -7,7 +7,7 @@ Q labels of the node's ancestors in the same transaction (:func:`qlass.storage.l
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from qlass.errors import StoreError, UnknownNameError
 from qlass.storage._db import Database, insert_ids, record
+from qlass.storage._group_commit import GroupCommit
 from qlass.storage.labels import lock_tree, relabel
 from qlass.storage.models import Node, Task, table, utcnow
 from qlass.storage.records import NewNode, NodeRecord, TaskRecord, Tree
@@ -55,6 +56,9 @@ class TreeRepository:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._children_if_absent: GroupCommit[tuple[int, NewNode], tuple[NodeRecord, bool]] = (
+            GroupCommit(self._commit_children_if_absent)
+        )
 
     async def add_root(
         self, task_id: int, observation: str, *, instruction: str | None = None
@@ -110,27 +114,89 @@ class TreeRepository:
         worker whose lease expired while it was still running, and the task's next owner)
         never store one sample twice. The check and the insert are one transaction under the
         tree lock (PostgreSQL) or the store's single writer (SQLite), so they cannot race.
+        Calls made while another is being written share the next transaction (group commit,
+        at most :attr:`max_batch` nodes); each returns once its node is committed.
         """
+        return await self._children_if_absent.submit((parent_id, node))
+
+    @property
+    def max_batch(self) -> int:
+        """How many concurrent :meth:`add_child_if_absent` calls one transaction holds at
+        most (1: a transaction per node)."""
+        return self._children_if_absent.max_batch
+
+    @max_batch.setter
+    def max_batch(self, value: int) -> None:
+        if value < 1:
+            raise ValueError("max_batch must be at least 1")
+        self._children_if_absent.max_batch = value
+
+    async def wait_idle(self) -> None:
+        """Return once no group commit is pending (the store calls it before closing)."""
+        await self._children_if_absent.wait_idle()
+
+    async def _commit_children_if_absent(
+        self, items: Sequence[tuple[int, NewNode]]
+    ) -> list[tuple[NodeRecord, bool] | Exception]:
+        """One transaction for a batch of :meth:`add_child_if_absent` calls, in order: an
+        item whose (parent, sample index) is stored already, or was inserted by an earlier
+        item of the batch, gets that child; a missing or finished parent is that item's
+        error; the others are inserted in one statement and relabelled tree by tree."""
+        outcomes: list[tuple[NodeRecord, bool] | Exception | None] = [None] * len(items)
         async with self._db.write() as session:
-            task_id, run_id, depth = await self._parent(session, parent_id)
-            existing = (
-                await session.execute(
-                    select(_NODES)
-                    .where(
-                        _NODES.c.task_id == task_id,
-                        _NODES.c.parent_id == parent_id,
-                        _NODES.c.sample_index == node.sample_index,
+            parents = await self._parents(session, {parent_id for parent_id, _ in items})
+            existing = await self._child_ids(session, parents)
+            rows: list[dict[str, Any]] = []
+            inserted: list[int] = []  # item positions of ``rows``
+            first: dict[tuple[int, int], int] = {}  # (parent, sample) -> item inserting it
+            repeats: list[tuple[int, int]] = []  # (item, the earlier item of its sample)
+            stored: list[tuple[int, int]] = []  # (item, the id of its stored child)
+            for position, (parent_id, node) in enumerate(items):
+                key = (parent_id, node.sample_index)
+                found = parents.get(parent_id)
+                if found is None:
+                    outcomes[position] = UnknownNameError(f"no node with id {parent_id}")
+                elif found.is_leaf:
+                    outcomes[position] = StoreError(
+                        f"node {parent_id} is a leaf; it cannot have children"
                     )
-                    .order_by(_NODES.c.id)
-                    .limit(1)
+                elif key in existing:
+                    stored.append((position, existing[key]))
+                elif key in first:
+                    repeats.append((position, first[key]))
+                else:
+                    first[key] = position
+                    inserted.append(position)
+                    rows.append(
+                        _row(
+                            node, task_id=found.task_id, parent_id=parent_id, depth=found.depth + 1
+                        )
+                    )
+            ids = await insert_ids(session, _NODES, rows)
+            by_tree: dict[tuple[int, int], tuple[list[dict[str, Any]], list[int]]] = {}
+            for row, node_id in zip(rows, ids, strict=True):
+                tree = (parents[row["parent_id"]].run_id, row["task_id"])
+                tree_rows, tree_ids = by_tree.setdefault(tree, ([], []))
+                tree_rows.append(row)
+                tree_ids.append(node_id)
+            for (run_id, task_id), (tree_rows, tree_ids) in sorted(by_tree.items()):
+                await self._relabel(session, run_id, task_id, tree_rows, tree_ids)
+            if stored:  # a resume, or another explorer of the tree: read those children
+                reread = await session.execute(
+                    select(_NODES).where(_NODES.c.id.in_(sorted({i for _, i in stored})))
                 )
-            ).first()
-            if existing is not None:
-                return record(NodeRecord, existing), False
-            row = _row(node, task_id=task_id, parent_id=parent_id, depth=depth + 1)
-            ids = await insert_ids(session, _NODES, [row])
-            await self._relabel(session, run_id, task_id, [row], ids)
-        return record(NodeRecord, {**row, "id": ids[0]}), True
+                children = {row.id: record(NodeRecord, row) for row in reread}
+                for position, child_id in stored:
+                    outcomes[position] = (children[child_id], False)
+        for position, row, node_id in zip(inserted, rows, ids, strict=True):
+            outcomes[position] = (record(NodeRecord, {**row, "id": node_id}), True)
+        for position, earlier in repeats:
+            made = outcomes[earlier]
+            assert isinstance(made, tuple)
+            outcomes[position] = (made[0], False)
+        done = [outcome for outcome in outcomes if outcome is not None]
+        assert len(done) == len(items)
+        return done
 
     async def add_path(self, parent_id: int, nodes: Sequence[NewNode]) -> list[NodeRecord]:
         """Add a chain below ``parent_id`` in one transaction: each node the child of the
@@ -243,6 +309,41 @@ class TreeRepository:
         if found.is_leaf:
             raise StoreError(f"node {parent_id} is a leaf; it cannot have children")
         return found.task_id, found.run_id, found.depth
+
+    async def _parents(self, session: AsyncSession, parent_ids: Collection[int]) -> dict[int, Any]:
+        """Task, run, depth and leaf flag of each of ``parent_ids`` that exists, by id; on
+        PostgreSQL also lock their trees (see lock_tree), in one order for every writer."""
+        query = (
+            select(_NODES.c.id, _NODES.c.task_id, _NODES.c.depth, _NODES.c.is_leaf, _TASKS.c.run_id)
+            .join(_TASKS, _TASKS.c.id == _NODES.c.task_id)
+            .where(_NODES.c.id.in_(sorted(parent_ids)))
+        )
+        found = {row.id: row for row in await session.execute(query)}
+        if found and self._db.is_postgres:
+            for run_id, task_id in sorted({(row.run_id, row.task_id) for row in found.values()}):
+                await lock_tree(session, run_id=run_id, task_id=task_id)
+            found = {row.id: row for row in await session.execute(query)}  # as of the locks
+        return found
+
+    async def _child_ids(
+        self, session: AsyncSession, parents: Mapping[int, Any]
+    ) -> dict[tuple[int, int], int]:
+        """The id of the stored child of each (parent, sample index) below ``parents`` (the
+        first if an older store holds two)."""
+        if not parents:
+            return {}
+        keys = await session.execute(
+            select(_NODES.c.id, _NODES.c.parent_id, _NODES.c.sample_index)
+            .where(
+                _NODES.c.task_id.in_(sorted({row.task_id for row in parents.values()})),
+                _NODES.c.parent_id.in_(sorted(parents)),
+            )
+            .order_by(_NODES.c.id)
+        )
+        first: dict[tuple[int, int], int] = {}
+        for key in keys:
+            first.setdefault((key.parent_id, key.sample_index), key.id)
+        return first
 
     async def _relabel(
         self,
