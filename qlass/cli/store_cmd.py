@@ -171,12 +171,13 @@ def _print_summary(console: Console, summary: RunSummary, show_config: bool) -> 
     console.print(f"tree nodes: {summary.nodes} ({summary.finished_leaves} finished leaves)")
     if summary.label_sets:
         table = Table(title="label sets")
-        for column in ("id", "gamma", "normalize", "intermediate reward", "labelled nodes"):
+        for column in ("id", "kind", "gamma", "normalize", "intermediate reward", "labelled nodes"):
             table.add_column(column)
         for item in summary.label_sets:
             label_set = item.label_set
             table.add_row(
                 str(label_set.id),
+                label_set.kind,
                 f"{label_set.gamma:g}",
                 "yes" if label_set.normalize else "no",
                 label_set.intermediate_reward,

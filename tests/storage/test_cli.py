@@ -66,7 +66,7 @@ def test_runs_list_and_show(cli: CliRunner, tmp_path: Path) -> None:
     assert "run 1: coin-demo" in out and "0.1.0+gabc" in out and "fp-0123" in out
     assert "1 done, 2 pending" in out
     assert "tree nodes: 3 (1 finished leaves)" in out
-    assert "label sets" in out and "0.9" in out
+    assert "label sets" in out and "0.9" in out and "bellman" in out
     assert "explore" in out and "env_steps" in out
     assert "/ckpt/qnet" in out
     assert '"gamma": 0.9' in out  # the config
