@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import os
 import subprocess
 import sys
 import tempfile
@@ -41,12 +42,15 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
+from benchmarks.scaling import NodeCosts, predicted_nodes_per_s
 from qlass._log import configure_logging
 from qlass.backends.base import Policy
 from qlass.backends.hf import HFPolicy
 from qlass.backends.scripted import ScriptedPolicy
 from qlass.backends.wrappers import ConcurrencyLimitedPolicy
+from qlass.envs._jvm import java_child_pids
 from qlass.envs.base import Env
 from qlass.envs.pool import EnvPool
 from qlass.envs.registry import create_env, list_tasks
@@ -139,6 +143,8 @@ class Result:
     cpu_s: float
     leaf_depths: int
     shapes: tuple[frozenset[tuple[tuple[int, ...], str | None, str]], ...]
+    jvm_cpu_s: float = 0.0
+    requests: int = 0
 
     @property
     def steps_per_node(self) -> float:
@@ -156,6 +162,44 @@ class Result:
     def trees_per_hour(self) -> float:
         return 3600 * self.trees / self.seconds
 
+    @property
+    def new_nodes(self) -> int:
+        return max(1, self.nodes - self.trees)
+
+    def costs(self, latency_s: float, trees_in_flight: int) -> NodeCosts:
+        """Per-node costs for the scaling model; branches per tree by Little's law."""
+        in_flight = self.requests * latency_s / self.seconds
+        return NodeCosts(
+            py_cpu_s=self.cpu_s / self.new_nodes,
+            env_cpu_s=self.jvm_cpu_s / self.new_nodes,
+            requests=self.requests / self.new_nodes,
+            branches_per_tree=in_flight / trees_in_flight,
+        )
+
+
+class _Grown(NamedTuple):
+    seconds: float
+    cpu_s: float
+    nodes: int
+    leaf_depths: int
+    shapes: tuple[frozenset[tuple[tuple[int, ...], str | None, str]], ...]
+    jvm_cpu_s: float
+    requests: int
+
+
+def _jvm_cpu_s() -> float:
+    """CPU seconds used so far by this process's live JVMs (user + system, from /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in java_child_pids():
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
 
 async def _grow(
     name: str,
@@ -168,24 +212,28 @@ async def _grow(
     latency: float,
     policy_dir: Path | None,
     max_batch: int = 64,
-) -> tuple[float, float, int, int, tuple[frozenset[tuple[tuple[int, ...], str | None, str]], ...]]:
+) -> _Grown:
     async with await TreeStore.open(db) as store:
         store.trees.max_batch = max_batch
         run = await store.runs.create(name, config={}, seed=0)
         await store.labels.create_set(run.id)
         records = await store.tasks.add_many(run.id, list(tasks))
         policy: Policy
+        scripted: ScriptedPolicy | None = None
         if policy_dir is not None:
             policy = await asyncio.to_thread(HFPolicy, str(policy_dir), device="cpu")
         else:
-            policy = ScriptedPolicy(rule=_rule(actions), delay_s=latency)
+            policy = scripted = ScriptedPolicy(rule=_rule(actions), delay_s=latency)
         if concurrency == 1:  # the reference: one request at a time, as its loop did
             policy = ConcurrencyLimitedPolicy(policy, 1)
         ctx = SearchContext(policy=policy, envs=provider)  # type: ignore[arg-type]
         explorer = TreeExplorer(store, ctx, settings, seed=0)
+        jvm = await asyncio.to_thread(_jvm_cpu_s)
         started, cpu = time.perf_counter(), time.process_time()
         await bounded_map(explorer.explore, records, concurrency=concurrency)
         seconds, cpu_s = time.perf_counter() - started, time.process_time() - cpu
+        jvm = await asyncio.to_thread(_jvm_cpu_s) - jvm
+        requests = len(scripted.calls) if scripted is not None else 0
         await policy.aclose()
         shapes = []
         nodes = leaf_depths = 0
@@ -208,7 +256,23 @@ async def _grow(
                     for node in tree.nodes
                 )
             )
-    return seconds, cpu_s, nodes, leaf_depths, tuple(shapes)
+    return _Grown(seconds, cpu_s, nodes, leaf_depths, tuple(shapes), jvm, requests)
+
+
+def _result(name: str, trees: int, grown: _Grown, steps: int, resets: int) -> Result:
+    return Result(
+        name,
+        trees,
+        grown.nodes,
+        steps,
+        resets,
+        grown.seconds,
+        grown.cpu_s,
+        grown.leaf_depths,
+        grown.shapes,
+        grown.jvm_cpu_s,
+        grown.requests,
+    )
 
 
 class _Plain:
@@ -259,7 +323,7 @@ async def main(args: argparse.Namespace) -> None:
 
                 await asyncio.gather(*(warm(t) for t in tasks[: args.pool]))
                 before = pool.stats.snapshot()
-                seconds, cpu_s, nodes, depths, shapes = await _grow(
+                grown = await _grow(
                     label,
                     pool if branches else _Plain(pool),
                     tasks,
@@ -272,19 +336,7 @@ async def main(args: argparse.Namespace) -> None:
                     max_batch,
                 )
                 stats = pool.stats.since(before)
-                results.append(
-                    Result(
-                        label,
-                        len(tasks),
-                        nodes,
-                        stats.steps,
-                        stats.resets,
-                        seconds,
-                        cpu_s,
-                        depths,
-                        shapes,
-                    )
-                )
+                results.append(_result(label, len(tasks), grown, stats.steps, stats.resets))
             finally:
                 await pool.aclose()
 
@@ -292,7 +344,7 @@ async def main(args: argparse.Namespace) -> None:
         try:
             reference = ReplayFromReset(env)
             await env.reset(tasks[0])
-            seconds, cpu_s, nodes, depths, shapes = await _grow(
+            grown = await _grow(
                 "reference",
                 reference,
                 tasks,
@@ -304,16 +356,12 @@ async def main(args: argparse.Namespace) -> None:
                 args.policy_dir,
             )
             results.append(
-                Result(
+                _result(
                     "reference (1 env, replay from reset)",
                     len(tasks),
-                    nodes,
+                    grown,
                     reference.steps[0],
                     reference.resets,
-                    seconds,
-                    cpu_s,
-                    depths,
-                    shapes,
                 )
             )
         finally:
@@ -341,8 +389,49 @@ async def main(args: argparse.Namespace) -> None:
         f"\ntrees per hour: x{fast.trees_per_hour / slow.trees_per_hour:.1f}   "
         f"env steps per node: {slow.steps_per_node / fast.steps_per_node:.1f}x fewer"
     )
+    if args.policy_dir is None:
+        _print_model(args, fast, slow)
     if not same:
         raise SystemExit("the explorers built different trees")
+
+
+def _print_model(args: argparse.Namespace, fast: Result, slow: Result) -> None:
+    """The scaling model (benchmarks.scaling) fed with this run's costs: checked against
+    this run, then its predictions for bigger machines."""
+    latency = args.policy_latency
+    costs = fast.costs(latency, args.concurrency)
+    reference = slow.costs(latency, 1)
+    reference_rate = slow.new_nodes / slow.seconds
+    cores = len(os.sched_getaffinity(0))
+    per_tree = fast.new_nodes / fast.trees
+    print(
+        "\nscaling model (benchmarks/scaling.py), per new node: qlass CPU "
+        f"{1000 * costs.py_cpu_s:.2f} ms, JVM CPU {1000 * costs.env_cpu_s:.2f} ms, "
+        f"{costs.requests:.2f} policy requests, {costs.branches_per_tree:.2f} branches per tree "
+        f"waiting on the policy; reference JVM CPU {1000 * reference.env_cpu_s:.2f} ms"
+    )
+    if latency > 0 and costs.branches_per_tree * args.concurrency >= 0.9 * args.pool:
+        print("  (the pool capped the branches in flight: branches per tree is a lower bound)")
+    rate, bound = predicted_nodes_per_s(
+        costs, cores=cores, pool=args.pool, trees=args.concurrency, latency_s=latency
+    )
+    measured = fast.new_nodes / fast.seconds
+    load = os.getloadavg()[0]
+    print(
+        f"  this run, {cores} cores (load average {load:.1f}; the model assumes them idle): measured {measured:.1f} nodes/s, predicted {rate:.1f} "
+        f"({bound} bound; measured/predicted {measured / rate:.2f}); reference "
+        f"{reference_rate:.1f} (sequential: the same on any machine)"
+    )
+    for machine in args.predict_cores:
+        pool, trees = 2 * machine, 4 * machine
+        rate, bound = predicted_nodes_per_s(
+            costs, cores=machine, pool=pool, trees=trees, latency_s=latency
+        )
+        ratio = rate / reference_rate
+        print(
+            f"  predicted, {machine} cores (pool {pool}, {trees} trees in flight): "
+            f"{3600 * rate / per_tree:.0f} trees/hour ({bound} bound), x{ratio:.1f} the reference"
+        )
 
 
 def parse() -> argparse.Namespace:
@@ -369,6 +458,12 @@ def parse() -> argparse.Namespace:
         help="also run qlass with one store transaction per node (before group commit)",
     )
     parser.add_argument("--hog", type=int, default=0, help="CPU-burning processes beside it")
+    parser.add_argument(
+        "--predict-cores",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[16, 64],
+        help="machines the scaling model predicts for (pool 2 per core, 4 trees per core)",
+    )
     parser.add_argument(
         "--policy-dir",
         type=Path,
