@@ -168,8 +168,12 @@ def _markdown_table(rows: Sequence[Mapping[str, str]]) -> list[str]:
     if not rows:
         return ["(none)"]
     header = list(rows[0])
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(row[h] for h in header) + " |" for row in rows]
+
+    def line(cells: Sequence[str]) -> str:  # a cell's own "|" (a point's name) is escaped
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+    lines = [line(header), "|" + "|".join("---" for _ in header) + "|"]
+    return lines + [line([row[h] for h in header]) for row in rows]
 
 
 def render_sweep_markdown(sweep: SweepSummary) -> str:

@@ -4,6 +4,7 @@ stages a point does not change are shared (stage records, trees, QNets, BC polic
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import pytest
@@ -130,9 +131,12 @@ async def test_a_labels_and_search_sweep_reuses_the_trees_and_each_variant_keeps
     assert len(sweep.summary.pairs) == 6  # 3 other points x 2 strategies, vs the base point
     files = await asyncio.to_thread(write_sweep_report, sweep, base.directory)
     assert len(files) == 3
-    assert (
-        "labels.gamma=0.5 search.temperature=0 | qlass:2" in (base.directory / SWEEP_MD).read_text()
-    )
+    page = (base.directory / SWEEP_MD).read_text()
+    assert "labels.gamma=0.5 search.temperature=0 \\| qlass:2" in page
+    for table in page.split("\n\n"):  # every row has its header's columns
+        rows = [r for r in table.splitlines() if r.startswith("|")]
+        columns = {len(re.split(r"(?<!\\)\|", r)) for r in rows}
+        assert len(columns) <= 1, table
 
 
 async def test_an_explore_sweep_takes_over_gold_and_bc_and_bc_examples_zero_trains_nothing(
