@@ -35,12 +35,21 @@ class GroupCommit(Generic[I, R]):
     """
 
     def __init__(self, commit: Commit[I, R], *, max_batch: int = 64) -> None:
-        if max_batch < 1:
-            raise ValueError("max_batch must be at least 1")
         self.max_batch = max_batch
         self._commit = commit
         self._pending: list[tuple[I, asyncio.Future[R]]] = []
         self._drain: asyncio.Task[None] | None = None
+
+    @property
+    def max_batch(self) -> int:
+        """The most items one ``commit`` call gets (1: a transaction per item)."""
+        return self._max_batch
+
+    @max_batch.setter
+    def max_batch(self, value: int) -> None:
+        if value < 1:
+            raise ValueError("max_batch must be at least 1")
+        self._max_batch = value
 
     async def submit(self, item: I) -> R:
         """Commit ``item`` (with whatever else is waiting) and return its result."""

@@ -127,8 +127,6 @@ class TreeRepository:
 
     @max_batch.setter
     def max_batch(self, value: int) -> None:
-        if value < 1:
-            raise ValueError("max_batch must be at least 1")
         self._children_if_absent.max_batch = value
 
     async def wait_idle(self) -> None:

@@ -48,6 +48,8 @@ async def test_a_lone_writer_gets_a_commit_per_item_and_max_batch_is_kept() -> N
     assert await group.submit("b") == "B"
     await asyncio.gather(*(group.submit(f"n{i}") for i in range(10)))
     assert [len(batch) for batch in commit.batches] == [1, 1, 4, 4, 2]
+    with pytest.raises(ValueError, match="at least 1"):
+        group.max_batch = 0
 
 
 async def test_an_item_error_reaches_only_its_writer() -> None:
