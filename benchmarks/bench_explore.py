@@ -143,8 +143,8 @@ class Result:
     cpu_s: float
     leaf_depths: int
     shapes: tuple[frozenset[tuple[tuple[int, ...], str | None, str]], ...]
-    jvm_cpu_s: float = 0.0
-    requests: int = 0
+    jvm_cpu_s: float
+    requests: int
 
     @property
     def steps_per_node(self) -> float:

@@ -40,6 +40,16 @@ def _row(node: NewNode, *, task_id: int, parent_id: int | None, depth: int) -> d
     return row
 
 
+def _usable_parent(parent_id: int, found: Any) -> Any:
+    """``found`` (the row of ``parent_id`` from ``_parents``, None if absent) if a child
+    can be added below it; else raises why not."""
+    if found is None:
+        raise UnknownNameError(f"no node with id {parent_id}")
+    if found.is_leaf:
+        raise StoreError(f"node {parent_id} is a leaf; it cannot have children")
+    return found
+
+
 def node_counts(run_id: int, *, split: str | None = None) -> Select[Any]:
     """A query of ``(nodes, finished leaves)`` in the trees of a run's tasks (of ``split``)."""
     finished = case((_NODES.c.final_reward.is_not(None), 1), else_=0)
@@ -151,14 +161,12 @@ class TreeRepository:
             stored: list[tuple[int, int]] = []  # (item, the id of its stored child)
             for position, (parent_id, node) in enumerate(items):
                 key = (parent_id, node.sample_index)
-                found = parents.get(parent_id)
-                if found is None:
-                    outcomes[position] = UnknownNameError(f"no node with id {parent_id}")
-                elif found.is_leaf:
-                    outcomes[position] = StoreError(
-                        f"node {parent_id} is a leaf; it cannot have children"
-                    )
-                elif key in existing:
+                try:
+                    found = _usable_parent(parent_id, parents.get(parent_id))
+                except (UnknownNameError, StoreError) as refused:
+                    outcomes[position] = refused
+                    continue
+                if key in existing:
                     stored.append((position, existing[key]))
                 elif key in first:
                     repeats.append((position, first[key]))
@@ -293,20 +301,9 @@ class TreeRepository:
 
     async def _parent(self, session: AsyncSession, parent_id: int) -> tuple[int, int, int]:
         """The parent's task, run and depth; on PostgreSQL also lock its tree (see lock_tree)."""
-        query = (
-            select(_NODES.c.task_id, _NODES.c.depth, _NODES.c.is_leaf, _TASKS.c.run_id)
-            .join(_TASKS, _TASKS.c.id == _NODES.c.task_id)
-            .where(_NODES.c.id == parent_id)
-        )
-        found = (await session.execute(query)).first()
-        if found is not None and self._db.is_postgres:
-            await lock_tree(session, run_id=found.run_id, task_id=found.task_id)
-            found = (await session.execute(query)).first()  # as of the lock
-        if found is None:
-            raise UnknownNameError(f"no node with id {parent_id}")
-        if found.is_leaf:
-            raise StoreError(f"node {parent_id} is a leaf; it cannot have children")
-        return found.task_id, found.run_id, found.depth
+        found = (await self._parents(session, [parent_id])).get(parent_id)
+        parent = _usable_parent(parent_id, found)
+        return parent.task_id, parent.run_id, parent.depth
 
     async def _parents(self, session: AsyncSession, parent_ids: Collection[int]) -> dict[int, Any]:
         """Task, run, depth and leaf flag of each of ``parent_ids`` that exists, by id; on
