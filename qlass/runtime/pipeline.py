@@ -15,6 +15,9 @@ each, and :meth:`Pipeline.stage` dispatches to them through :data:`STAGE_RUNNERS
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -126,6 +129,8 @@ class Pipeline:
         self.variant_records = variant_records
         self._stack = AsyncExitStack()
         self._lease: asyncio.Task[None] | None = None
+        # This pipeline's name among the processes that may work on one run at once.
+        self._holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._store: TreeStore | None = None
         self._run: RunRecord | None = None
         self._resources: RunResources | None = None
@@ -152,7 +157,7 @@ class Pipeline:
         )
         self._run = await self._get_or_create_run()
         lease_s = self.config.store.run_lease_s
-        await self.store.runs.set_status(self._run.id, "running", lease_s=lease_s)
+        await self.store.runs.enter(self._run.id, self._holder, lease_s=lease_s)
         self._lease = asyncio.create_task(self._renew_lease(self._run.id, lease_s))
         self.budget.spent_tokens = self._run.spent_tokens
         self.budget.spent_usd = self._run.spent_usd
@@ -176,7 +181,7 @@ class Pipeline:
         while True:
             await asyncio.sleep(lease_s / 4)
             try:
-                await self.store.runs.renew_lease(run_id, lease_s=lease_s)
+                await self.store.runs.renew_lease(run_id, self._holder, lease_s=lease_s)
             except Exception as error:  # a busy or lost store: the work itself will say so
                 log.warning("run_lease_not_renewed", error=str(error))
 
@@ -192,7 +197,9 @@ class Pipeline:
         else:
             ran = {stage.name.split("@")[0] for stage in stages}
             status = "done" if ran >= set(_WHOLE_METHOD) else "incomplete"
-        await self.store.runs.set_status(self.run_record.id, status)
+        left = await self.store.runs.leave(self.run_record.id, self._holder, status)
+        if left != status:  # other processes (workers, Ray actors) still work on the run
+            log.info("run_left_to_others", status=status, run_status=left)
 
     async def aclose(self) -> None:
         """Close envs, models and the store (in reverse order of opening)."""

@@ -42,6 +42,7 @@ __all__ = [
     "QLabel",
     "QNetCheckpoint",
     "Run",
+    "RunHolder",
     "Stage",
     "Study",
     "StudyRun",
@@ -124,6 +125,18 @@ class Run(Base):
     lease_expires_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class RunHolder(Base):
+    """A process working on a run (a ``qlass run``, an explore worker, a Ray actor), with
+    the lease it renews: the run reads as running while any holder's lease is live, and the
+    last holder to leave writes the run's final status."""
+
+    __tablename__ = "run_holders"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200), primary_key=True)
+    expires_at: Mapped[datetime]
 
 
 class Task(Base):

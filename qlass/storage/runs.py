@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, case, func, select, update
+from sqlalchemy import Select, and_, case, delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from qlass.config import StoreConfig
 from qlass.errors import ConfigError, UnknownNameError
@@ -17,6 +18,7 @@ from qlass.storage.models import (
     QLabel,
     QNetCheckpoint,
     Run,
+    RunHolder,
     Stage,
     Task,
     table,
@@ -37,6 +39,7 @@ from qlass.types import Usage
 __all__ = ["RUN_LEASE_S", "RunRepository"]
 
 _RUNS = table(Run)
+_HOLDERS = table(RunHolder)
 
 RUN_LEASE_S: float = StoreConfig.model_fields["run_lease_s"].default
 """How long a run counts as running after its process last renewed the lease (default:
@@ -145,14 +148,77 @@ class RunRepository:
             if result.rowcount == 0:  # type: ignore[attr-defined]
                 raise UnknownNameError(f"no run with id {run_id}")
 
-    async def renew_lease(self, run_id: int, *, lease_s: float = RUN_LEASE_S) -> None:
-        """Extend a running run's lease to ``lease_s`` seconds from now (a heartbeat)."""
+    async def enter(self, run_id: int, holder: str, *, lease_s: float = RUN_LEASE_S) -> None:
+        """Record that ``holder`` (one process) works on the run: the run reads as
+        ``running`` while this or any other holder's lease is live. Renew it with
+        :meth:`renew_lease`; end it with :meth:`leave`."""
+        expires = self._db.now() + timedelta(seconds=lease_s)
         async with self._db.write() as session:
+            await self._lock(session, run_id)
+            held = and_(_HOLDERS.c.run_id == run_id, _HOLDERS.c.holder == holder)
+            await session.execute(delete(_HOLDERS).where(held))
+            await session.execute(
+                _HOLDERS.insert().values(run_id=run_id, holder=holder, expires_at=expires)
+            )
             await session.execute(
                 update(_RUNS)
-                .where(_RUNS.c.id == run_id, _RUNS.c.status == "running")
-                .values(lease_expires_at=self._db.now() + timedelta(seconds=lease_s))
+                .where(_RUNS.c.id == run_id)
+                .values(status="running", updated_at=utcnow(), lease_expires_at=expires)
             )
+
+    async def renew_lease(self, run_id: int, holder: str, *, lease_s: float = RUN_LEASE_S) -> None:
+        """Extend ``holder``'s lease and the run's to ``lease_s`` seconds from now (a
+        heartbeat). A holder that has left renews nothing; one whose lease had lapsed, and
+        the run been finished by the others meanwhile, makes the run ``running`` again."""
+        expires = self._db.now() + timedelta(seconds=lease_s)
+        async with self._db.write() as session:
+            renewed = await session.execute(
+                update(_HOLDERS)
+                .where(_HOLDERS.c.run_id == run_id, _HOLDERS.c.holder == holder)
+                .values(expires_at=expires)
+            )
+            if renewed.rowcount:  # type: ignore[attr-defined]
+                await session.execute(
+                    update(_RUNS)
+                    .where(_RUNS.c.id == run_id)
+                    .values(status="running", lease_expires_at=expires)
+                )
+
+    async def leave(self, run_id: int, holder: str, status: str) -> str:
+        """End ``holder``'s work on the run. The last live holder to leave records
+        ``status``; while others still hold live leases the run stays ``running``.
+        Returns the run's status after this call."""
+        async with self._db.write() as session:
+            await self._lock(session, run_id)
+            await session.execute(
+                delete(_HOLDERS).where(_HOLDERS.c.run_id == run_id, _HOLDERS.c.holder == holder)
+            )
+            others = await session.scalar(
+                select(func.count())
+                .select_from(_HOLDERS)
+                .where(_HOLDERS.c.run_id == run_id, _HOLDERS.c.expires_at > self._db.now())
+            )
+            if others:
+                return "running"
+            await session.execute(
+                update(_RUNS)
+                .where(_RUNS.c.id == run_id)
+                .values(status=status, updated_at=utcnow(), lease_expires_at=None)
+            )
+        return status
+
+    async def _lock(self, session: AsyncSession, run_id: int) -> None:
+        """Take the run's row lock (PostgreSQL; SQLite's write transaction holds the whole
+        file), so that holders entering and leaving at once see each other.
+
+        Raises:
+            UnknownNameError: no such run.
+        """
+        found = await session.scalar(
+            select(_RUNS.c.id).where(_RUNS.c.id == run_id).with_for_update()
+        )
+        if found is None:
+            raise UnknownNameError(f"no run with id {run_id}")
 
     async def add_spend(self, run_id: int, usage: Usage) -> None:
         """Add fresh policy usage to the run's recorded spend (an atomic increment, so

@@ -48,22 +48,50 @@ async def test_a_running_run_whose_lease_lapsed_reads_as_interrupted(store: Tree
     await check_run_lease(store)
 
 
+async def test_a_run_stays_running_until_its_last_holder_leaves(store: TreeStore) -> None:
+    await check_run_holders(store)
+
+
 async def check_run_lease(store: TreeStore) -> None:
     """Run status through a lease's life (also run on PostgreSQL's server clock)."""
     run = await store.runs.create("leased", config={})
-    await store.runs.set_status(run.id, "running", lease_s=3600)
+    await store.runs.enter(run.id, "host:1", lease_s=3600)
     assert (await store.runs.get(run.id)).status == "running"
-    await store.runs.set_status(run.id, "running", lease_s=0.001)
+    await store.runs.enter(run.id, "host:1", lease_s=0.001)  # entering again: a new lease
     await asyncio.sleep(0.01)  # at least this long after the lease ran out, however busy
     assert (await store.runs.get(run.id)).status == "interrupted"
     assert [r.status for r in await store.runs.all()] == ["interrupted"]
     assert (await store.runs.find("leased")).status == "interrupted"  # type: ignore[union-attr]
-    await store.runs.renew_lease(run.id, lease_s=3600)  # the heartbeat of a live process
+    await store.runs.renew_lease(run.id, "host:1", lease_s=3600)  # a live process's heartbeat
     assert (await store.runs.get(run.id)).status == "running"
-    await store.runs.set_status(run.id, "stopped")  # any other status drops the lease
+    assert await store.runs.leave(run.id, "host:1", "stopped") == "stopped"  # drops the lease
     assert (await store.runs.get(run.id)).status == "stopped"
-    await store.runs.renew_lease(run.id)  # only a running run is renewed
+    await store.runs.renew_lease(run.id, "host:1")  # a holder that left renews nothing
     assert (await store.runs.get(run.id)).status == "stopped"
+    with pytest.raises(UnknownNameError):
+        await store.runs.enter(99_999, "host:1")
+
+
+async def check_run_holders(store: TreeStore) -> None:
+    """Several processes on one run (explore workers, Ray actors, the driver): one that
+    finishes does not end the run while another works; a dead one does not keep it running."""
+    run = await store.runs.create("shared", config={})
+    await store.runs.enter(run.id, "driver", lease_s=3600)
+    await store.runs.enter(run.id, "worker", lease_s=3600)
+    assert await store.runs.leave(run.id, "worker", "incomplete") == "running"
+    assert (await store.runs.get(run.id)).status == "running"
+    assert await store.runs.leave(run.id, "driver", "done") == "done"  # the last one out
+    assert (await store.runs.get(run.id)).status == "done"
+
+    await store.runs.enter(run.id, "driver", lease_s=3600)
+    await store.runs.enter(run.id, "killed", lease_s=0.001)  # kill -9: never renews again
+    await asyncio.sleep(0.01)
+    assert await store.runs.leave(run.id, "driver", "failed") == "failed"
+    assert (await store.runs.get(run.id)).status == "failed"
+    # A holder that was only slow (its lease lapsed, the others finished) is live again.
+    await store.runs.renew_lease(run.id, "killed", lease_s=3600)
+    assert (await store.runs.get(run.id)).status == "running"
+    assert await store.runs.leave(run.id, "killed", "done") == "done"
 
 
 async def test_tasks_are_idempotent_and_track_status(store: TreeStore) -> None:
