@@ -337,15 +337,19 @@ class BudgetConfig(_Section):
 
 
 class RayConfig(_Section):
-    """How ``qlass explore --executor ray`` uses a Ray cluster (docs/scale-out.md). Not part
-    of any stage's fingerprint: the trees do not depend on where they grow."""
+    """How ``qlass explore/eval/run --executor ray`` use a Ray cluster (docs/scale-out.md).
+    Not part of any stage's fingerprint: results do not depend on where they are made."""
 
     address: str | None = Field(
         None,
         description="cluster to join ('auto', 'ray://head:10001'); None: $RAY_ADDRESS, "
         "else a local Ray started for the command",
     )
-    actors: int = Field(2, ge=1, description="explore actors (one worker each: own envs, policy)")
+    actors: int = Field(
+        2,
+        ge=1,
+        description="Ray actors (an explore worker or an eval share each: own envs, policy)",
+    )
     cpus_per_actor: float = Field(1.0, gt=0, description="CPUs Ray reserves per actor")
     gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per actor (a local QNet/policy)")
     max_restarts: int = Field(

@@ -36,6 +36,7 @@ from qlass.runtime.stages import OPTIONAL_STAGES, STAGES
 
 if TYPE_CHECKING:  # the pipeline imports models and simulators: only when a command runs
     from qlass.runtime.pipeline import Pipeline, StageResult
+    from qlass.runtime.ray_executor import RaySettings
 
 __all__ = [
     "load_run_config",
@@ -62,6 +63,32 @@ ResumeOption = Annotated[
 ForceOption = Annotated[
     bool, typer.Option(help="Run the stage even if it is done for this config.")
 ]
+
+ExecutorOption = Annotated[
+    str,
+    typer.Option(
+        "--executor",
+        help="'local': this process. 'ray': on ray.actors Ray actors of the cluster of "
+        "ray.address / $RAY_ADDRESS (else a local Ray), sharing the store (PostgreSQL on a "
+        "cluster): exploration under task leases, evaluation a share of the tasks each.",
+    ),
+]
+
+
+def _ray_settings(
+    executor: str, *, lease_s: float = 60.0, max_attempts: int | None = 5
+) -> RaySettings | None:
+    """The Ray settings of ``--executor ray`` (``None`` for local; ``lease_s`` and
+    ``max_attempts`` are the explore workers'), after checking that Ray can be imported:
+    a clear message before anything is opened."""
+    if executor not in ("local", "ray"):
+        raise typer.BadParameter("must be 'local' or 'ray'", param_hint="--executor")
+    if executor == "local":
+        return None
+    from qlass.runtime.ray_executor import RaySettings, import_ray
+
+    import_ray()
+    return RaySettings(lease_s=lease_s, max_attempts=max_attempts)
 
 
 def load_run_config(
@@ -158,7 +185,7 @@ def _resume_hint(config: RunConfig, *, aborted: bool) -> None:
     resume = ["qlass", command, "--resume", config.name, "--db", safe_url(config.store_url)]
     if "--worker" in argv:
         resume.append("--worker")
-    if "--executor" in argv[:-1]:  # explore on Ray again
+    if "--executor" in argv[:-1]:  # on Ray again
         resume += ["--executor", argv[argv.index("--executor") + 1]]
     masked = any("***" in arg for arg in [*again, *resume])
     typer.secho(
@@ -252,17 +279,24 @@ def register(app: typer.Typer) -> None:
                 f"({', '.join(STAGES + OPTIONAL_STAGES)})."
             ),
         ] = ",".join(STAGES),
+        executor: ExecutorOption = "local",
     ) -> None:
         """The whole method: gold paths -> BC -> explore -> label -> QNet -> evaluation.
 
         Each stage already done for the same config is skipped, so rerunning continues an
-        interrupted run.
+        interrupted run. With --executor ray, explore and eval run on Ray actors, the other
+        stages in this process.
         """
         chosen = parse_stages(stages)  # before anything is opened or created
+        ray_settings = _ray_settings(executor)
         resolved = load_run_config(config, set_, db, resume)
 
         async def work(pipeline: Pipeline) -> list[StageResult]:
-            return await pipeline.run(chosen)
+            if ray_settings is None:
+                return await pipeline.run(chosen)
+            from qlass.runtime.ray_executor import run_on_ray
+
+            return await run_on_ray(pipeline, chosen, ray_settings)
 
         results = run_pipeline(resolved, work)
         print_stages(results)
@@ -335,15 +369,7 @@ def register(app: typer.Typer) -> None:
                 help="Leave alone a task already claimed this many times (its workers keep dying).",
             ),
         ] = 5,
-        executor: Annotated[
-            str,
-            typer.Option(
-                "--executor",
-                help="'local': this process (or this worker, with --worker). 'ray': "
-                "ray.actors workers as Ray actors on the cluster of ray.address / "
-                "$RAY_ADDRESS (else a local Ray), sharing the store under leases.",
-            ),
-        ] = "local",
+        executor: ExecutorOption = "local",
     ) -> None:
         """Grow exploration trees on the train split, committing every node to the store.
 
@@ -352,22 +378,19 @@ def register(app: typer.Typer) -> None:
         """
         from qlass.runtime.workers import WorkerSettings, default_worker_id
 
-        if executor not in ("local", "ray"):
-            raise typer.BadParameter("must be 'local' or 'ray'", param_hint="--executor")
         if executor == "ray" and (worker or worker_id is not None):
             raise typer.BadParameter(
                 "--executor ray starts the workers itself (one per Ray actor): leave out "
                 "--worker/--worker-id",
                 param_hint="--executor",
             )
+        ray_settings = _ray_settings(executor, lease_s=lease_s, max_attempts=max_attempts)
         resolved = load_run_config(config, set_, db, resume)
-        if executor == "ray":
-            from qlass.runtime.ray_executor import RaySettings, explore_on_ray, import_ray
-
-            import_ray()  # a clear message before anything is opened
-            ray_settings = RaySettings(lease_s=lease_s, max_attempts=max_attempts)
+        if ray_settings is not None:
+            from qlass.runtime.ray_executor import explore_on_ray
 
             async def on_ray(pipeline: Pipeline) -> list[StageResult]:
+                assert ray_settings is not None
                 return await explore_on_ray(pipeline, ray_settings)
 
             print_stages(run_pipeline(resolved, on_ray))
@@ -430,11 +453,23 @@ def register(app: typer.Typer) -> None:
         split: Annotated[
             str | None, typer.Option(help="dev (tune here) or test (report once).")
         ] = None,
+        executor: ExecutorOption = "local",
     ) -> None:
-        """Evaluate search strategies on a split; already stored episodes are reused."""
+        """Evaluate search strategies on a split; already stored episodes are reused.
+
+        With --executor ray, Ray actors play the episodes (a share of the tasks each) and
+        this process reports them.
+        """
+        ray_settings = _ray_settings(executor)
         resolved = load_run_config(config, set_, db, resume)
 
         async def work(pipeline: Pipeline) -> list[StrategyReport]:
+            if ray_settings is not None:
+                from qlass.runtime.ray_executor import evaluate_on_ray
+
+                await evaluate_on_ray(pipeline, ray_settings, strategy, split=split)
+                if pipeline.stop.requested:
+                    return []
             return await pipeline.evaluate(strategy, split=split)
 
         print_reports(run_pipeline(resolved, work))

@@ -156,6 +156,13 @@ class RunBudget:
             if self.on_reached is not None:
                 self.on_reached(message)
 
+    def sync(self, stored_tokens: int, stored_usd: float) -> None:
+        """Set the spend to the run's stored totals (every process of the run, this one's
+        saved part included) plus what this one has not saved; announce a limit reached."""
+        self.spent_tokens = stored_tokens + self.unsaved.total_tokens
+        self.spent_usd = stored_usd + self.unsaved.cost_usd
+        self.check()
+
     def take_unsaved(self) -> Usage:
         """What was spent since the last call (to add to the stored total)."""
         unsaved, self.unsaved = self.unsaved, Usage()

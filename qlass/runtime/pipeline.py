@@ -113,6 +113,9 @@ class Pipeline:
     the sections they depend on, so that several variants of one run (a sweep over
     ``labels.*``, ``qnet.*`` or ``search.*``) each keep their own record and resuming one
     never redoes another. Without it (a plain run) each stage has one record.
+
+    ``holder`` names this pipeline among the processes working on the run at once (default
+    ``host:pid:random``); see :meth:`~qlass.storage.runs.RunRepository.enter`.
     """
 
     def __init__(
@@ -122,6 +125,7 @@ class Pipeline:
         progress: Progress | None = None,
         stop: StopSignal | None = None,
         variant_records: bool = False,
+        holder: str | None = None,
     ) -> None:
         self.config = config
         self.progress = progress or NullProgress()
@@ -129,8 +133,7 @@ class Pipeline:
         self.variant_records = variant_records
         self._stack = AsyncExitStack()
         self._lease: asyncio.Task[None] | None = None
-        # This pipeline's name among the processes that may work on one run at once.
-        self._holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._store: TreeStore | None = None
         self._run: RunRecord | None = None
         self._resources: RunResources | None = None
@@ -157,7 +160,7 @@ class Pipeline:
         )
         self._run = await self._get_or_create_run()
         lease_s = self.config.store.run_lease_s
-        await self.store.runs.enter(self._run.id, self._holder, lease_s=lease_s)
+        await self.store.runs.enter(self._run.id, self.holder, lease_s=lease_s)
         self._lease = asyncio.create_task(self._renew_lease(self._run.id, lease_s))
         self.budget.spent_tokens = self._run.spent_tokens
         self.budget.spent_usd = self._run.spent_usd
@@ -181,7 +184,8 @@ class Pipeline:
         while True:
             await asyncio.sleep(lease_s / 4)
             try:
-                await self.store.runs.renew_lease(run_id, self._holder, lease_s=lease_s)
+                await self.store.runs.renew_lease(run_id, self.holder, lease_s=lease_s)
+                await self.save_spend()  # the run's budget is shared by all its processes
             except Exception as error:  # a busy or lost store: the work itself will say so
                 log.warning("run_lease_not_renewed", error=str(error))
 
@@ -197,9 +201,9 @@ class Pipeline:
         else:
             ran = {stage.name.split("@")[0] for stage in stages}
             status = "done" if ran >= set(_WHOLE_METHOD) else "incomplete"
-        left = await self.store.runs.leave(self.run_record.id, self._holder, status)
+        left = await self.store.runs.leave(self.run_record.id, self.holder, status)
         if left != status:  # other processes (workers, Ray actors) still work on the run
-            log.info("run_left_to_others", status=status, run_status=left)
+            log.debug("run_left_to_others", status=status, run_status=left)
 
     async def aclose(self) -> None:
         """Close envs, models and the store (in reverse order of opening)."""
@@ -208,8 +212,16 @@ class Pipeline:
         await self._stack.aclose()
 
     async def save_spend(self) -> None:
-        """Add what the run's policies spent since the last save to the run's record."""
-        await self.store.runs.add_spend(self.run_record.id, self.budget.take_unsaved())
+        """Add what the run's policies spent since the last save to the run's record, and
+        take the run's totals back into the budget: with several processes on one run
+        (workers, Ray actors) each then sees what the others spent."""
+        unsaved = self.budget.take_unsaved()
+        try:
+            totals = await self.store.runs.add_spend(self.run_record.id, unsaved)
+        except BaseException:
+            self.budget.unsaved += unsaved  # not recorded: the next save tries again
+            raise
+        self.budget.sync(*totals)
 
     @property
     def store(self) -> TreeStore:

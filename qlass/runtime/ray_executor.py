@@ -1,11 +1,16 @@
-"""Exploration on a Ray cluster (``qlass explore --executor ray``).
+"""Exploration and evaluation on a Ray cluster (``qlass explore/eval/run --executor ray``).
 
-Each Ray actor is one explore worker (:mod:`qlass.runtime.workers`) in its own process: it
-opens the run's pipeline there (its own env pool, policy and value clients) and claims the
-run's tasks under leases from the shared store until none is left. Ray places the actors
+Each Ray actor opens the run's pipeline in its own process (its own env pool, policy and
+value clients). To explore, it is one explore worker (:mod:`qlass.runtime.workers`) and
+claims the run's tasks under leases from the shared store until none is left. To evaluate,
+actor ``i`` of ``n`` plays every strategy on the split's tasks ``i, i + n, ...`` and stores
+each episode as it ends; the driver then reads the stored episodes as the eval stage (an
+episode's seed depends on (seed, strategy, task) only, so the numbers are the ones a single
+process gets). Ray places the actors
 (``ray.cpus_per_actor`` for the simulators, ``ray.gpus_per_actor`` for a local QNet or
 policy) and restarts one whose process dies (``ray.max_restarts``); the call is retried on
-the restarted actor (``max_task_retries=-1``), which claims tasks again. The task the dead
+the restarted actor (``max_task_retries=-1``), which claims tasks again (or plays the
+episodes of its share not stored yet). The task the dead
 process held comes back when its lease expires, and whichever actor claims it continues its
 tree from the committed nodes (nothing committed is stepped or sampled again: node storage
 is idempotent, the policy-call cache is in the store).
@@ -22,6 +27,7 @@ import os
 import socket
 import sys
 import warnings
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +43,14 @@ from qlass.runtime.stages.base import StageResult
 if TYPE_CHECKING:
     from qlass.runtime.pipeline import Pipeline
 
-__all__ = ["ExploreActor", "RaySettings", "explore_on_ray", "import_ray"]
+__all__ = [
+    "RaySettings",
+    "RunActor",
+    "evaluate_on_ray",
+    "explore_on_ray",
+    "import_ray",
+    "run_on_ray",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -82,15 +95,21 @@ class RaySettings:
     max_attempts: int | None = 5
 
 
-class ExploreActor:
-    """One explore worker in a Ray actor; made remote by :func:`explore_on_ray`.
+class RunActor:
+    """One process of the run in a Ray actor (an explore worker, or a share of the
+    evaluation); made remote by :func:`explore_on_ray` and :func:`evaluate_on_ray`.
 
     Its ``worker_id`` is ``ray<index>@host:pid``: a restarted actor is a new process, so a
     new claimant, and the task its previous process held is taken over through its lease.
     """
 
     def __init__(
-        self, config: dict[str, Any], index: int, settings: RaySettings, level: str | None
+        self,
+        config: dict[str, Any],
+        index: int,
+        settings: RaySettings,
+        level: str | None,
+        holder_prefix: str = "",
     ) -> None:
         if level is not None:  # the actor's process is ours: log as the driver does
             configure_logging(json_logs=True, level=level, route_libraries=True)
@@ -98,6 +117,9 @@ class ExploreActor:
         self._settings = settings
         self._stop = StopSignal()
         self.worker_id = f"ray{index}@{socket.gethostname()}:{os.getpid()}"
+        # The driver forgets its actors' run holders once they are done (a killed one
+        # cannot leave): the prefix names them.
+        self._holder = f"{holder_prefix}{self.worker_id}"
 
     async def explore(self) -> dict[str, Any]:
         """Work as one worker of the run until no task is left; the stage's metrics."""
@@ -111,7 +133,7 @@ class ExploreActor:
         )
         restarted = _was_restarted()
         log.info("ray.actor_started", worker=self.worker_id, restarted=restarted)
-        async with Pipeline(self._config, stop=self._stop) as pipeline:
+        async with Pipeline(self._config, stop=self._stop, holder=self._holder) as pipeline:
             (result,) = await pipeline.stage("explore", worker=worker)
         return {
             "worker_id": self.worker_id,
@@ -120,8 +142,24 @@ class ExploreActor:
             "metrics": result.metrics,
         }
 
+    async def evaluate(
+        self, strategies: list[str], split: str, share: int, shares: int
+    ) -> dict[str, Any]:
+        """Play ``strategies`` on the split's tasks ``share, share + shares, ...``, storing
+        each episode (those stored already are not played again)."""
+        from qlass.runtime.pipeline import Pipeline
+
+        restarted = _was_restarted()
+        log.info("ray.actor_started", worker=self.worker_id, restarted=restarted, work="eval")
+        async with Pipeline(self._config, stop=self._stop, holder=self._holder) as pipeline:
+            tasks = await pipeline.tasks(split, self._config.env.eval_tasks)
+            mine = tasks[share::shares]
+            await pipeline.evaluate(strategies, split=split, tasks=mine)
+        return {"worker_id": self.worker_id, "restarted": restarted, "tasks": len(mine)}
+
     async def stop(self) -> None:
-        """Stop gracefully: commit the steps under way, release the claimed tasks."""
+        """Stop gracefully: commit the steps under way, release the claimed tasks (an
+        evaluation finishes the episodes under way and starts none)."""
         self._stop.request()
 
 
@@ -231,20 +269,23 @@ def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-async def explore_on_ray(pipeline: Pipeline, settings: RaySettings) -> list[StageResult]:
-    """Grow the run's trees with ``config.ray.actors`` Ray actors (see the module docstring).
-
-    The pipeline's run is created here first, so that the actors find it; its progress bar
-    counts the finished tasks, and its stop signal (Ctrl-C, SIGTERM) stops every actor
-    gracefully.
-    """
+async def _on_actors(
+    pipeline: Pipeline,
+    settings: RaySettings,
+    title: str,
+    call: Callable[[Any, int], Any],
+    progress: Callable[[], Awaitable[tuple[int, int]]],
+) -> list[dict[str, Any]]:
+    """Start ``config.ray.actors`` actors, make ``call(actor, index)`` on each, and wait for
+    their reports; the bar shows ``progress()`` (done, total) read from the store, and the
+    pipeline's stop signal (Ctrl-C, SIGTERM) stops every actor gracefully."""
     ray = import_ray()
-    config, store, run_id = pipeline.config, pipeline.store, pipeline.run_record.id
+    config = pipeline.config
     # The actors' processes may start elsewhere (another cwd, another machine).
     shipped = config.model_copy(update={"run_dir": config.directory.resolve()})
     _ray_init(ray, config)  # on the loop's thread (Ray's driver set-up wants the main one)
     try:
-        remote = ray.remote(ExploreActor).options(
+        remote = ray.remote(RunActor).options(
             num_cpus=config.ray.cpus_per_actor,
             num_gpus=config.ray.gpus_per_actor,
             max_restarts=config.ray.max_restarts,
@@ -252,26 +293,107 @@ async def explore_on_ray(pipeline: Pipeline, settings: RaySettings) -> list[Stag
         )
         level = logging.getLevelName(logging.getLogger("qlass").getEffectiveLevel())
         data = shipped.model_dump(mode="json")
-        actors = [remote.remote(data, i, settings, level) for i in range(config.ray.actors)]
-        pending = [actor.explore.remote() for actor in actors]
+        prefix = f"{pipeline.holder}/"
+        actors = [remote.remote(data, i, settings, level, prefix) for i in range(config.ray.actors)]
+        pending = [call(actor, i) for i, actor in enumerate(actors)]
         refs = list(pending)
-        bar = pipeline.progress.bar(f"exploring trees on {len(actors)} Ray actors", None)
+        bar = pipeline.progress.bar(f"{title} on {len(actors)} Ray actors", None)
         stopping = False
         while pending:
             _, pending = await asyncio.to_thread(
                 ray.wait, pending, num_returns=len(pending), timeout=1.0
             )
-            tasks = await store.tasks.of_run(run_id, split="train")
-            bar.update(total=len(tasks), completed=sum(t.status == "done" for t in tasks))
+            done, total = await progress()
+            bar.update(total=total, completed=done)
             if pipeline.stop.requested and not stopping:
                 stopping = True
                 for actor in actors:
                     actor.stop.remote()
-        parts = await _results(ray, refs)
+        try:
+            parts = await _results(ray, refs)
+        finally:  # every actor's process has ended (or the actors are lost with the cluster)
+            await pipeline.store.runs.release_holders(pipeline.run_record.id, prefix)
     finally:
         ray.shutdown()
     for part in parts:
         log.info("ray.actor_finished", worker=part["worker_id"], restarted=part["restarted"])
+    return parts
+
+
+async def explore_on_ray(pipeline: Pipeline, settings: RaySettings) -> list[StageResult]:
+    """Grow the run's trees with ``config.ray.actors`` Ray actors (see the module docstring).
+
+    The pipeline's run is created first, so that the actors find it; its progress bar
+    counts the finished tasks. A stage done for this config starts no cluster.
+    """
+    store, run_id = pipeline.store, pipeline.run_record.id
+    record = pipeline.record_name("explore")
+    if await store.stages.is_done(run_id, record, pipeline.fingerprint("explore")):
+        stage = await store.stages.get(run_id, record)
+        pipeline.progress.log(f"[dim]{record}: already done for this config, skipped")
+        return [StageResult("explore", skipped=True, metrics=dict(stage.metrics) if stage else {})]
+
+    async def trees_done() -> tuple[int, int]:
+        tasks = await store.tasks.of_run(run_id, split="train")
+        return sum(t.status == "done" for t in tasks), len(tasks)
+
+    parts = await _on_actors(
+        pipeline, settings, "exploring trees", lambda a, _: a.explore.remote(), trees_done
+    )
     if all(part["skipped"] for part in parts):
         return [StageResult("explore", skipped=True, metrics=parts[0]["metrics"])]
     return [StageResult("explore", skipped=False, metrics=_merge(parts))]
+
+
+async def evaluate_on_ray(
+    pipeline: Pipeline,
+    settings: RaySettings,
+    strategies: Sequence[str] | None = None,
+    *,
+    split: str | None = None,
+) -> None:
+    """Play and store the evaluation's episodes (``strategies`` on ``split``, defaults as in
+    :func:`~qlass.runtime.stages.evaluation.evaluate`) on ``config.ray.actors`` Ray actors,
+    each a share of the tasks. Read the results with ``pipeline.evaluate`` (or the eval
+    stage) afterwards: every episode is stored, so nothing is played again. Starts no
+    cluster when every episode is stored already."""
+    from qlass.runtime.stages.evaluation import episode_progress
+
+    config = pipeline.config
+    names = list(strategies or config.search.strategies)
+    split = split or config.eval.split
+
+    async def played() -> tuple[int, int]:
+        return await episode_progress(pipeline, names, split=split)
+
+    done, total = await played()
+    if done == total:
+        return
+    shares = config.ray.actors
+    await _on_actors(
+        pipeline,
+        settings,
+        "evaluating",
+        lambda actor, i: actor.evaluate.remote(names, split, i, shares),
+        played,
+    )
+
+
+async def run_on_ray(
+    pipeline: Pipeline, stages: Sequence[str], settings: RaySettings
+) -> list[StageResult]:
+    """``pipeline.run(stages)`` with exploration and evaluation on Ray actors; the other
+    stages (gold, BC, labels, QNet training) run in this process."""
+    results: list[StageResult] = []
+    for name in stages:
+        if pipeline.stop.requested:
+            break
+        if name == "explore":
+            results.extend(await explore_on_ray(pipeline, settings))
+            continue
+        if name == "eval":
+            await evaluate_on_ray(pipeline, settings)
+            if pipeline.stop.requested:
+                break
+        results.extend(await pipeline.stage(name))
+    return results

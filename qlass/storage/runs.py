@@ -207,6 +207,20 @@ class RunRepository:
             )
         return status
 
+    async def release_holders(self, run_id: int, prefix: str) -> int:
+        """Forget the holders whose names start with ``prefix``: processes the caller knows
+        have ended (Ray actors whose calls returned, a killed one's restarted process
+        included), so that their lapsing leases do not keep the run reading ``running``.
+        Returns how many were forgotten."""
+        async with self._db.write() as session:
+            result = await session.execute(
+                delete(_HOLDERS).where(
+                    _HOLDERS.c.run_id == run_id,
+                    _HOLDERS.c.holder.startswith(prefix, autoescape=True),
+                )
+            )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
     async def _lock(self, session: AsyncSession, run_id: int) -> None:
         """Take the run's row lock (PostgreSQL; SQLite's write transaction holds the whole
         file), so that holders entering and leaving at once see each other.
@@ -220,20 +234,29 @@ class RunRepository:
         if found is None:
             raise UnknownNameError(f"no run with id {run_id}")
 
-    async def add_spend(self, run_id: int, usage: Usage) -> None:
+    async def add_spend(self, run_id: int, usage: Usage) -> tuple[int, float]:
         """Add fresh policy usage to the run's recorded spend (an atomic increment, so
-        workers of one run add up)."""
-        if not usage.total_tokens and not usage.cost_usd:
-            return
+        workers of one run add up); returns the run's totals (tokens, USD) after it, which
+        include what the run's other processes recorded."""
+        spent = (_RUNS.c.spent_tokens, _RUNS.c.spent_usd)
         async with self._db.write() as session:
-            await session.execute(
-                update(_RUNS)
-                .where(_RUNS.c.id == run_id)
-                .values(
-                    spent_tokens=_RUNS.c.spent_tokens + usage.total_tokens,
-                    spent_usd=_RUNS.c.spent_usd + usage.cost_usd,
-                )
-            )
+            if not usage.total_tokens and not usage.cost_usd:
+                row = (await session.execute(select(*spent).where(_RUNS.c.id == run_id))).first()
+            else:
+                row = (
+                    await session.execute(
+                        update(_RUNS)
+                        .where(_RUNS.c.id == run_id)
+                        .values(
+                            spent_tokens=_RUNS.c.spent_tokens + usage.total_tokens,
+                            spent_usd=_RUNS.c.spent_usd + usage.cost_usd,
+                        )
+                        .returning(*spent)
+                    )
+                ).first()
+        if row is None:
+            raise UnknownNameError(f"no run with id {run_id}")
+        return int(row[0]), float(row[1])
 
     async def summary(self, ref: int | str) -> RunSummary:
         """Counts over everything the run holds (what ``qlass runs show`` prints)."""

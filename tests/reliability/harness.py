@@ -149,7 +149,7 @@ def read_events(path: Path) -> list[dict[str, Any]]:
 
 
 # A record a Ray actor logged, as Ray forwards it to the driver's stderr (log_to_driver).
-_RAY_ACTOR_LINE = re.compile(r"^(?:\x1b\[\d+m)?\(ExploreActor pid=(\d+)\)(?:\x1b\[0m)? (\{.*)$")
+_RAY_ACTOR_LINE = re.compile(r"^(?:\x1b\[\d+m)?\(RunActor pid=(\d+)\)(?:\x1b\[0m)? (\{.*)$")
 
 
 def ray_actor_events(path: Path) -> dict[int, list[dict[str, Any]]]:

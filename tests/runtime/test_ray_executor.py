@@ -1,21 +1,25 @@
-"""The Ray executor's parts that run without a Ray cluster: the actor's body (one explore
-worker per actor) on a real SQLite store with real TextWorldExpress simulators, the merging
-of the actors' metrics, and the CLI's checks of ``--executor``. The Ray plumbing itself
+"""The Ray executor's parts that run without a Ray cluster: the actor's bodies (one explore
+worker per actor; a share of the evaluation per actor) on a real SQLite store with real
+TextWorldExpress simulators, the merging of the actors' metrics, and the CLI's checks of
+``--executor``. The Ray plumbing itself
 (remote actors, restarts) needs a live cluster and is not exercised here."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from qlass.cli import app, main
 from qlass.errors import ConfigError
+from qlass.runtime.evaluate import StrategyReport
 from qlass.runtime.pipeline import Pipeline
-from qlass.runtime.ray_executor import ExploreActor, RaySettings, _merge, import_ray
+from qlass.runtime.ray_executor import RaySettings, RunActor, _merge, import_ray
 from qlass.testing import tiny_run_config
 from tests.reliability.harness import SCRIPTED_ACTIONS, snapshot_async
 
@@ -42,7 +46,7 @@ async def test_two_actor_bodies_share_the_run_and_grow_the_single_process_trees(
     async with Pipeline(shared) as pipeline:  # the driver creates the run first
         assert pipeline.run_record.name == "rayparts"
     data = shared.model_dump(mode="json")
-    actors = [ExploreActor(data, i, RaySettings(lease_s=60), None) for i in range(2)]
+    actors = [RunActor(data, i, RaySettings(lease_s=60), None) for i in range(2)]
     parts = await asyncio.gather(*(actor.explore() for actor in actors))
     async with Pipeline(alone) as pipeline:
         await pipeline.stage("explore")
@@ -62,6 +66,59 @@ async def test_two_actor_bodies_share_the_run_and_grow_the_single_process_trees(
     assert merged["unfinished_tasks"] == 0
     claimed = sum(merged[f"worker:{i}"]["claimed"] for i in ids)
     assert claimed == 4
+
+
+EVAL_SETTINGS = (
+    "name=rayeval",
+    "policy.backend=scripted",
+    f"policy.model={SCRIPTED_ACTIONS}",
+    "policy.prompt=none",
+    "env.pool_size=2",
+    "env.eval_tasks=5",
+    "env.max_steps=4",
+    "search.strategies=[sampled,best_of_n:2]",
+    "search.value_model=random",
+    "eval.concurrency=2",
+)
+
+
+async def test_actors_share_the_evaluation_and_the_driver_reads_the_single_process_numbers(
+    tmp_path: Path,
+) -> None:
+    shared = tiny_run_config(tmp_path / "shared", *EVAL_SETTINGS, f"store.url={tmp_path / 's.db'}")
+    alone = tiny_run_config(tmp_path / "alone", *EVAL_SETTINGS, f"store.url={tmp_path / 'a.db'}")
+    async with Pipeline(alone) as pipeline:
+        want = await pipeline.evaluate()
+        want_episodes = await pipeline.store.episodes.of_run(pipeline.run_record.id)
+
+    async with Pipeline(shared) as driver:  # the driver creates the run, the actors play
+        data = shared.model_dump(mode="json")
+        actors = [RunActor(data, i, RaySettings(), None) for i in range(2)]
+        names = list(shared.search.strategies)
+        parts = await asyncio.gather(
+            *(a.evaluate(names, "dev", i, 2) for i, a in enumerate(actors))
+        )
+        assert [p["tasks"] for p in parts] == [3, 2]  # tasks 0, 2, 4 and 1, 3
+        got = await driver.evaluate()
+        # every episode was stored by the actors: the driver built no policy and no env
+        assert not driver.resources._policies and driver.resources._pool is None
+        got_episodes = await driver.store.episodes.of_run(driver.run_record.id)
+
+    def timeless(reports: list[StrategyReport]) -> list[StrategyReport]:
+        return [dataclasses.replace(r, seconds_per_episode=0.0) for r in reports]
+
+    assert timeless(got) == timeless(want)
+
+    def key(e: Any) -> tuple[str, str]:
+        return e.strategy, e.task_key
+
+    assert len(got_episodes) == 10 and len({key(e) for e in got_episodes}) == 10  # none twice
+    assert {key(e): e.final_score for e in got_episodes} == {
+        key(e): e.final_score for e in want_episodes
+    }
+    assert {key(e): e.trajectory["steps"] for e in got_episodes} == {
+        key(e): e.trajectory["steps"] for e in want_episodes
+    }
 
 
 def test_merge_adds_up_the_actors_figures() -> None:

@@ -93,6 +93,16 @@ async def check_run_holders(store: TreeStore) -> None:
     assert (await store.runs.get(run.id)).status == "running"
     assert await store.runs.leave(run.id, "killed", "done") == "done"
 
+    # A Ray driver forgets its actors once their calls returned: a killed actor's lease
+    # then no longer keeps the run running. Only names under the prefix go ("%" is literal).
+    await store.runs.enter(run.id, "d1", lease_s=3600)
+    await store.runs.enter(run.id, "d1/ray0@h:1", lease_s=3600)  # killed, never leaves
+    await store.runs.enter(run.id, "d1%other", lease_s=3600)
+    assert await store.runs.release_holders(run.id, "d1/") == 1
+    assert await store.runs.release_holders(run.id, "d%") == 0
+    assert await store.runs.leave(run.id, "d1", "done") == "running"  # d1%other still works
+    assert await store.runs.leave(run.id, "d1%other", "done") == "done"
+
 
 async def test_tasks_are_idempotent_and_track_status(store: TreeStore) -> None:
     run, tasks = await new_run(store, "tasks", tasks=3)

@@ -17,7 +17,7 @@ from qlass.runtime.strategies import SearchStrategy, StrategyOptions, make_strat
 from qlass.storage import trajectory_from_json
 from qlass.types import TaskSpec, Trajectory
 
-__all__ = ["eval_stage_label", "evaluate", "run", "stored_trajectories"]
+__all__ = ["episode_progress", "eval_stage_label", "evaluate", "run", "stored_trajectories"]
 
 
 def eval_stage_label(config: RunConfig, split: str | None = None) -> str:
@@ -49,15 +49,22 @@ async def evaluate(
     parsed = [
         make_strategy(name, options=StrategyOptions.from_config(config.search)) for name in names
     ]
-    needs_value = any(s.needs_value for s in parsed)
     tasks = list(tasks) if tasks is not None else await ctx.tasks(split, config.env.eval_tasks)
-    policy = policy or await ctx.resources.policy()
-    pool = await ctx.resources.env_pool()
-    value = await ctx.resources.value_model() if needs_value else None
-    search = ctx.resources.search_context(policy, pool, value, episode_limits=True)
     stage = stage or eval_stage_label(config, split)
-    # Strategies run side by side: the local policy and the QNet batch their requests.
-    await asyncio.gather(*(_play(ctx, strategy, tasks, search, stage) for strategy in parsed))
+    todo = [await _unplayed(ctx, stage, strategy.name, tasks) for strategy in parsed]
+    if any(todo):  # the policy, simulators and QNet are loaded only when there is play
+        policy = policy or await ctx.resources.policy()
+        pool = await ctx.resources.env_pool()
+        needs_value = any(s.needs_value for s, left in zip(parsed, todo, strict=True) if left)
+        value = await ctx.resources.value_model() if needs_value else None
+        search = ctx.resources.search_context(policy, pool, value, episode_limits=True)
+        # Strategies run side by side: the local policy and the QNet batch their requests.
+        await asyncio.gather(
+            *(
+                _play(ctx, strategy, len(tasks), left, search, stage)
+                for strategy, left in zip(parsed, todo, strict=True)
+            )
+        )
     if ctx.stop.requested:
         return []
     return [
@@ -66,18 +73,41 @@ async def evaluate(
     ]
 
 
+async def episode_progress(
+    ctx: StageContext, strategies: Sequence[str] | None = None, *, split: str | None = None
+) -> tuple[int, int]:
+    """How many of the evaluation's episodes (strategies x the split's tasks, defaults as
+    in :func:`evaluate`) are stored, and how many there are."""
+    config = ctx.config
+    split = split or config.eval.split
+    options = StrategyOptions.from_config(config.search)
+    names = [make_strategy(n, options=options).name for n in strategies or config.search.strategies]
+    tasks = await ctx.tasks(split, config.env.eval_tasks)
+    stage = eval_stage_label(config, split)
+    left = [len(await _unplayed(ctx, stage, name, tasks)) for name in names]
+    total = len(tasks) * len(names)
+    return total - sum(left), total
+
+
+async def _unplayed(
+    ctx: StageContext, stage: str, strategy: str, tasks: Sequence[TaskSpec]
+) -> list[TaskSpec]:
+    """The tasks ``strategy`` has no stored episode of under ``stage``."""
+    done = await ctx.store.episodes.done_keys(ctx.run_record.id, stage, strategy)
+    return [t for t in tasks if t.key not in done]
+
+
 async def _play(
     ctx: StageContext,
     strategy: SearchStrategy,
-    tasks: Sequence[TaskSpec],
+    total: int,
+    todo: Sequence[TaskSpec],
     search: SearchContext,
     stage: str,
 ) -> None:
     run_id, episodes = ctx.run_record.id, ctx.store.episodes
-    done = await episodes.done_keys(run_id, stage, strategy.name)
-    todo = [t for t in tasks if t.key not in done]
-    bar = ctx.progress.bar(f"eval {strategy.name}", len(tasks))
-    bar.advance(len(tasks) - len(todo))
+    bar = ctx.progress.bar(f"eval {strategy.name}", total)
+    bar.advance(total - len(todo))
 
     async def record(trajectory: Trajectory, _tally: Tally) -> None:
         await episodes.add(run_id, stage, strategy.name, trajectory)
