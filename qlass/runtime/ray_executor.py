@@ -6,14 +6,15 @@ claims the run's tasks under leases from the shared store until none is left. To
 actor ``i`` of ``n`` plays every strategy on the split's tasks ``i, i + n, ...`` and stores
 each episode as it ends; the driver then reads the stored episodes as the eval stage (an
 episode's seed depends on (seed, strategy, task) only, so the numbers are the ones a single
-process gets). Ray places the actors
-(``ray.cpus_per_actor`` for the simulators, ``ray.gpus_per_actor`` for a local QNet or
-policy) and restarts one whose process dies (``ray.max_restarts``); the call is retried on
-the restarted actor (``max_task_retries=-1``), which claims tasks again (or plays the
-episodes of its share not stored yet). The task the dead
-process held comes back when its lease expires, and whichever actor claims it continues its
-tree from the committed nodes (nothing committed is stepped or sampled again: node storage
-is idempotent, the policy-call cache is in the store).
+process gets).
+
+Ray places the actors (``ray.cpus_per_actor`` for the simulators, ``ray.gpus_per_actor``
+for a local QNet or policy) and restarts one whose process dies (``ray.max_restarts``); the
+call is retried on the restarted actor (``max_task_retries=-1``), which claims tasks again
+(or plays the episodes of its share not stored yet). The task the dead process held comes
+back when its lease expires, and whichever actor claims it continues its tree from the
+committed nodes (nothing committed is stepped or sampled again: node storage is
+idempotent, the policy-call cache is in the store).
 
 The store (PostgreSQL on a real cluster) stays the source of truth; Ray holds no state of
 the run, so a driver that dies loses nothing either: rerun the command.
@@ -312,12 +313,20 @@ async def _on_actors(
         try:
             parts = await _results(ray, refs)
         finally:  # every actor's process has ended (or the actors are lost with the cluster)
-            await pipeline.store.runs.release_holders(pipeline.run_record.id, prefix)
+            await _release_actors(pipeline, prefix)
     finally:
         ray.shutdown()
     for part in parts:
         log.info("ray.actor_finished", worker=part["worker_id"], restarted=part["restarted"])
     return parts
+
+
+async def _release_actors(pipeline: Pipeline, prefix: str) -> None:
+    """Forget the actors' run leases; a store that fails here keeps the actors' own error."""
+    try:
+        await pipeline.store.runs.release_holders(pipeline.run_record.id, prefix)
+    except Exception as error:  # their leases then lapse on their own
+        log.warning("ray.actor_leases_not_released", error=str(error))
 
 
 async def explore_on_ray(pipeline: Pipeline, settings: RaySettings) -> list[StageResult]:
@@ -363,8 +372,10 @@ async def evaluate_on_ray(
     names = list(strategies or config.search.strategies)
     split = split or config.eval.split
 
+    tasks = await pipeline.tasks(split, config.env.eval_tasks)
+
     async def played() -> tuple[int, int]:
-        return await episode_progress(pipeline, names, split=split)
+        return await episode_progress(pipeline, names, split=split, tasks=tasks)
 
     done, total = await played()
     if done == total:

@@ -74,15 +74,19 @@ async def evaluate(
 
 
 async def episode_progress(
-    ctx: StageContext, strategies: Sequence[str] | None = None, *, split: str | None = None
+    ctx: StageContext,
+    strategies: Sequence[str] | None = None,
+    *,
+    split: str | None = None,
+    tasks: Sequence[TaskSpec] | None = None,
 ) -> tuple[int, int]:
-    """How many of the evaluation's episodes (strategies x the split's tasks, defaults as
-    in :func:`evaluate`) are stored, and how many there are."""
+    """How many of the evaluation's episodes (strategies x tasks, defaults as in
+    :func:`evaluate`) are stored, and how many there are."""
     config = ctx.config
     split = split or config.eval.split
     options = StrategyOptions.from_config(config.search)
     names = [make_strategy(n, options=options).name for n in strategies or config.search.strategies]
-    tasks = await ctx.tasks(split, config.env.eval_tasks)
+    tasks = list(tasks) if tasks is not None else await ctx.tasks(split, config.env.eval_tasks)
     stage = eval_stage_label(config, split)
     left = [len(await _unplayed(ctx, stage, name, tasks)) for name in names]
     total = len(tasks) * len(names)
