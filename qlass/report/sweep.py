@@ -110,8 +110,14 @@ async def summarise_sweep(
     seed_sets: list[set[int]] = []
     split = "dev"
     for point, label in zip(points, labels, strict=True):
-        point_cells, seeds, split, point_notes = await study_cells(store, str(point["study"]))
+        point_study = str(point["study"])
+        point_cells, seeds, split, point_notes = await study_cells(store, point_study)
         notes += [f"{label}: {note}" for note in point_notes]
+        failed = (await store.studies.get(point_study)).settings.get("failed", {})
+        notes += [f"{label}: seed {seed} failed: {why}" for seed, why in sorted(failed.items())]
+        if not seeds:  # nothing to compare: left out, not a reason to drop every seed
+            notes.append(f"{label}: no seed finished (left out of the table)")
+            continue
         seed_sets.append(set(seeds))
         for strategy, by_seed in point_cells.items():
             cells[cell_name(label, strategy)] = by_seed

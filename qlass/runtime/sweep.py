@@ -26,6 +26,7 @@ table counts it once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import shutil
 from collections.abc import Sequence
@@ -38,7 +39,7 @@ from pydantic import ValidationError
 
 from qlass._version import code_version
 from qlass.config import RunConfig, StoreConfig, apply_overrides
-from qlass.errors import ConfigError
+from qlass.errors import ConfigError, MissingDataError
 from qlass.runtime.pipeline import Pipeline
 from qlass.runtime.progress import NullProgress, Progress
 from qlass.runtime.scheduler import StopSignal
@@ -290,21 +291,46 @@ class SweepRunner:
         return SweepResult(sweep, self.points, self.base_point, stopped)
 
     async def _run_point(self, point: SweepPoint, seed: int, study: StudyRecord) -> None:
+        """Run one (point, seed). A point whose runs find nothing to work on (a policy that
+        never acts, so no QNet can be trained) is recorded as failed with the reason and
+        the sweep goes on; any other error stops it."""
         config = sweep_member_config(self.base, point.config, seed)
         self.progress.log(f"[bold]seed {seed}[/bold] {point.label}: run {config.name}")
-        async with Pipeline(
-            config, progress=self.progress, stop=self.stop, variant_records=True
-        ) as pipeline:
-            for stage in SHARED_STAGES:
-                donor = await adopt_stage(pipeline.store, config, pipeline.run_record.id, stage)
-                if donor is not None:
-                    self.progress.log(f"[dim]{stage}: taken over from {donor}")
-            await pipeline.run(self.stages)
-            run_id = pipeline.run_record.id
+        try:
+            async with Pipeline(
+                config, progress=self.progress, stop=self.stop, variant_records=True
+            ) as pipeline:
+                for stage in SHARED_STAGES:
+                    store = pipeline.store
+                    donor = await adopt_stage(store, config, pipeline.run_record.id, stage)
+                    if donor is not None:
+                        self.progress.log(f"[dim]{stage}: taken over from {donor}")
+                await pipeline.run(self.stages)
+                run_id = pipeline.run_record.id
+        except MissingDataError as error:
+            self.progress.log(f"[yellow]seed {seed} {point.label} failed: {error}")
+            await self._record_failure(study, seed, str(error))
+            return
         if self.stop.requested:
             return
         async with await TreeStore.open(self.base.store_url) as store:
             await store.studies.set_member(study.id, seed, run_id, eval_stage_label(config))
+            await self._record_failure(study, seed, None, store=store)
+
+    async def _record_failure(
+        self, study: StudyRecord, seed: int, reason: str | None, *, store: TreeStore | None = None
+    ) -> None:
+        """Keep (or, with ``reason=None``, clear) why ``seed`` of this point has no run,
+        in the point study's ``failed`` setting (the report shows it)."""
+        async with contextlib.AsyncExitStack() as stack:
+            if store is None:
+                store = await stack.enter_async_context(await TreeStore.open(self.base.store_url))
+            settings = dict((await store.studies.get(study.name)).settings)
+            failed = {k: v for k, v in settings.get("failed", {}).items() if k != str(seed)}
+            if reason is not None:
+                failed[str(seed)] = reason
+            if failed != settings.get("failed", {}):
+                await store.studies.update(study.id, settings=settings | {"failed": failed})
 
     async def _record(self) -> tuple[StudyRecord, dict[int, StudyRecord]]:
         """The sweep's record (a study whose settings list the points) and one study per

@@ -287,6 +287,20 @@ class TreeRepository:
             nodes, leaves = (await session.execute(node_counts(run_id, split=split))).one()
         return int(nodes), int(leaves)
 
+    async def step_statuses(self, run_id: int, *, split: str | None = None) -> dict[str, int]:
+        """How many of the run's non-root nodes (of ``split``) have each status (``ok``,
+        ``invalid``: the policy's text held no action, ``failed``)."""
+        query = (
+            select(_NODES.c.status, func.count())
+            .join(_TASKS, _TASKS.c.id == _NODES.c.task_id)
+            .where(_TASKS.c.run_id == run_id, _NODES.c.parent_id.is_not(None))
+            .group_by(_NODES.c.status)
+        )
+        if split is not None:
+            query = query.where(_TASKS.c.split == split)
+        async with self._db.read() as session:
+            return {status: int(count) for status, count in await session.execute(query)}
+
     async def load(self, task_id: int) -> Tree:
         """The whole tree of a task (one query for the nodes), as frozen records."""
         async with self._db.read() as session:

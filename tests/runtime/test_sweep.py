@@ -139,7 +139,7 @@ async def test_a_labels_and_search_sweep_reuses_the_trees_and_each_variant_keeps
         assert len(columns) <= 1, table
 
 
-async def test_an_explore_sweep_takes_over_gold_and_bc_and_bc_examples_zero_trains_nothing(
+async def test_an_explore_sweep_takes_over_gold_and_bc_and_bc_examples_zero_fails_alone(
     tmp_path: Path,
 ) -> None:
     base = _config(tmp_path, "exp")
@@ -158,17 +158,32 @@ async def test_an_explore_sweep_takes_over_gold_and_bc_and_bc_examples_zero_trai
         for run in (first, second):
             assert (await store.stages.get(run.id, "explore")) is not None
 
+    # The whole method at bc.examples=0: the untrained policy never writes an action, so no
+    # QNet can be trained; that point is recorded as failed (with why) and the sweep goes on.
     zero = _config(tmp_path / "zero", "bcx")
-    await SweepRunner(zero, [parse_grid("bc.examples=0,2")], (0,), stages=("gold", "bc")).run()
+    result = await SweepRunner(zero, [parse_grid("bc.examples=0,4")], (0,)).run()
+    assert not result.stopped
     async with await TreeStore.open(zero.store_url) as store:
         untrained, trained = await store.runs.all()
         no_bc = await store.stages.get(untrained.id, "bc")
-        two = await store.stages.get(trained.id, "bc")
+        four = await store.stages.get(trained.id, "bc")
         assert no_bc is not None and no_bc.metrics["steps"] == 0
         assert no_bc.metrics["examples"] == 0
-        assert two is not None and two.metrics["steps"] > 0 and two.metrics["conversations"] == 2
+        assert four is not None and four.metrics["steps"] > 0 and four.metrics["conversations"] == 4
         gold = await store.stages.get(trained.id, "gold")
         assert gold is not None and gold.metrics["reused_from"] == untrained.name
+        failed_point = await store.studies.get(point_study_name("bcx", 0))
+        why = failed_point.settings["failed"]["0"]
+        assert "none of the trees'" in why and "is a valid action" in why and "invalid" in why
+        assert not await store.studies.members(failed_point.id)
+        trained_point = await store.studies.get(point_study_name("bcx", 1))
+        assert "failed" not in trained_point.settings
+        assert [m.seed for m in await store.studies.members(trained_point.id)] == [0]
+        summary = await summarise_sweep(store, "bcx", resamples=100)
+    # points are named by their value (the one grid field): only "4" has figures
+    assert {s.strategy.partition(" | ")[0] for s in summary.summary.strategies} == {"4"}
+    notes = summary.summary.notes
+    assert any(n.startswith("0: seed 0 failed: no labelled triples") for n in notes), notes
     assert len(list((zero.directory / "seed0").glob("policy-*/config.json"))) == 2
 
 

@@ -64,6 +64,26 @@ async def train_and_record(
     return result, recorded
 
 
+async def _why_no_triples(ctx: StageContext) -> str:
+    """Why the run's train trees give no training triple, in one line."""
+    statuses = await ctx.store.trees.step_statuses(ctx.run_record.id, split="train")
+    steps = sum(statuses.values())
+    if not steps:
+        return "no labelled triples: the run has no explored steps; run the explore stage first"
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
+    if not statuses.get("ok"):
+        return (
+            f"no labelled triples: none of the trees' {steps} steps is a valid action "
+            f"({counts}; 'invalid': the policy's text held no action), so there is nothing "
+            "to train a QNet on; the policy needs behaviour cloning (bc.examples) or a "
+            "prompt it follows (policy.prompt)"
+        )
+    return (
+        f"no labelled triples among the trees' {steps} steps ({counts}): none of the valid "
+        "ones has a Q label (are the trees unfinished?); rerun explore, then label"
+    )
+
+
 async def run(ctx: StageContext, *, force: bool = False) -> list[StageResult]:
     """Train the QNet on the run's labelled trees, from ``qnet.base_model`` or the BC
     policy."""
@@ -76,7 +96,7 @@ async def run(ctx: StageContext, *, force: bool = False) -> list[StageResult]:
         labels = await label_set(ctx)
         triples = await training_triples(ctx.store, labels, config)
         if not triples:
-            raise MissingDataError("no labelled triples: run the explore stage first")
+            raise MissingDataError(await _why_no_triples(ctx))
         extra = {"max_triples_per_tree": config.labels.max_triples_per_tree}
         bar = ctx.progress.bar("training the QNet", None)
         try:
