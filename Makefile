@@ -1,6 +1,7 @@
 # Set-up and everyday commands. Every target creates or updates .venv first.
 #   make demo   the main job on the embedded default (CPU, no network, no downloads)
 #   make test   lint, type-check and the fast test suite (what CI runs)
+#   make test-ray  the Ray tests (installs qlass[ray]; local Ray clusters, minutes)
 #   make lock   refresh requirements/*.lock (pinned, with hashes) after changing pyproject.toml
 
 PYTHON ?= python3
@@ -20,7 +21,7 @@ COMPILE = $(BIN)/uv pip compile pyproject.toml --quiet --generate-hashes -c cons
 	--python-version 3.11 --python-platform x86_64-manylinux_2_28 $(TORCH_CPU_SOURCE) \
 	--custom-compile-command 'make lock'
 
-.PHONY: demo test lint typecheck pytest bench docs lock clean
+.PHONY: demo test test-ray lint typecheck pytest bench docs lock clean
 
 # pip reads constraints/cpu.txt (and the lock pins torch==2.13.0+cpu) so that torch is the
 # CPU wheel, not a multi-GB CUDA build. On a GPU machine install qlass into an env that
@@ -59,6 +60,16 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	scripts/ensure-test-deps.sh
 	$(BIN)/python -m pytest
+
+# Ray is an extra (a 76 MiB wheel): installed here, not by `make test`, whose suite skips
+# the Ray tests without it. Compiled after install: Ray's helpers time out starting from
+# uncompiled sources on a loaded machine (docs/scale-out.md).
+test-ray: $(STAMP)
+	scripts/ensure-test-deps.sh
+	$(BIN)/python -c 'import ray' 2>/dev/null || { \
+		$(BIN)/python -m pip install --quiet -c constraints/cpu.txt -e '.[ray]' && \
+		$(BIN)/python -m compileall -q $$($(BIN)/python -c 'import os, ray; print(os.path.dirname(ray.__file__))'); }
+	$(BIN)/python -m pytest -m 'ray or not (slow or gpu or paid)' tests/ray -p no:cacheprovider
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
