@@ -1,4 +1,5 @@
-"""Running ``qlass explore --executor ray`` as a subprocess in the Ray tests."""
+"""Running ``qlass ... --executor ray`` as a subprocess in the Ray tests, and reading what
+it stored."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-from qlass.storage import TreeStore
+from qlass.storage import EpisodeRecord, TreeStore
 from tests.reliability.harness import Proc, child_env, qlass_command, settings, start
 
 
@@ -43,3 +45,26 @@ def ray_driver(args: list[str], log_dir: Path, tag: str) -> Iterator[Proc]:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(driver.pid, signal.SIGKILL)
             driver.wait()
+
+
+async def _episodes(url: str, name: str) -> list[EpisodeRecord]:
+    async with await TreeStore.open(url, upgrade=False) as store:
+        run = await store.runs.find(name)
+        return [] if run is None else await store.episodes.of_run(run.id)
+
+
+def stored_episodes(url: str, name: str) -> list[EpisodeRecord]:
+    """The evaluation episodes run ``name`` has stored (none if there is no such run)."""
+    return asyncio.run(_episodes(url, name))
+
+
+def played(episodes: Sequence[EpisodeRecord]) -> dict[tuple[str, str], tuple[float, list[Any]]]:
+    """Each (strategy, task) episode's final reward and actions: what must equal between
+    a Ray run and a local one."""
+    return {
+        (e.strategy, e.task_key): (
+            e.final_score,
+            [step["candidate"]["action"] for step in e.trajectory["steps"]],
+        )
+        for e in episodes
+    }

@@ -8,21 +8,18 @@ Slow (two local Ray starts): ``make test-ray``.
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import subprocess
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from qlass.storage import TreeStore
 from tests.reliability.harness import assert_session_gone, child_env, kill, qlass_command, settings
 
 from ..postgres.conftest import PostgresServer
-from .driver import create_schema, ray_driver
+from .driver import create_schema, played, ray_driver, stored_episodes
 
 pytest.importorskip("ray")
 
@@ -36,19 +33,6 @@ EXTRA = [
     "eval.concurrency=1",
     "ray.actors=2",
 ]
-
-
-async def _episodes(url: str) -> list[Any]:
-    async with await TreeStore.open(url, upgrade=False) as store:
-        run = await store.runs.find(NAME)
-        return [] if run is None else await store.episodes.of_run(run.id)
-
-
-def _played(episodes: list[Any]) -> dict[tuple[str, str], list[str]]:
-    return {
-        (e.strategy, e.task_key): [s["candidate"]["action"] for s in e.trajectory["steps"]]
-        for e in episodes
-    }
 
 
 @pytest.mark.slow
@@ -72,7 +56,7 @@ def test_ctrl_c_stops_a_ray_evaluation_and_the_resume_plays_only_the_rest(
     args += settings(NAME, f"run_dir={tmp_path / 'run'}", *EXTRA)
     with ray_driver(args, tmp_path / "logs", "stopped") as driver:
         deadline = time.monotonic() + 600
-        while not asyncio.run(_episodes(url)):
+        while not stored_episodes(url, NAME):
             assert driver.popen.poll() is None, driver.err()[-4000:]
             assert time.monotonic() < deadline, "no episode was stored"
             time.sleep(0.1)
@@ -83,15 +67,15 @@ def test_ctrl_c_stops_a_ray_evaluation_and_the_resume_plays_only_the_rest(
     assert f"qlass eval --resume {NAME} --db" in err and "--executor ray" in err
     # Stored before the stop (most likely not all 80: the actors start no episode after
     # it; not asserted, so that a machine's speed cannot fail the test).
-    at_stop = asyncio.run(_episodes(url))
+    at_stop = stored_episodes(url, NAME)
     assert at_stop
 
     resume = ["eval", "--resume", NAME, "--db", url, "--executor", "ray"]
     with ray_driver(resume, tmp_path / "logs", "resumed") as again:
         assert again.wait(timeout=900) == 0, again.err()[-4000:]
-    final = asyncio.run(_episodes(url))
+    final = stored_episodes(url, NAME)
     counts = Counter((e.strategy, e.task_key) for e in final)
     assert len(counts) == 80 and set(counts.values()) == {1}  # every episode, none twice
     kept = {e.id for e in at_stop}
     assert kept <= {e.id for e in final}  # what the stopped run stored is kept as it was
-    assert _played(final) == _played(asyncio.run(_episodes(str(local_db))))
+    assert played(final) == played(stored_episodes(str(local_db), NAME))

@@ -30,7 +30,7 @@ from tests.reliability.harness import (
 )
 
 from ..postgres.conftest import PostgresServer
-from .driver import create_schema, ray_driver
+from .driver import create_schema, played, ray_driver, stored_episodes
 
 pytest.importorskip("ray")
 
@@ -46,12 +46,6 @@ EXTRA = [
     "eval.concurrency=1",
 ]
 STAGES = "explore,label,eval"
-
-
-async def _episodes(url: str) -> list[Any]:
-    async with await TreeStore.open(url, upgrade=False) as store:
-        run = await store.runs.find(NAME)
-        return [] if run is None else await store.episodes.of_run(run.id)
 
 
 async def _run_status(url: str) -> str:
@@ -70,21 +64,11 @@ def _eval_actor(stderr: Path, url: str, driver_alive: Any, timeout: float = 600)
                 e.get("event") == "ray.actor_started" and e.get("work") == "eval" for e in events
             )
         ]
-        if evaluating and asyncio.run(_episodes(url)):
+        if evaluating and stored_episodes(url, NAME):
             return evaluating[0]
         assert driver_alive(), "the driver exited before a kill"
         time.sleep(0.1)
     raise TimeoutError("no actor stored an episode")
-
-
-def _played(episodes: list[Any]) -> dict[tuple[str, str], tuple[float, list[Any]]]:
-    return {
-        (e.strategy, e.task_key): (
-            e.final_score,
-            [s["candidate"]["action"] for s in e.trajectory["steps"]],
-        )
-        for e in episodes
-    }
 
 
 @pytest.mark.slow
@@ -112,11 +96,11 @@ def test_run_on_ray_survives_an_actor_killed_during_evaluation(
         os.kill(pid, signal.SIGKILL)  # an actor's process: Ray's worker, not the driver
         assert driver.wait(timeout=900) == 0, driver.err()[-4000:]
 
-    episodes = asyncio.run(_episodes(url))
-    expected = asyncio.run(_episodes(str(local_db)))
+    episodes = stored_episodes(url, NAME)
+    expected = stored_episodes(str(local_db), NAME)
     counts = Counter((e.strategy, e.task_key) for e in episodes)
     assert len(counts) == 16 and set(counts.values()) == {1}  # every episode, none twice
-    assert _played(episodes) == _played(expected)
+    assert played(episodes) == played(expected)
     got, want = snapshot(url, NAME), snapshot(str(local_db), NAME)
     assert got.content() == want.content()
     assert got.labels.keys() == want.labels.keys()

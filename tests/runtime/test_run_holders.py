@@ -14,19 +14,7 @@ from qlass.runtime.pipeline import Pipeline
 from qlass.storage import TreeStore
 from qlass.testing import tiny_run_config
 from qlass.types import Usage
-
-SETTINGS = (
-    "env.name=textworld_express",
-    "env.pool_size=1",
-    "env.eval_tasks=2",
-    "env.max_steps=3",
-    "policy.backend=scripted",
-    "policy.model=look around|move north|take coin",
-    "policy.prompt=none",
-    "search.strategies=[sampled]",
-    "search.value_model=constant",
-    "eval.concurrency=1",
-)
+from tests.runtime.test_run_budget import SETTINGS  # one TextWorldExpress eval set-up
 
 
 async def test_one_process_finishing_leaves_the_run_running_for_the_other(tmp_path: Path) -> None:
@@ -41,7 +29,7 @@ async def test_one_process_finishing_leaves_the_run_running_for_the_other(tmp_pa
     async with await TreeStore.open(config.store_url) as store:
         run = await store.runs.get(config.name)
         episodes = await store.episodes.of_run(run.id)
-    assert len(episodes) == 2
+    assert len(episodes) == 4
     assert run.status == "incomplete"  # eval done, not the whole method: the last one's word
 
 
