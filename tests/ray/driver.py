@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,3 +69,11 @@ def played(episodes: Sequence[EpisodeRecord]) -> dict[tuple[str, str], tuple[flo
         )
         for e in episodes
     }
+
+
+def run_locally(db: Path, *args: str) -> None:
+    """``qlass ARGS --db DB`` in one local process (no Ray): the reference a Ray run must equal."""
+    done = subprocess.run(
+        qlass_command(*args, "--db", str(db)), capture_output=True, env=child_env(), timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-4000:]

@@ -9,17 +9,16 @@ Slow (two local Ray starts): ``make test-ray``.
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from tests.reliability.harness import assert_session_gone, child_env, kill, qlass_command, settings
+from tests.reliability.harness import assert_session_gone, kill, settings
 
 from ..postgres.conftest import PostgresServer
-from .driver import create_schema, played, ray_driver, stored_episodes
+from .driver import create_schema, played, ray_driver, run_locally, stored_episodes
 
 pytest.importorskip("ray")
 
@@ -44,13 +43,7 @@ def test_ctrl_c_stops_a_ray_evaluation_and_the_resume_plays_only_the_rest(
     url = postgres_server.create_database()
     create_schema(url)
     local_db = tmp_path / "local.db"
-    local = subprocess.run(
-        qlass_command(
-            "eval", "--db", str(local_db), *settings(NAME, f"run_dir={tmp_path / 'local'}", *EXTRA)
-        ),
-        capture_output=True, env=child_env(), timeout=600,
-    )  # fmt: skip
-    assert local.returncode == 0, local.stderr[-4000:]
+    run_locally(local_db, "eval", *settings(NAME, f"run_dir={tmp_path / 'local'}", *EXTRA))
 
     args = ["eval", "--db", url, "--executor", "ray"]
     args += settings(NAME, f"run_dir={tmp_path / 'run'}", *EXTRA)

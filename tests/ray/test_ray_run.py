@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,15 +21,13 @@ import pytest
 
 from qlass.storage import TreeStore
 from tests.reliability.harness import (
-    child_env,
-    qlass_command,
     ray_actor_events,
     settings,
     snapshot,
 )
 
 from ..postgres.conftest import PostgresServer
-from .driver import create_schema, played, ray_driver, stored_episodes
+from .driver import create_schema, played, ray_driver, run_locally, stored_episodes
 
 pytest.importorskip("ray")
 
@@ -80,14 +77,13 @@ def test_run_on_ray_survives_an_actor_killed_during_evaluation(
     url = postgres_server.create_database()
     create_schema(url)
     local_db = tmp_path / "local.db"
-    local = subprocess.run(
-        qlass_command(
-            "run", "--stages", STAGES, "--db", str(local_db),
-            *settings(NAME, f"run_dir={tmp_path / 'local'}", *EXTRA),
-        ),
-        capture_output=True, env=child_env(), timeout=600,
-    )  # fmt: skip
-    assert local.returncode == 0, local.stderr[-4000:]
+    run_locally(
+        local_db,
+        "run",
+        "--stages",
+        STAGES,
+        *settings(NAME, f"run_dir={tmp_path / 'local'}", *EXTRA),
+    )
 
     args = ["run", "--stages", STAGES, "--db", url, "--executor", "ray"]
     args += settings(NAME, f"run_dir={tmp_path / 'run'}", "ray.actors=2", *EXTRA)
