@@ -1,5 +1,5 @@
 """How qlass launches the simulators' JVMs: a process group of their own (a terminal's
-Ctrl-C reaches qlass alone), py4j traffic only from the env's worker thread (finalizers
+Ctrl-C reaches qlass alone), a lower CPU priority than qlass's, py4j traffic only from the env's worker thread (finalizers
 included), actions that no simulator can take rejected before they reach one."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from qlass.envs._jvm import qlass_launch
+from qlass.envs._jvm import JVM_NICENESS, qlass_launch
 from qlass.envs.base import InvalidActionError
 from qlass.envs.scienceworld import ScienceWorldEnv
 from qlass.envs.textworld_express import TextWorldExpressEnv
@@ -41,8 +41,22 @@ async def test_jvm_has_a_process_group_of_its_own_in_this_session(
         # where py4j reads its port (the launch failed and the JVM was left running).
         cmdline = await asyncio.to_thread(_cmdline, pid)
         assert "-XX:-UsePerfData" in cmdline
+        # Every JVM thread (GC and compiler threads included) yields the CPU to qlass.
+        nices = await asyncio.to_thread(_thread_niceness, pid)
+        assert len(nices) > 1
+        assert set(nices) == {os.getpriority(os.PRIO_PROCESS, 0) + JVM_NICENESS}
     finally:
         await env.close()
+
+
+def _thread_niceness(pid: int) -> list[int]:
+    """The niceness of each thread of process ``pid`` (field 19 of its ``stat``)."""
+    nices = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/stat") as file:
+            after_name = file.read().rsplit(")", 1)[1].split()
+        nices.append(int(after_name[16]))
+    return nices
 
 
 def _cmdline(pid: int) -> list[str]:
