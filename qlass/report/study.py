@@ -332,9 +332,10 @@ def headroom_notes(
     success: Mapping[str, np.ndarray[Any, np.dtype[np.float64]]],
     oracles: Mapping[str, np.ndarray[Any, np.dtype[np.float64]] | None],
 ) -> list[str]:
-    """Seeds where the BC policy leaves search no room: greedy never succeeds, or greedy's
+    """Seeds where the BC policy leaves search no room: greedy never succeeds, greedy's
     reward is already within :data:`HEADROOM_MARGIN` of the best Best-of-N oracle (the best
-    true score among N samples). A comparison of search strategies on such a seed says
+    true score among N samples), or that oracle is below greedy (the samples are worse than
+    greedy decoding). A comparison of search strategies on such a seed says
     little about the value model, so a reader must see it beside the tables.
 
     ``rewards``, ``success`` and ``oracles`` map a strategy to its (seed, task) grid, rows in
@@ -354,7 +355,14 @@ def headroom_notes(
         elif bounds:
             best = max(bounds, key=lambda s: float(bounds[s][row].mean()))
             bound = float(bounds[best][row].mean())
-            if bound - greedy <= HEADROOM_MARGIN:
+            if bound < greedy - HEADROOM_MARGIN:
+                notes.append(
+                    f"seed {seed}: sampling does worse than greedy: the {best} oracle "
+                    f"({100 * bound:.1f}, the best of its samples) is below greedy's reward "
+                    f"x100 {100 * greedy:.1f}; the policy's samples, not the selector, limit "
+                    "every sampling strategy"
+                )
+            elif bound - greedy <= HEADROOM_MARGIN:
                 notes.append(
                     f"seed {seed}: no headroom: greedy reward x100 {100 * greedy:.1f} is "
                     f"within {100 * HEADROOM_MARGIN:.0f} points of the {best} oracle "

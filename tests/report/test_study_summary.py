@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 import numpy as np
@@ -109,5 +110,22 @@ def test_a_seed_without_headroom_is_named_in_the_notes() -> None:
     notes = summarise_episodes("demo", 0, saturated, resamples=200).notes
     assert any(
         "seed 0: no headroom: greedy reward x100 98.3" in n and "best_of_n:2 oracle (100.0)" in n
+        for n in notes
+    ), notes
+
+    # An oracle below greedy is not "within 5 points" of it: the samples are the problem.
+    worse = [e for e in _episodes() if e.strategy not in ("greedy", "best_of_n:2")]
+    worse += [_episode("greedy", t, 1.0 if t % 2 else 0.0, 10) for t in range(6)]
+    worse += [
+        dataclasses.replace(
+            _episode("best_of_n:2", t, 0.0, 20), trajectory={"info": {"oracle_best_score": 0.0}}
+        )
+        for t in range(6)
+    ]
+    notes = summarise_episodes("demo", 0, worse, resamples=200).notes
+    assert not any("no headroom" in n for n in notes), notes
+    assert any(
+        "sampling does worse than greedy: the best_of_n:2 oracle (0.0" in n
+        and "greedy's reward x100 50.0" in n
         for n in notes
     ), notes
