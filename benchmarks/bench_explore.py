@@ -40,7 +40,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -421,6 +421,17 @@ def _print_model(args: argparse.Namespace, fast: Result, slow: Result) -> None:
         f"  this run, {cores} cores (load average {load:.1f}; the model assumes them idle): measured {measured:.1f} nodes/s, predicted {rate:.1f} "
         f"({bound} bound; measured/predicted {measured / rate:.2f}); reference "
         f"{reference_rate:.1f} (sequential: the same on any machine)"
+    )
+    # Not circular like the check above: the most this machine and pool allow, with every
+    # env of the pool holding a branch that waits on the policy (the CPU bounds otherwise).
+    saturated = replace(costs, branches_per_tree=args.pool / args.concurrency)
+    best, best_bound = predicted_nodes_per_s(
+        saturated, cores=cores, pool=args.pool, trees=args.concurrency, latency_s=latency
+    )
+    print(
+        f"  the bound {cores} cores and a pool of {args.pool} allow: {best:.1f} nodes/s "
+        f"({best_bound} bound, x{best / reference_rate:.1f} the reference); measured "
+        f"x{measured / reference_rate:.1f}, {100 * measured / best:.0f}% of the bound"
     )
     for machine in args.predict_cores:
         pool, trees = 2 * machine, 4 * machine

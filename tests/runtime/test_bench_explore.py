@@ -30,6 +30,7 @@ def test_bench_explore_runs_and_both_explorers_build_the_same_trees() -> None:
     assert "trees per hour: x" in done.stdout
     assert "a transaction per node" in done.stdout
     assert "measured/predicted" in done.stdout and "predicted, 16 cores" in done.stdout
+    assert "cores and a pool of 2 allow" in done.stdout and "% of the bound" in done.stdout
 
 
 COSTS = NodeCosts(py_cpu_s=0.002, env_cpu_s=0.006, requests=0.5, branches_per_tree=1.5)
