@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from rich.table import Table
 
 from qlass.cli._common import ConfigOption, DbOption, SetOption, db_url, resolve_config
 from qlass.errors import MissingDataError
+from qlass.runtime.holders import observed_status
 from qlass.storage import RunSummary, SchemaState, TreeStore, head_revision
 from qlass.storage.engine import make_engine, safe_url, sqlite_file
 from qlass.storage.schema import load_migrations, read_revision
@@ -131,7 +133,7 @@ def register(app: typer.Typer) -> None:
         """Everything about one run: config, code version, tasks by status, tree nodes, label
         sets, stages, QNet checkpoints and evaluation episodes."""
         url = _existing(_url(db, config, set_))
-        summary = asyncio.run(_with_store(url, lambda store: store.runs.summary(run)))
+        summary = asyncio.run(_with_store(url, lambda store: _summary(store, run)))
         _print_summary(console, summary, show_config)
 
 
@@ -148,8 +150,15 @@ async def _read_revision(url: str) -> str | None:
         await engine.dispose()
 
 
+async def _summary(store: TreeStore, run: int | str) -> RunSummary:
+    """The run's summary, its status as read now (a killed process of this host reads as
+    interrupted at once, not when its lease lapses)."""
+    summary = await store.runs.summary(run)
+    return dataclasses.replace(summary, run=await observed_status(store, summary.run))
+
+
 async def _all_summaries(store: TreeStore) -> list[RunSummary]:
-    return [await store.runs.summary(run.id) for run in await store.runs.all()]
+    return [await _summary(store, run.id) for run in await store.runs.all()]
 
 
 def _print_summary(console: Console, summary: RunSummary, show_config: bool) -> None:
@@ -166,7 +175,10 @@ def _print_summary(console: Console, summary: RunSummary, show_config: bool) -> 
         f"config {run.config_fingerprint or '-'}   created {_when(run.created_at)}   "
         f"updated {_when(run.updated_at)}"
     )
-    tasks = ", ".join(f"{n} {s}" for s, n in sorted(summary.tasks_by_status.items())) or "none"
+    by_status = dict(summary.tasks_by_status)
+    if run.status == "interrupted" and "running" in by_status:  # no process works on them
+        by_status["interrupted"] = by_status.get("interrupted", 0) + by_status.pop("running")
+    tasks = ", ".join(f"{n} {s}" for s, n in sorted(by_status.items())) or "none"
     console.print(f"tasks: {tasks}")
     console.print(f"tree nodes: {summary.nodes} ({summary.finished_leaves} finished leaves)")
     if summary.label_sets:

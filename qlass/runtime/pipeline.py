@@ -15,9 +15,6 @@ each, and :meth:`Pipeline.stage` dispatches to them through :data:`STAGE_RUNNERS
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
-import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -31,6 +28,7 @@ from qlass.config import RunConfig
 from qlass.envs.registry import list_tasks
 from qlass.errors import ConfigError, StoreError
 from qlass.runtime.checks import check_config, env_options
+from qlass.runtime.holders import holder_name
 from qlass.runtime.limits import RunBudget
 from qlass.runtime.progress import NullProgress, Progress
 from qlass.runtime.resources import RunResources, close_later
@@ -133,7 +131,7 @@ class Pipeline:
         self.variant_records = variant_records
         self._stack = AsyncExitStack()
         self._lease: asyncio.Task[None] | None = None
-        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.holder = holder or holder_name()
         self._store: TreeStore | None = None
         self._run: RunRecord | None = None
         self._resources: RunResources | None = None

@@ -207,6 +207,16 @@ class RunRepository:
             )
         return status
 
+    async def live_holders(self, run_id: int) -> list[str]:
+        """The names of the holders whose leases are live, in name order."""
+        async with self._db.read() as session:
+            names = await session.scalars(
+                select(_HOLDERS.c.holder)
+                .where(_HOLDERS.c.run_id == run_id, _HOLDERS.c.expires_at > self._db.now())
+                .order_by(_HOLDERS.c.holder)
+            )
+            return list(names)
+
     async def release_holders(self, run_id: int, prefix: str) -> int:
         """Forget the holders whose names start with ``prefix``: processes the caller knows
         have ended (Ray actors whose calls returned, a killed one's restarted process

@@ -1,5 +1,6 @@
 """A run whose process is killed outright reads as ``interrupted``, not ``running``: the
-process renews the run's lease while it works, and a SIGKILL stops the renewals."""
+process renews the run's lease while it works, and a SIGKILL stops the renewals; where the
+process ran on this machine, its absence is seen at once."""
 
 from __future__ import annotations
 
@@ -19,12 +20,13 @@ from tests.reliability.harness import (
 )
 
 NAME = "leased"
-EXTRA = ["env.train_tasks=4", "env.max_steps=6", "explore.max_depth=4", "store.run_lease_s=1"]
+SMALL = ["env.train_tasks=4", "env.max_steps=6", "explore.max_depth=4"]
+EXTRA = [*SMALL, "store.run_lease_s=1"]
 
 
-def _runs_show(db: Path) -> str:
+def _runs(db: Path, *command: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "qlass", "runs", "show", NAME, "--db", str(db), "--no-config-json"],
+        [sys.executable, "-m", "qlass", "runs", *command, "--db", str(db)],
         capture_output=True,
         text=True,
         env=child_env(),
@@ -32,6 +34,10 @@ def _runs_show(db: Path) -> str:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
+
+
+def _runs_show(db: Path) -> str:
+    return _runs(db, "show", NAME, "--no-config-json")
 
 
 def test_a_killed_run_reads_as_interrupted_and_a_resume_clears_it(tmp_path: Path) -> None:
@@ -62,3 +68,19 @@ def test_a_killed_run_reads_as_interrupted_and_a_resume_clears_it(tmp_path: Path
     assert resumed.wait(timeout=300) == 0, resumed.err()[-4000:]
     shown = _runs_show(db)
     assert "status interrupted" not in shown and "status running" not in shown, shown
+
+
+def test_a_run_killed_on_this_machine_reads_as_interrupted_before_its_lease_lapses(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "lease.db"
+    args = ["explore", "--db", str(db), *settings(NAME, f"run_dir={tmp_path / 'run'}", *SMALL)]
+    proc = start(qlass_command(*args), tmp_path / "logs", "killed", child_env())
+    assert wait_for(proc, "explore.node", 3), proc.err()[-4000:]
+    kill(proc)
+    proc.wait()
+    # The default lease (120 s) is live, but its holder's process is gone from this host.
+    shown = _runs_show(db)
+    assert "status interrupted" in shown, shown
+    assert "│ explore │ interrupted" in shown and "running" not in shown, shown
+    assert "interrupted" in _runs(db, "list")

@@ -86,6 +86,7 @@ async def check_run_holders(store: TreeStore) -> None:
     await store.runs.enter(run.id, "driver", lease_s=3600)
     await store.runs.enter(run.id, "killed", lease_s=0.001)  # kill -9: never renews again
     await asyncio.sleep(0.01)
+    assert await store.runs.live_holders(run.id) == ["driver"]
     assert await store.runs.leave(run.id, "driver", "failed") == "failed"
     assert (await store.runs.get(run.id)).status == "failed"
     # A holder that was only slow (its lease lapsed, the others finished) is live again.
