@@ -202,10 +202,11 @@ JVM_NICENESS = 10
 ``nice`` command the JVM runs at qlass's own priority). Sixteen JVMs on two cores keep
 every core busy; at equal priority the event loop's thread, when it wakes, waits in the
 run queue behind them, and every coroutine (policy calls, the store, an HTTP server, a
-Ctrl-C) with it: ``benchmarks/bench_loop`` measured a 66-177 ms max loop lag at 200
-concurrent episodes, of which the loop ran 5-12 ms and waited for a CPU the rest. At
-niceness 10 the JVMs still get every cycle qlass leaves idle, so the episodes' wall time
-stayed the same, and the max lag fell to 25 ms (docs/runtime.md)."""
+Ctrl-C) with it: ``benchmarks/bench_loop`` measured a 91-120 ms max loop lag at 200
+concurrent episodes on an otherwise idle machine, of which the loop ran about 10 ms and
+waited for a CPU the rest. At niceness 10 the JVMs still get every cycle qlass leaves
+idle, so the episodes' wall time stayed the same, and the max lag fell to 26-35 ms
+(docs/envs.md)."""
 
 
 def _lower_priority_popen(command: Sequence[str], *args: Any, **kwargs: Any) -> Any:
