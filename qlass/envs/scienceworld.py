@@ -29,7 +29,8 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
-from qlass.envs._jvm import JvmEnv, qlass_launch
+from qlass.envs._jvm import JvmEnv
+from qlass.envs._jvm_launch import qlass_launch
 from qlass.envs.family import BaseEnvFamily
 from qlass.errors import ConfigError, MissingDependencyError, UnknownNameError
 from qlass.types import Observation, Split, StepResult, TaskSpec

@@ -21,7 +21,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from qlass.envs._jvm import JvmEnv, is_java_exception, java_error_line, qlass_launch
+from qlass.envs._jvm import JvmEnv, is_java_exception, java_error_line
+from qlass.envs._jvm_launch import qlass_launch
 from qlass.envs.base import Env
 from qlass.envs.expert import DEFAULT_MAX_CALLS, SearchState, search_expert_path
 from qlass.envs.family import BaseEnvFamily

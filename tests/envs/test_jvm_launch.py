@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from qlass.envs._jvm import JVM_NICENESS, qlass_launch
+from qlass.envs._jvm_launch import JVM_NICENESS, qlass_launch
 from qlass.envs.base import InvalidActionError
 from qlass.envs.scienceworld import ScienceWorldEnv
 from qlass.envs.textworld_express import TextWorldExpressEnv
@@ -123,7 +123,7 @@ def test_a_failed_connect_to_a_dead_jvm_closes_its_socket(monkeypatch: pytest.Mo
 
     from py4j import java_gateway
 
-    from qlass.envs._jvm import _launch_names
+    from qlass.envs._jvm_launch import _launch_names
 
     made: list[Any] = []
 
