@@ -14,8 +14,8 @@ call over a socket. :class:`JvmEnv` gives such a simulator:
   terminal (SIGINT to the foreground process group) reaches qlass alone, which then
   stops gracefully and closes the simulators itself;
 - a JVM that yields the CPU to qlass: it runs at a lower scheduling priority
-  (:data:`JVM_NICENESS`), so a machine saturated by simulators does not keep the event
-  loop waiting for a core;
+  (:data:`qlass.envs._jvm_launch.JVM_NICENESS`), so a machine saturated by simulators
+  does not keep the event loop waiting for a core;
 - a close that always terminates the JVM, plus a finalizer that kills it if an instance is
   dropped without ``close()`` (and at interpreter exit). py4j also starts the JVM with
   ``--die-on-broken-pipe``, so it exits with this process even on SIGKILL or an
@@ -174,8 +174,8 @@ class JvmEnv(ABC):
     def _launch(self) -> Any:
         """Start the simulator; return its py4j wrapper (which has ``_gateway``).
 
-        Build the wrapper from :func:`qlass_launch` so that its JVM only stops when qlass
-        stops it and its releases stay in this (the worker) thread.
+        Build the wrapper from :func:`~qlass.envs._jvm_launch.qlass_launch` so that its JVM
+        only stops when qlass stops it and its releases stay in this (the worker) thread.
         """
 
     @abstractmethod
