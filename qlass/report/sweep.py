@@ -37,6 +37,7 @@ __all__ = [
     "SWEEP_MD",
     "SWEEP_PNG",
     "SweepSummary",
+    "axis_order",
     "cell_name",
     "plot_sweep",
     "render_sweep_markdown",
@@ -231,8 +232,24 @@ def _csv(sweep: SweepSummary) -> str:
     return out.getvalue()
 
 
+def axis_order(points: Sequence[str]) -> list[str]:
+    """The points in the order a plot's x axis shows them: by value when every label is a
+    number (a grid given as ``2,1,3`` is drawn 1, 2, 3), else in grid order."""
+    try:
+        values = [float(point) for point in points]
+    except ValueError:
+        return list(points)
+    return [point for _, point in sorted(zip(values, points, strict=True))]
+
+
+_DODGE = 0.06
+"""How far apart (in x-axis steps) the strategies at one point are drawn, so that their
+error bars do not hide each other."""
+
+
 def plot_sweep(sweep: SweepSummary, path: Path) -> Path:
-    """Reward per point with its CI, one line per strategy (x: the points in grid order)."""
+    """Reward per point with its CI, one line per strategy (x: the points, see
+    :func:`axis_order`; the strategies drawn side by side at each point)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -243,16 +260,25 @@ def plot_sweep(sweep: SweepSummary, path: Path) -> Path:
     for cell in sweep.summary.strategies:
         point, _, strategy = cell.strategy.partition(_SEP)
         by_strategy.setdefault(strategy, {})[point] = cell
-    for strategy, per_point in by_strategy.items():
-        xs = [i for i, p in enumerate(sweep.points) if p in per_point]
-        line = [per_point[sweep.points[i]] for i in xs]
+    order = axis_order(sweep.points)
+    for rank, (strategy, per_point) in enumerate(by_strategy.items()):
+        offset = _DODGE * (rank - (len(by_strategy) - 1) / 2)
+        xs = [i for i, p in enumerate(order) if p in per_point]
+        line = [per_point[order[i]] for i in xs]
         y = [100 * s.reward.mean for s in line]
         yerr = [
             [100 * (s.reward.mean - s.reward.low) for s in line],
             [100 * (s.reward.high - s.reward.mean) for s in line],
         ]
-        axes.errorbar(xs, y, yerr=yerr, marker="o", capsize=3, label=strategy)
-    axes.set_xticks(range(len(sweep.points)), list(sweep.points), rotation=20, fontsize=8)
+        positions = [x + offset for x in xs]
+        axes.errorbar(positions, y, yerr=yerr, marker="o", capsize=3, label=strategy)
+    long_labels = any(len(point) > 8 for point in order)
+    axes.set_xticks(
+        range(len(order)),
+        order,
+        rotation=20 if long_labels else 0,
+        fontsize=8 if long_labels else 10,
+    )
     axes.set_xlabel(" x ".join(field for field, _ in sweep.grid))
     axes.set_ylabel("average final reward (x100)")
     summary = sweep.summary
@@ -261,7 +287,7 @@ def plot_sweep(sweep: SweepSummary, path: Path) -> Path:
         f"({100 * summary.level:.0f}% CI)"
     )
     axes.grid(alpha=0.3)
-    axes.legend()
+    axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path)
     return path

@@ -16,6 +16,7 @@ from qlass.qnet.scorer import QNetScorer
 from qlass.qnet.train import spearman, split_by_task
 from qlass.report import build_report, reward_vs_tokens_series, self_training_series
 from qlass.report.plots import ORACLE_SERIES
+from qlass.report.sweep import axis_order
 from qlass.storage import TreeStore
 
 from .conftest import Stored
@@ -130,3 +131,12 @@ async def test_no_checkpoint_means_no_scatter_and_says_so(stored: Stored) -> Non
     assert result.scatter is None
     assert not (stored.run_dir / "qnet_dev_scatter.png").exists()
     assert any("no QNet checkpoint" in note for note in result.notes)
+
+
+def test_a_numeric_sweep_axis_is_drawn_in_value_order() -> None:
+    assert axis_order(["2", "1", "3"]) == ["1", "2", "3"]  # --grid explore.width=2,1,3
+    assert axis_order(["200", "50", "0"]) == ["0", "50", "200"]
+    assert axis_order(["0.9", "0.5", "1.0"]) == ["0.5", "0.9", "1.0"]
+    # not every label a number: the grid's own order
+    assert axis_order(["null", "0", "10"]) == ["null", "0", "10"]
+    assert axis_order(["bellman", "mc_mean"]) == ["bellman", "mc_mean"]
