@@ -1,6 +1,7 @@
 """How qlass launches the simulators' JVMs: a process group of their own (a terminal's
-Ctrl-C reaches qlass alone), a lower CPU priority than qlass's, py4j traffic only from the env's worker thread (finalizers
-included), actions that no simulator can take rejected before they reach one."""
+Ctrl-C reaches qlass alone), a lower CPU priority than qlass's, py4j traffic only from the
+env's worker thread (finalizers included), actions that no simulator can take rejected
+before they reach one."""
 
 from __future__ import annotations
 

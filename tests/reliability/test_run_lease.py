@@ -40,14 +40,20 @@ def _runs_show(db: Path) -> str:
     return _runs(db, "show", NAME, "--no-config-json")
 
 
-def test_a_killed_run_reads_as_interrupted_and_a_resume_clears_it(tmp_path: Path) -> None:
+def _explore_then_kill(tmp_path: Path, *extra: str) -> Path:
+    """Start ``qlass explore`` on a new store, SIGKILL it once it committed nodes; the store."""
     db = tmp_path / "lease.db"
-    args = ["explore", "--db", str(db), *settings(NAME, f"run_dir={tmp_path / 'run'}", *EXTRA)]
+    args = ["explore", "--db", str(db), *settings(NAME, f"run_dir={tmp_path / 'run'}", *extra)]
     proc = start(qlass_command(*args), tmp_path / "logs", "killed", child_env())
     assert wait_for(proc, "explore.node", 3), proc.err()[-4000:]
     kill(proc)
     proc.wait()
     assert_session_gone(proc.pid)
+    return db
+
+
+def test_a_killed_run_reads_as_interrupted_and_a_resume_clears_it(tmp_path: Path) -> None:
+    db = _explore_then_kill(tmp_path, *EXTRA)
     # the 1 s lease lapses on its own; poll rather than sleep a guessed time
     deadline, shown = time.monotonic() + 60, ""
     while time.monotonic() < deadline:
@@ -73,12 +79,7 @@ def test_a_killed_run_reads_as_interrupted_and_a_resume_clears_it(tmp_path: Path
 def test_a_run_killed_on_this_machine_reads_as_interrupted_before_its_lease_lapses(
     tmp_path: Path,
 ) -> None:
-    db = tmp_path / "lease.db"
-    args = ["explore", "--db", str(db), *settings(NAME, f"run_dir={tmp_path / 'run'}", *SMALL)]
-    proc = start(qlass_command(*args), tmp_path / "logs", "killed", child_env())
-    assert wait_for(proc, "explore.node", 3), proc.err()[-4000:]
-    kill(proc)
-    proc.wait()
+    db = _explore_then_kill(tmp_path, *SMALL)
     # The default lease (120 s) is live, but its holder's process is gone from this host.
     shown = _runs_show(db)
     assert "status interrupted" in shown, shown
