@@ -12,7 +12,11 @@ API, then measures in the same run (median over ``--reps``):
 - a full recompute of that tree's labels, and of the whole label set,
 - exporting the training triples (max 300 per tree),
 - and, on one extra wide tree of ``--big-tree`` nodes, the incremental insert against a
-  recompute of that tree (the incremental cost must not grow with the tree).
+  recompute of that tree (the incremental cost must not grow with the tree);
+- first, exploration's write pattern: 8 trees growing at once, one node per call
+  (``add_child_if_absent``, group commit, a finished leaf every 10 nodes), in a store whose
+  writes run in its writer thread (the default) beside one whose writes go through the
+  async driver (``writer_thread=False``, as before): CPU per committed node and the ratio.
 
     .venv/bin/python -m benchmarks.bench_store            # 1000 trees = 100k nodes
     .venv/bin/python -m benchmarks.bench_store --trees 100 --reps 20
@@ -111,6 +115,55 @@ async def _big_tree(
             await _median_ms(max(3, reps // 5), recompute),
         ),
     ]
+
+
+async def _node_commits(db: Path, *, writer_thread: bool, trees: int = 8) -> tuple[float, float]:
+    """Wall and CPU ms per node of exploration-like writes (see the module docstring): the
+    median of 3 rounds of ``trees`` x 140 nodes, after a warm-up round."""
+    rounds: list[tuple[float, float]] = []
+    async with await TreeStore.open(db, writer_thread=writer_thread) as store:
+        run = await store.runs.create("commits", config={}, seed=0)
+        await store.labels.create_set(run.id)
+
+        async def grow(task_id: int) -> None:
+            root = await store.trees.add_root(task_id, "You are in the kitchen.")
+            parent = root.id
+            for i in range(140):
+                final = 1.0 if i % 10 == 9 else None
+                node = NewNode("You are in the kitchen. " * 8, "move east", final_reward=final)
+                child, _ = await store.trees.add_child_if_absent(parent, node)
+                parent = root.id if final is not None else child.id
+
+        for round_ in range(4):
+            specs = [
+                TaskSpec("textworld_express", "coin", 100 * round_ + i, "train")
+                for i in range(trees)
+            ]
+            tasks = await store.tasks.add_many(run.id, specs)
+            start, start_cpu = time.perf_counter(), time.process_time()
+            await asyncio.gather(*(grow(task.id) for task in tasks))
+            nodes = trees * 140
+            if round_:  # the first fills SQLAlchemy's statement caches
+                rounds.append(
+                    (
+                        (time.perf_counter() - start) * 1000 / nodes,
+                        (time.process_time() - start_cpu) * 1000 / nodes,
+                    )
+                )
+    wall, cpu = zip(*rounds, strict=True)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+async def compare_node_commits(folder: Path) -> None:
+    """Print exploration's node writes through the writer thread against the async driver."""
+    fast = await _node_commits(folder / "writer-thread.db", writer_thread=True)
+    slow = await _node_commits(folder / "async-driver.db", writer_thread=False)
+    print(
+        f"\n{'8 trees growing at once, one node per call':<52} {'wall ms/node':>13} {'cpu ms/node':>12}"
+    )
+    print(f"{'writes in the store writer thread (sqlite3)':<52} {fast[0]:>13.2f} {fast[1]:>12.2f}")
+    print(f"{'writes through the async driver (aiosqlite)':<52} {slow[0]:>13.2f} {slow[1]:>12.2f}")
+    print(f"CPU per committed node: x{slow[1] / fast[1]:.1f} less in the writer thread\n")
 
 
 async def main(trees: int, reps: int, db: str | Path, big_tree: int) -> None:
@@ -248,12 +301,17 @@ def cli() -> None:
     parser.add_argument(
         "--big-tree", type=int, default=5000, help="nodes of one extra wide tree (0: skip)"
     )
+    parser.add_argument(
+        "--skip-node-commits",
+        action="store_true",
+        help="skip the writer-thread vs async-driver comparison of node commits",
+    )
     args = parser.parse_args()
-    if args.db is not None:
-        asyncio.run(main(args.trees, args.reps, args.db, args.big_tree))
-        return
     with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(main(args.trees, args.reps, Path(tmp) / "bench.db", args.big_tree))
+        if not args.skip_node_commits:
+            asyncio.run(compare_node_commits(Path(tmp)))
+        db = args.db if args.db is not None else Path(tmp) / "bench.db"
+        asyncio.run(main(args.trees, args.reps, db, args.big_tree))
 
 
 if __name__ == "__main__":

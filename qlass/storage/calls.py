@@ -72,8 +72,7 @@ class PolicyCallCache:
             "response": response,
             "created_at": utcnow(),
         }
-        async with self._db.write() as session:
-            await upsert(session, _CALLS, [row], ("key",), ())
+        await self._db.run_write(upsert, _CALLS, [row], ("key",), ())
 
     async def put_many(self, items: Sequence[tuple[str, dict[str, Any]]]) -> None:
         """Store several ``(key, response)`` pairs in one transaction (all or none), each
@@ -85,8 +84,7 @@ class PolicyCallCache:
         ]
         if not rows:
             return
-        async with self._db.write() as session:
-            await upsert(session, _CALLS, rows, ("key",), ())
+        await self._db.run_write(upsert, _CALLS, rows, ("key",), ())
 
     async def count(self) -> int:
         """How many responses are stored."""

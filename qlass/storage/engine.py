@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-from sqlalchemy import event, exc
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy import create_engine, event, exc
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 
 from qlass.errors import DatabaseUnavailableError, StoreError
 
@@ -46,6 +46,7 @@ __all__ = [
     "WRITE_OPTION",
     "check_writable",
     "make_engine",
+    "make_writer_engine",
     "normalize_url",
     "safe_url",
     "sqlite_file",
@@ -203,7 +204,7 @@ def make_engine(
         ) from error
     if url.get_backend_name() == "sqlite":
         _install_sqlite_hooks(
-            engine,
+            engine.sync_engine,
             busy_ms=int(busy_timeout_s * 1000),
             wal=not _is_memory(url) and not read_only,
             read_only=read_only,
@@ -211,8 +212,32 @@ def make_engine(
     return engine
 
 
-def _install_sqlite_hooks(engine: AsyncEngine, *, busy_ms: int, wal: bool, read_only: bool) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def make_writer_engine(url_or_path: str | Path | URL, *, busy_timeout_s: float = 30.0) -> Engine:
+    """A sync engine on a SQLite file, for the store's writer thread (see
+    :class:`qlass.storage._db.Database`), with the same connection set-up as
+    :func:`make_engine` and ``BEGIN IMMEDIATE`` for every transaction.
+
+    It holds one connection, made and used in that one thread; ``check_same_thread`` is
+    off only so that SQLAlchemy may close it from elsewhere at exit.
+    """
+    url = normalize_url(url_or_path)
+    if url.get_backend_name() != "sqlite" or _is_memory(url):
+        raise ValueError(f"a writer engine is for a SQLite file, not {safe_url(url)}")
+    writer = create_engine(
+        url.set(drivername="sqlite+pysqlite"),
+        json_serializer=strict_json,
+        poolclass=QueuePool,
+        pool_size=1,
+        max_overflow=0,
+        connect_args={"check_same_thread": False},
+        execution_options={WRITE_OPTION: True},
+    )
+    _install_sqlite_hooks(writer, busy_ms=int(busy_timeout_s * 1000), wal=True, read_only=False)
+    return writer
+
+
+def _install_sqlite_hooks(engine: Engine, *, busy_ms: int, wal: bool, read_only: bool) -> None:
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
         # Let SQLAlchemy emit BEGIN itself (see _on_begin); the driver's legacy mode
         # would skip BEGIN before SELECT and DDL.
@@ -230,7 +255,7 @@ def _install_sqlite_hooks(engine: AsyncEngine, *, busy_ms: int, wal: bool, read_
         finally:
             cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
         write = not read_only and connection.get_execution_options().get(WRITE_OPTION, False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")

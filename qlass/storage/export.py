@@ -57,7 +57,7 @@ async def export_triples(
     if max_per_tree < 1:
         raise ConfigError(f"max_per_tree must be at least 1, got {max_per_tree}")
     async with db.read() as session:
-        label_set = await load_label_set(session, label_set_id)
+        label_set = await session.run_sync(load_label_set, label_set_id)
         query = select(_TASKS).where(_TASKS.c.run_id == label_set.run_id).order_by(_TASKS.c.id)
         if split is not None:
             query = query.where(_TASKS.c.split == split)

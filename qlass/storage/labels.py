@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import and_, delete, select, union_all
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from qlass.errors import ConfigError, UnknownNameError
 from qlass.storage._db import Database, record, upsert
@@ -83,59 +83,35 @@ class LabelRepository:
             raise ConfigError(
                 f"labels.intermediate_reward must be 'zero' or 'env', got {intermediate_reward!r}"
             )
-        async with self._db.write() as session:
-            # Exclusive on the run: inserts (which share-lock it) wait until the set is full.
-            run = await session.execute(select(Run.id).where(Run.id == run_id).with_for_update())
-            if run.first() is None:
-                raise UnknownNameError(f"no run with id {run_id}")
-            existing = await session.scalar(
-                select(LabelSet).where(
-                    LabelSet.run_id == run_id,
-                    LabelSet.gamma == gamma,
-                    LabelSet.normalize == normalize,
-                    LabelSet.intermediate_reward == intermediate_reward,
-                    LabelSet.kind == kind,
-                )
-            )
-            if existing is not None:
-                found = record(LabelSetRecord, existing.__dict__)
-                if await _lost_its_labels(session, found):
-                    # Stores upgraded to revision 0004 before the migrations turned SQLite's
-                    # foreign keys off lost every Q label (the rebuilt label_sets table
-                    # cascaded its delete); the trees are intact, so the labels come back.
-                    written = await _recompute(session, found, task_id=None)
-                    log.warning(
-                        "label set had lost its labels: recomputed from the trees",
-                        run_id=run_id,
-                        label_set=found.id,
-                        labels=written,
-                    )
-                return found
-            label_set = LabelSet(
-                run_id=run_id,
-                gamma=gamma,
-                normalize=normalize,
-                intermediate_reward=intermediate_reward,
-                kind=kind,
-                created_at=utcnow(),
-            )
-            session.add(label_set)
-            await session.flush()
-            result = record(LabelSetRecord, label_set.__dict__)
-            written = await _recompute(session, result, task_id=None)
-        log.info(
-            "label set created",
-            run_id=run_id,
-            label_set=result.id,
+        result, is_new, written = await self._db.run_write(
+            _get_or_create_set,
+            run_id,
             gamma=gamma,
+            normalize=normalize,
+            intermediate_reward=intermediate_reward,
             kind=kind,
-            labels=written,
         )
+        if is_new:
+            log.info(
+                "label set created",
+                run_id=run_id,
+                label_set=result.id,
+                gamma=gamma,
+                kind=kind,
+                labels=written,
+            )
+        elif written:
+            log.warning(
+                "label set had lost its labels: recomputed from the trees",
+                run_id=run_id,
+                label_set=result.id,
+                labels=written,
+            )
         return result
 
     async def get_set(self, label_set_id: int) -> LabelSetRecord:
         async with self._db.read() as session:
-            return await load_label_set(session, label_set_id)
+            return await session.run_sync(load_label_set, label_set_id)
 
     async def sets(self, run_id: int) -> list[LabelSetRecord]:
         """The run's label sets, oldest first."""
@@ -150,7 +126,7 @@ class LabelRepository:
     ) -> dict[int, float]:
         """Q values of one tree by node id; normalised if the set says so (or if asked)."""
         async with self._db.read() as session:
-            label_set = await load_label_set(session, label_set_id)
+            label_set = await session.run_sync(load_label_set, label_set_id)
             rows = (
                 await session.execute(
                     select(_NODES.c.id, _NODES.c.parent_id, _LABELS.c.q)
@@ -169,27 +145,75 @@ class LabelRepository:
         With incremental updates working this changes nothing; it exists to check them and
         to repair a store written by a buggy version.
         """
-        async with self._db.write() as session:
-            label_set = await load_label_set(session, label_set_id)
-            if task_id is not None:
-                run_id = await session.scalar(select(_TASKS.c.run_id).where(_TASKS.c.id == task_id))
-                if run_id != label_set.run_id:
-                    raise UnknownNameError(
-                        f"task {task_id} is not a task of run {label_set.run_id} (label set "
-                        f"{label_set_id})"
-                    )
-            return await _recompute(session, label_set, task_id=task_id)
+        return await self._db.run_write(_recompute_checked, label_set_id, task_id)
 
 
-async def _lost_its_labels(session: AsyncSession, label_set: LabelSetRecord) -> bool:
+def _get_or_create_set(
+    session: Session,
+    run_id: int,
+    *,
+    gamma: float,
+    normalize: bool,
+    intermediate_reward: str,
+    kind: str,
+) -> tuple[LabelSetRecord, bool, int]:
+    """The run's label set with these options, whether this call created it, and how many
+    labels it wrote."""
+    # Exclusive on the run: inserts (which share-lock it) wait until the set is full.
+    run = session.execute(select(Run.id).where(Run.id == run_id).with_for_update())
+    if run.first() is None:
+        raise UnknownNameError(f"no run with id {run_id}")
+    existing = session.scalar(
+        select(LabelSet).where(
+            LabelSet.run_id == run_id,
+            LabelSet.gamma == gamma,
+            LabelSet.normalize == normalize,
+            LabelSet.intermediate_reward == intermediate_reward,
+            LabelSet.kind == kind,
+        )
+    )
+    if existing is not None:
+        found = record(LabelSetRecord, existing.__dict__)
+        if _lost_its_labels(session, found):
+            # Stores upgraded to revision 0004 before the migrations turned SQLite's
+            # foreign keys off lost every Q label (the rebuilt label_sets table
+            # cascaded its delete); the trees are intact, so the labels come back.
+            return found, False, _recompute(session, found, task_id=None)
+        return found, False, 0
+    label_set = LabelSet(
+        run_id=run_id,
+        gamma=gamma,
+        normalize=normalize,
+        intermediate_reward=intermediate_reward,
+        kind=kind,
+        created_at=utcnow(),
+    )
+    session.add(label_set)
+    session.flush()
+    result = record(LabelSetRecord, label_set.__dict__)
+    return result, True, _recompute(session, result, task_id=None)
+
+
+def _recompute_checked(session: Session, label_set_id: int, task_id: int | None) -> int:
+    label_set = load_label_set(session, label_set_id)
+    if task_id is not None:
+        run_id = session.scalar(select(_TASKS.c.run_id).where(_TASKS.c.id == task_id))
+        if run_id != label_set.run_id:
+            raise UnknownNameError(
+                f"task {task_id} is not a task of run {label_set.run_id} (label set {label_set_id})"
+            )
+    return _recompute(session, label_set, task_id=task_id)
+
+
+def _lost_its_labels(session: Session, label_set: LabelSetRecord) -> bool:
     """True when the set holds no label while its run has tree nodes (a stored set always
     labels every node on a path to a finished leaf)."""
-    has_label = await session.scalar(
+    has_label = session.scalar(
         select(_LABELS.c.node_id).where(_LABELS.c.label_set_id == label_set.id).limit(1)
     )
     if has_label is not None:
         return False
-    has_leaf = await session.scalar(
+    has_leaf = session.scalar(
         select(_NODES.c.id)
         .join(Task, Task.id == _NODES.c.task_id)
         .where(Task.run_id == label_set.run_id, _NODES.c.final_reward.is_not(None))
@@ -198,18 +222,14 @@ async def _lost_its_labels(session: AsyncSession, label_set: LabelSetRecord) -> 
     return has_leaf is not None
 
 
-async def load_label_set(session: AsyncSession, label_set_id: int) -> LabelSetRecord:
-    row = (
-        await session.execute(select(table(LabelSet)).where(LabelSet.id == label_set_id))
-    ).first()
+def load_label_set(session: Session, label_set_id: int) -> LabelSetRecord:
+    row = session.execute(select(table(LabelSet)).where(LabelSet.id == label_set_id)).first()
     if row is None:
         raise UnknownNameError(f"no label set with id {label_set_id}")
     return record(LabelSetRecord, row)
 
 
-async def _recompute(
-    session: AsyncSession, label_set: LabelSetRecord, *, task_id: int | None
-) -> int:
+def _recompute(session: Session, label_set: LabelSetRecord, *, task_id: int | None) -> int:
     """Recompute the set over the run's trees (or one tree) and write the differences."""
     query = select(*_LABEL_NODE_COLUMNS, _LABELS.c.q).outerjoin(
         _LABELS, and_(_LABELS.c.node_id == _NODES.c.id, _LABELS.c.label_set_id == label_set.id)
@@ -220,7 +240,7 @@ async def _recompute(
         )
     else:  # the caller checked that the task belongs to the set's run
         query = query.where(_NODES.c.task_id == task_id)
-    rows = (await session.execute(query)).all()
+    rows = session.execute(query).all()
     old = {row.id: row.q for row in rows if row.q is not None}
     new = tree_values(
         (_label_node(row) for row in rows),
@@ -230,12 +250,12 @@ async def _recompute(
     )
     changed = [(node, q) for node, q in new.items() if old.get(node) != q]
     gone = [node for node in old if node not in new]
-    await _write(session, label_set.id, changed, gone)
+    _write(session, label_set.id, changed, gone)
     return len(changed) + len(gone)
 
 
-async def _write(
-    session: AsyncSession,
+def _write(
+    session: Session,
     label_set_id: int,
     changed: Sequence[tuple[int, float]],
     gone: Collection[int],
@@ -243,18 +263,18 @@ async def _write(
     if changed:
         rows = [{"label_set_id": label_set_id, "node_id": node, "q": q} for node, q in changed]
         for start in range(0, len(rows), 5000):
-            await upsert(
+            upsert(
                 session, _LABELS, rows[start : start + 5000], ("label_set_id", "node_id"), ("q",)
             )
     if gone:
-        await session.execute(
+        session.execute(
             delete(_LABELS).where(
                 _LABELS.c.label_set_id == label_set_id, _LABELS.c.node_id.in_(list(gone))
             )
         )
 
 
-async def lock_tree(session: AsyncSession, *, run_id: int, task_id: int) -> None:
+def lock_tree(session: Session, *, run_id: int, task_id: int) -> None:
     """Lock a tree for a write that may relabel it (PostgreSQL; no-op SQL elsewhere).
 
     Call it before inserting: a node insert takes a key-share lock on its task row (the
@@ -262,15 +282,13 @@ async def lock_tree(session: AsyncSession, *, run_id: int, task_id: int) -> None
     The run row is key-share locked so that a label set being created (which locks the run
     exclusively) is either complete before this write or sees it.
     """
-    await session.execute(
+    session.execute(
         select(Run.id).where(Run.id == run_id).with_for_update(read=True, key_share=True)
     )
-    await session.execute(select(Task.id).where(Task.id == task_id).with_for_update(key_share=True))
+    session.execute(select(Task.id).where(Task.id == task_id).with_for_update(key_share=True))
 
 
-async def relabel(
-    session: AsyncSession, *, run_id: int, task_id: int, dirty: Collection[int]
-) -> int:
+def relabel(session: Session, *, run_id: int, task_id: int, dirty: Collection[int]) -> int:
     """Update every label set of the run after ``dirty`` nodes got (or changed) a final reward.
 
     Runs inside the caller's write transaction, which on PostgreSQL must hold
@@ -290,7 +308,7 @@ async def relabel(
             _NODES.c.task_id == task_id, _NODES.c.parent_id.is_(None)
         ),
     ).subquery("near")
-    rows = await session.execute(
+    rows = session.execute(
         select(
             near,
             near.c.id.in_(chain_ids).label("affected"),
@@ -325,11 +343,11 @@ async def relabel(
     written = 0
     for set_id, (gamma, mode) in sets.items():
         if set_id in whole_tree:
-            label_set = await load_label_set(session, set_id)
-            written += await _recompute(session, label_set, task_id=task_id)
+            label_set = load_label_set(session, set_id)
+            written += _recompute(session, label_set, task_id=task_id)
             continue
         changed, gone = _walk(order, children, labels, set(dirty), set_id, gamma, mode)
-        await _write(session, set_id, changed, gone)
+        _write(session, set_id, changed, gone)
         written += len(changed) + len(gone)
     return written
 

@@ -19,6 +19,7 @@ from qlass.storage.claims import ClaimRepository
 from qlass.storage.engine import (
     check_writable,
     make_engine,
+    make_writer_engine,
     normalize_url,
     safe_url,
     sqlite_file,
@@ -80,6 +81,7 @@ class TreeStore:
         upgrade: bool = True,
         read_only: bool = False,
         busy_timeout_s: float = 30.0,
+        writer_thread: bool = True,
         **engine_kwargs: Any,
     ) -> TreeStore:
         """Open the store at ``url`` (a SQLAlchemy URL or a SQLite file path).
@@ -90,6 +92,9 @@ class TreeStore:
         which case a store that is missing or not at head is refused. ``read_only`` (which
         implies ``upgrade=False``) is for commands that only look: the database is opened
         so that nothing can be written to it (see :mod:`qlass.storage.engine`).
+        ``writer_thread=False`` sends a SQLite file's node and label writes through the
+        async driver too instead of the store's writer thread (the same results, several
+        times the CPU; for comparison, see ``benchmarks/bench_store.py``).
 
         Raises:
             DatabaseUnavailableError: the database cannot be reached, is locked, is
@@ -130,8 +135,11 @@ class TreeStore:
         except BaseException:
             await engine.dispose()
             raise
+        writer = None
+        if path is not None and not read_only and writer_thread:
+            writer = make_writer_engine(parsed, busy_timeout_s=busy_timeout_s)
         log.debug("store opened", url=safe_url(parsed), revision=schema.after)
-        return cls(Database(engine), schema)
+        return cls(Database(engine, writer), schema)
 
     @property
     def url(self) -> str:

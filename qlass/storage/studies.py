@@ -118,8 +118,9 @@ class StudyRepository:
     async def set_member(self, study_id: int, seed: int, run_id: int, eval_stage: str) -> None:
         """Record (or update) the run of ``seed`` and the stage of its evaluation episodes."""
         row = {"study_id": study_id, "seed": seed, "run_id": run_id, "eval_stage": eval_stage}
-        async with self._db.write() as session:
-            await upsert(session, _MEMBERS, [row], ("study_id", "seed"), ("run_id", "eval_stage"))
+        await self._db.run_write(
+            upsert, _MEMBERS, [row], ("study_id", "seed"), ("run_id", "eval_stage")
+        )
 
     async def members(self, study_id: int) -> list[StudyMemberRecord]:
         """The study's runs, by seed."""

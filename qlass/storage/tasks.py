@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from qlass.errors import ConfigError, UnknownNameError
 from qlass.storage._db import Database, record, upsert
@@ -52,12 +54,7 @@ class TaskRepository:
             for spec in specs
         ]
         keys = [spec.key for spec in specs]
-        async with self._db.write() as session:
-            await upsert(session, _TASKS, rows, ("run_id", "key"), ())
-            found = await session.execute(
-                select(_TASKS).where(_TASKS.c.run_id == run_id, _TASKS.c.key.in_(keys))
-            )
-            by_key = {row.key: record(TaskRecord, row) for row in found}
+        by_key = await self._db.run_write(_insert_if_absent, run_id, rows, keys)
         return [by_key[key] for key in keys]
 
     async def get(self, task_id: int) -> TaskRecord:
@@ -115,3 +112,12 @@ class TaskRepository:
             )
             if result.rowcount == 0:  # type: ignore[attr-defined]
                 raise UnknownNameError(f"no task with id {task_id}")
+
+
+def _insert_if_absent(
+    session: Session, run_id: int, rows: Sequence[dict[str, Any]], keys: Sequence[str]
+) -> dict[str, TaskRecord]:
+    """Insert the task rows whose keys are new; every task of ``keys``, by key."""
+    upsert(session, _TASKS, rows, ("run_id", "key"), ())
+    found = session.execute(select(_TASKS).where(_TASKS.c.run_id == run_id, _TASKS.c.key.in_(keys)))
+    return {row.key: record(TaskRecord, row) for row in found}

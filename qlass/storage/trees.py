@@ -12,7 +12,7 @@ from dataclasses import fields
 from typing import Any
 
 from sqlalchemy import Select, bindparam, case, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from qlass.errors import StoreError, UnknownNameError
 from qlass.storage._db import Database, insert_ids, record
@@ -107,13 +107,15 @@ class TreeRepository:
         """Add sibling nodes below ``parent_id`` in one transaction (the W samples of a step)."""
         if not nodes:
             return []
-        async with self._db.write() as session:
-            task_id, run_id, depth = await self._parent(session, parent_id)
-            rows = [
-                _row(node, task_id=task_id, parent_id=parent_id, depth=depth + 1) for node in nodes
-            ]
-            ids = await insert_ids(session, _NODES, rows)
-            await self._relabel(session, run_id, task_id, rows, ids)
+        return await self._db.run_write(self._add_children, parent_id, nodes)
+
+    def _add_children(
+        self, session: Session, parent_id: int, nodes: Sequence[NewNode]
+    ) -> list[NodeRecord]:
+        task_id, run_id, depth = self._parent(session, parent_id)
+        rows = [_row(node, task_id=task_id, parent_id=parent_id, depth=depth + 1) for node in nodes]
+        ids = insert_ids(session, _NODES, rows)
+        _relabel(session, run_id, task_id, rows, ids)
         return [record(NodeRecord, {**row, "id": i}) for row, i in zip(rows, ids, strict=True)]
 
     async def add_child_if_absent(self, parent_id: int, node: NewNode) -> tuple[NodeRecord, bool]:
@@ -146,54 +148,56 @@ class TreeRepository:
     async def _commit_children_if_absent(
         self, items: Sequence[tuple[int, NewNode]]
     ) -> list[tuple[NodeRecord, bool] | Exception]:
+        return await self._db.run_write(self._write_children_if_absent, items)
+
+    def _write_children_if_absent(
+        self, session: Session, items: Sequence[tuple[int, NewNode]]
+    ) -> list[tuple[NodeRecord, bool] | Exception]:
         """One transaction for a batch of :meth:`add_child_if_absent` calls, in order: an
         item whose (parent, sample index) is stored already, or was inserted by an earlier
         item of the batch, gets that child; a missing or finished parent is that item's
         error; the others are inserted in one statement and relabelled tree by tree."""
         outcomes: list[tuple[NodeRecord, bool] | Exception | None] = [None] * len(items)
-        async with self._db.write() as session:
-            parents = await self._parents(session, {parent_id for parent_id, _ in items})
-            existing = await self._child_ids(session, parents)
-            rows: list[dict[str, Any]] = []
-            inserted: list[int] = []  # item positions of ``rows``
-            first: dict[tuple[int, int], int] = {}  # (parent, sample) -> item inserting it
-            repeats: list[tuple[int, int]] = []  # (item, the earlier item of its sample)
-            stored: list[tuple[int, int]] = []  # (item, the id of its stored child)
-            for position, (parent_id, node) in enumerate(items):
-                key = (parent_id, node.sample_index)
-                try:
-                    found = _usable_parent(parent_id, parents.get(parent_id))
-                except (UnknownNameError, StoreError) as refused:
-                    outcomes[position] = refused
-                    continue
-                if key in existing:
-                    stored.append((position, existing[key]))
-                elif key in first:
-                    repeats.append((position, first[key]))
-                else:
-                    first[key] = position
-                    inserted.append(position)
-                    rows.append(
-                        _row(
-                            node, task_id=found.task_id, parent_id=parent_id, depth=found.depth + 1
-                        )
-                    )
-            ids = await insert_ids(session, _NODES, rows)
-            by_tree: dict[tuple[int, int], tuple[list[dict[str, Any]], list[int]]] = {}
-            for row, node_id in zip(rows, ids, strict=True):
-                tree = (parents[row["parent_id"]].run_id, row["task_id"])
-                tree_rows, tree_ids = by_tree.setdefault(tree, ([], []))
-                tree_rows.append(row)
-                tree_ids.append(node_id)
-            for (run_id, task_id), (tree_rows, tree_ids) in sorted(by_tree.items()):
-                await self._relabel(session, run_id, task_id, tree_rows, tree_ids)
-            if stored:  # a resume, or another explorer of the tree: read those children
-                reread = await session.execute(
-                    select(_NODES).where(_NODES.c.id.in_(sorted({i for _, i in stored})))
+        parents = self._parents(session, {parent_id for parent_id, _ in items})
+        existing = self._child_ids(session, parents)
+        rows: list[dict[str, Any]] = []
+        inserted: list[int] = []  # item positions of ``rows``
+        first: dict[tuple[int, int], int] = {}  # (parent, sample) -> item inserting it
+        repeats: list[tuple[int, int]] = []  # (item, the earlier item of its sample)
+        stored: list[tuple[int, int]] = []  # (item, the id of its stored child)
+        for position, (parent_id, node) in enumerate(items):
+            key = (parent_id, node.sample_index)
+            try:
+                found = _usable_parent(parent_id, parents.get(parent_id))
+            except (UnknownNameError, StoreError) as refused:
+                outcomes[position] = refused
+                continue
+            if key in existing:
+                stored.append((position, existing[key]))
+            elif key in first:
+                repeats.append((position, first[key]))
+            else:
+                first[key] = position
+                inserted.append(position)
+                rows.append(
+                    _row(node, task_id=found.task_id, parent_id=parent_id, depth=found.depth + 1)
                 )
-                children = {row.id: record(NodeRecord, row) for row in reread}
-                for position, child_id in stored:
-                    outcomes[position] = (children[child_id], False)
+        ids = insert_ids(session, _NODES, rows)
+        by_tree: dict[tuple[int, int], tuple[list[dict[str, Any]], list[int]]] = {}
+        for row, node_id in zip(rows, ids, strict=True):
+            tree = (parents[row["parent_id"]].run_id, row["task_id"])
+            tree_rows, tree_ids = by_tree.setdefault(tree, ([], []))
+            tree_rows.append(row)
+            tree_ids.append(node_id)
+        for (run_id, task_id), (tree_rows, tree_ids) in sorted(by_tree.items()):
+            _relabel(session, run_id, task_id, tree_rows, tree_ids)
+        if stored:  # a resume, or another explorer of the tree: read those children
+            reread = session.execute(
+                select(_NODES).where(_NODES.c.id.in_(sorted({i for _, i in stored})))
+            )
+            children = {row.id: record(NodeRecord, row) for row in reread}
+            for position, child_id in stored:
+                outcomes[position] = (children[child_id], False)
         for position, row, node_id in zip(inserted, rows, ids, strict=True):
             outcomes[position] = (record(NodeRecord, {**row, "id": node_id}), True)
         for position, earlier in repeats:
@@ -212,54 +216,59 @@ class TreeRepository:
         for offset, node in enumerate(nodes[:-1]):
             if node.is_leaf or node.final_reward is not None:
                 raise StoreError(f"node {offset} of the path is a leaf but is not the last")
-        async with self._db.write() as session:
-            task_id, run_id, depth = await self._parent(session, parent_id)
-            # Two statements whatever the length: insert all (ids come back in order), then
-            # link each node to its predecessor, whose id was unknown before the insert.
-            rows = [
-                _row(
-                    node,
-                    task_id=task_id,
-                    parent_id=parent_id if offset == 0 else None,
-                    depth=depth + 1 + offset,
-                )
-                for offset, node in enumerate(nodes)
-            ]
-            ids = await insert_ids(session, _NODES, rows)
-            for row, parent in zip(rows[1:], ids, strict=False):
-                row["parent_id"] = parent
-            if len(ids) > 1:
-                await session.execute(
-                    update(_NODES)
-                    .where(_NODES.c.id == bindparam("node"))
-                    .values(parent_id=bindparam("parent")),
-                    [{"node": i, "parent": p} for i, p in zip(ids[1:], ids, strict=False)],
-                )
-            await self._relabel(session, run_id, task_id, rows, ids)
+        return await self._db.run_write(self._add_path, parent_id, nodes)
+
+    def _add_path(
+        self, session: Session, parent_id: int, nodes: Sequence[NewNode]
+    ) -> list[NodeRecord]:
+        task_id, run_id, depth = self._parent(session, parent_id)
+        # Two statements whatever the length: insert all (ids come back in order), then
+        # link each node to its predecessor, whose id was unknown before the insert.
+        rows = [
+            _row(
+                node,
+                task_id=task_id,
+                parent_id=parent_id if offset == 0 else None,
+                depth=depth + 1 + offset,
+            )
+            for offset, node in enumerate(nodes)
+        ]
+        ids = insert_ids(session, _NODES, rows)
+        for row, parent in zip(rows[1:], ids, strict=False):
+            row["parent_id"] = parent
+        if len(ids) > 1:
+            session.execute(
+                update(_NODES)
+                .where(_NODES.c.id == bindparam("node"))
+                .values(parent_id=bindparam("parent")),
+                [{"node": i, "parent": p} for i, p in zip(ids[1:], ids, strict=False)],
+            )
+        _relabel(session, run_id, task_id, rows, ids)
         return [record(NodeRecord, {**row, "id": i}) for row, i in zip(rows, ids, strict=True)]
 
     async def finish_leaf(self, node_id: int, final_reward: float) -> NodeRecord:
         """Give an existing node its outcome reward (it becomes a finished leaf) and relabel."""
-        async with self._db.write() as session:
-            found = (
-                await session.execute(
-                    select(_NODES.c.task_id, _TASKS.c.run_id)
-                    .join(_TASKS, _TASKS.c.id == _NODES.c.task_id)
-                    .where(_NODES.c.id == node_id)
-                )
-            ).first()
-            if found is None:
-                raise UnknownNameError(f"no node with id {node_id}")
-            if self._db.is_postgres:
-                await lock_tree(session, run_id=found.run_id, task_id=found.task_id)
-            await session.execute(
-                update(_NODES)
-                .where(_NODES.c.id == node_id)
-                .values(final_reward=final_reward, is_leaf=True)
-            )
-            await relabel(session, run_id=found.run_id, task_id=found.task_id, dirty=[node_id])
-            row = (await session.execute(select(_NODES).where(_NODES.c.id == node_id))).one()
-        return record(NodeRecord, row)
+        return await self._db.run_write(self._finish_leaf, node_id, final_reward)
+
+    def _finish_leaf(self, session: Session, node_id: int, final_reward: float) -> NodeRecord:
+        found = session.execute(
+            select(_NODES.c.task_id, _TASKS.c.run_id)
+            .join(_TASKS, _TASKS.c.id == _NODES.c.task_id)
+            .where(_NODES.c.id == node_id)
+        ).first()
+        if found is None:
+            raise UnknownNameError(f"no node with id {node_id}")
+        if self._db.is_postgres:
+            lock_tree(session, run_id=found.run_id, task_id=found.task_id)
+        session.execute(
+            update(_NODES)
+            .where(_NODES.c.id == node_id)
+            .values(final_reward=final_reward, is_leaf=True)
+        )
+        relabel(session, run_id=found.run_id, task_id=found.task_id, dirty=[node_id])
+        return record(
+            NodeRecord, session.execute(select(_NODES).where(_NODES.c.id == node_id)).one()
+        )
 
     async def get(self, node_id: int) -> NodeRecord:
         async with self._db.read() as session:
@@ -313,13 +322,13 @@ class TreeRepository:
             nodes = tuple(record(NodeRecord, row) for row in rows)
         return Tree(record(TaskRecord, task), nodes)
 
-    async def _parent(self, session: AsyncSession, parent_id: int) -> tuple[int, int, int]:
+    def _parent(self, session: Session, parent_id: int) -> tuple[int, int, int]:
         """The parent's task, run and depth; on PostgreSQL also lock its tree (see lock_tree)."""
-        found = (await self._parents(session, [parent_id])).get(parent_id)
+        found = self._parents(session, [parent_id]).get(parent_id)
         parent = _usable_parent(parent_id, found)
         return parent.task_id, parent.run_id, parent.depth
 
-    async def _parents(self, session: AsyncSession, parent_ids: Collection[int]) -> dict[int, Any]:
+    def _parents(self, session: Session, parent_ids: Collection[int]) -> dict[int, Any]:
         """Task, run, depth and leaf flag of each of ``parent_ids`` that exists, by id; on
         PostgreSQL also lock their trees (see lock_tree), in one order for every writer."""
         query = (
@@ -327,21 +336,21 @@ class TreeRepository:
             .join(_TASKS, _TASKS.c.id == _NODES.c.task_id)
             .where(_NODES.c.id.in_(sorted(parent_ids)))
         )
-        found = {row.id: row for row in await session.execute(query)}
+        found = {row.id: row for row in session.execute(query)}
         if found and self._db.is_postgres:
             for run_id, task_id in sorted({(row.run_id, row.task_id) for row in found.values()}):
-                await lock_tree(session, run_id=run_id, task_id=task_id)
-            found = {row.id: row for row in await session.execute(query)}  # as of the locks
+                lock_tree(session, run_id=run_id, task_id=task_id)
+            found = {row.id: row for row in session.execute(query)}  # as of the locks
         return found
 
-    async def _child_ids(
-        self, session: AsyncSession, parents: Mapping[int, Any]
+    def _child_ids(
+        self, session: Session, parents: Mapping[int, Any]
     ) -> dict[tuple[int, int], int]:
         """The id of the stored child of each (parent, sample index) below ``parents`` (the
         first if an older store holds two)."""
         if not parents:
             return {}
-        keys = await session.execute(
+        keys = session.execute(
             select(_NODES.c.id, _NODES.c.parent_id, _NODES.c.sample_index)
             .where(
                 _NODES.c.task_id.in_(sorted({row.task_id for row in parents.values()})),
@@ -354,13 +363,10 @@ class TreeRepository:
             first.setdefault((key.parent_id, key.sample_index), key.id)
         return first
 
-    async def _relabel(
-        self,
-        session: AsyncSession,
-        run_id: int,
-        task_id: int,
-        rows: Sequence[dict[str, Any]],
-        ids: Sequence[int],
-    ) -> None:
-        dirty = [i for row, i in zip(rows, ids, strict=True) if row["final_reward"] is not None]
-        await relabel(session, run_id=run_id, task_id=task_id, dirty=dirty)
+
+def _relabel(
+    session: Session, run_id: int, task_id: int, rows: Sequence[dict[str, Any]], ids: Sequence[int]
+) -> None:
+    """Relabel the tree after inserting ``rows`` (as ``ids``), if any of them is a finished leaf."""
+    dirty = [i for row, i in zip(rows, ids, strict=True) if row["final_reward"] is not None]
+    relabel(session, run_id=run_id, task_id=task_id, dirty=dirty)

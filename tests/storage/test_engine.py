@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from qlass.errors import DatabaseUnavailableError
 from qlass.storage import NewNode, TreeStore, make_engine, normalize_url
@@ -57,20 +58,15 @@ async def test_generic_upsert_fallback(sqlite_store: TreeStore) -> None:
     """The delete/insert path used for databases without ON CONFLICT keeps the same meaning."""
     calls = table(PolicyCall)
     row = {"key": "k", "model": "m", "request": None, "response": {"v": 1}, "created_at": utcnow()}
-    async with store._db.write() as session:
-        await upsert(session, calls, [row], ("key",), (), dialect="generic")
-        await upsert(
-            session, calls, [{**row, "response": {"v": 2}}], ("key",), (), dialect="generic"
-        )
+
+    def insert_twice(session: Session) -> None:
+        upsert(session, calls, [row], ("key",), (), dialect="generic")
+        upsert(session, calls, [{**row, "response": {"v": 2}}], ("key",), (), dialect="generic")
+
+    await store._db.run_write(insert_twice)
     assert await store.call_cache.get("k") == {"v": 1}  # insert-if-absent kept the first
-    async with store._db.write() as session:
-        await upsert(
-            session,
-            calls,
-            [{**row, "response": {"v": 3}}],
-            ("key",),
-            ("response",),
-            dialect="generic",
-        )
+    await store._db.run_write(
+        upsert, calls, [{**row, "response": {"v": 3}}], ("key",), ("response",), dialect="generic"
+    )
     async with store._db.read() as session:
         assert (await session.execute(select(calls.c.response))).scalar_one() == {"v": 3}
