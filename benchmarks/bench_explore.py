@@ -322,6 +322,19 @@ async def main(args: argparse.Namespace) -> None:
                         handle.finish()
 
                 await asyncio.gather(*(warm(t) for t in tasks[: args.pool]))
+                if args.warm_up:  # the JVMs' JIT and Python's caches, not exploration
+                    await _grow(
+                        "warm-up",
+                        pool if branches else _Plain(pool),
+                        tasks,
+                        settings,
+                        args.concurrency,
+                        actions,
+                        Path(tmp) / f"warm-up-{len(results)}.db",
+                        args.policy_latency,
+                        args.policy_dir,
+                        max_batch,
+                    )
                 before = pool.stats.snapshot()
                 grown = await _grow(
                     label,
@@ -344,6 +357,19 @@ async def main(args: argparse.Namespace) -> None:
         try:
             reference = ReplayFromReset(env)
             await env.reset(tasks[0])
+            if args.warm_up:
+                await _grow(
+                    "warm-up",
+                    reference,
+                    tasks[:1],
+                    settings,
+                    1,
+                    actions,
+                    Path(tmp) / "warm-up-reference.db",
+                    args.policy_latency,
+                    args.policy_dir,
+                )
+                reference.steps[0] = reference.resets = 0
             grown = await _grow(
                 "reference",
                 reference,
@@ -469,6 +495,13 @@ def parse() -> argparse.Namespace:
         help="also run qlass with one store transaction per node (before group commit)",
     )
     parser.add_argument("--hog", type=int, default=0, help="CPU-burning processes beside it")
+    parser.add_argument(
+        "--warm-up",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="grow the trees once, unmeasured, before each explorer's measured run (the "
+        "reference: one tree), so that no explorer pays the JVM's JIT or cold caches",
+    )
     parser.add_argument(
         "--predict-cores",
         type=lambda text: [int(n) for n in text.split(",")],
