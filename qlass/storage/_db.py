@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
 from qlass.errors import QlassError, StoreError
-from qlass.storage.engine import WRITE_OPTION, sqlite_file, translate_error
+from qlass.storage.engine import WRITE_OPTION, safe_url, sqlite_file, translate_error
 from qlass.storage.models import utcnow
 
 __all__ = ["Database", "insert_ids", "record", "upsert"]
@@ -114,9 +114,11 @@ class Database:
         def call(session: Session) -> R:
             return fn(session, *args, **kwargs)
 
-        if self._writer_thread is None:
+        if self._writer is None:
             async with self.write() as session:
                 return await session.run_sync(call)
+        if self._writer_thread is None:
+            raise StoreError(f"the store at {safe_url(self.engine.url)} is closed")
         assert self._write_lock is not None  # a writer engine exists only on SQLite
         async with self._write_lock:
             done = self._writer_thread.submit(self._write_in_thread, call)
@@ -139,8 +141,9 @@ class Database:
         if self._writer_thread is not None:
             assert self._writer is not None
             # In the writer's thread: the connection was made there.
-            await asyncio.wrap_future(self._writer_thread.submit(self._writer.dispose))
-            self._writer_thread.shutdown(wait=False)
+            writer_thread, self._writer_thread = self._writer_thread, None
+            await asyncio.wrap_future(writer_thread.submit(self._writer.dispose))
+            writer_thread.shutdown(wait=False)
         await self.engine.dispose()
 
 

@@ -102,3 +102,12 @@ async def test_a_failed_write_in_the_thread_is_a_store_error_and_rolls_back(db_p
         async with store._db.read() as session:
             count = await session.scalar(select(func.count()).select_from(_CALLS))
     assert count == 0
+
+
+async def test_a_write_to_a_closed_store_is_refused_clearly(db_path: Path) -> None:
+    store = await TreeStore.open(db_path)
+    _run, (task,) = await new_run(store, "closed")
+    root = await store.trees.add_root(task.id, "start")
+    await store.aclose()
+    with pytest.raises(StoreError, match="closed"):
+        await store.trees.add_children(root.id, [NewNode("o", "a")])
