@@ -1,4 +1,8 @@
-"""Create the async SQLAlchemy engine of a tree store and translate driver errors.
+"""Create the SQLAlchemy engines of a tree store and translate driver errors.
+
+A store has an async engine (reads, and every write elsewhere than a SQLite file) and, on
+a SQLite file, a sync writer engine for its writer thread (:func:`make_writer_engine`,
+see :class:`qlass.storage._db.Database`); both set their connections up the same way.
 
 Any SQLAlchemy async URL is accepted (``sqlite+aiosqlite:///FILE``,
 ``postgresql+asyncpg://...``); a bare file path is shorthand for a SQLite file, and the sync
