@@ -322,32 +322,30 @@ async def main(args: argparse.Namespace) -> None:
                         handle.finish()
 
                 await asyncio.gather(*(warm(t) for t in tasks[: args.pool]))
-                if args.warm_up:  # the JVMs' JIT and Python's caches, not exploration
-                    await _grow(
-                        "warm-up",
-                        pool if branches else _Plain(pool),
+
+                async def grow(
+                    name: str,
+                    db: str,
+                    provider: object = pool if branches else _Plain(pool),
+                    max_batch: int = max_batch,
+                ) -> _Grown:
+                    return await _grow(
+                        name,
+                        provider,
                         tasks,
                         settings,
                         args.concurrency,
                         actions,
-                        Path(tmp) / f"warm-up-{len(results)}.db",
+                        Path(tmp) / db,
                         args.policy_latency,
                         args.policy_dir,
                         max_batch,
                     )
+
+                if args.warm_up:  # the JVMs' JIT and Python's caches, not exploration
+                    await grow("warm-up", f"warm-up-{len(results)}.db")
                 before = pool.stats.snapshot()
-                grown = await _grow(
-                    label,
-                    pool if branches else _Plain(pool),
-                    tasks,
-                    settings,
-                    args.concurrency,
-                    actions,
-                    Path(tmp) / f"{len(results)}.db",
-                    args.policy_latency,
-                    args.policy_dir,
-                    max_batch,
-                )
+                grown = await grow(label, f"{len(results)}.db")
                 stats = pool.stats.since(before)
                 results.append(_result(label, len(tasks), grown, stats.steps, stats.resets))
             finally:
