@@ -253,7 +253,7 @@ class SearchConfig(_Section):
     strategies: tuple[str, ...] = Field(
         ("greedy", "best_of_n:2", "qlass:2"),
         description="strategies to evaluate: greedy, sampled, best_of_n:N, qlass:M, beam:B, "
-        "best_first:K, mcts:K",
+        "best_first:K, mcts:K; rollout_oracle:M is a diagnostic (reads the env's reward)",
     )
     value_model: str = Field(
         "qnet", description="value model kind: qnet, qnet-server, constant, random, judge"
@@ -287,6 +287,12 @@ class SearchConfig(_Section):
     )
     mcts_exploration: float = Field(
         1.0, ge=0, description="mcts:K: UCT exploration constant c", json_schema_extra=ADDED_LATER
+    )
+    oracle_rollouts: int = Field(
+        4,
+        ge=1,
+        description="rollout_oracle:M: sampled rollouts to the true reward per candidate",
+        json_schema_extra=ADDED_LATER,
     )
 
 

@@ -8,6 +8,8 @@
     best_first:K    best-first search over Q, K nodes executed per step
     mcts:K          UCT tree search evaluated by Q, K iterations per step
                     (both in :mod:`qlass.runtime.tree_search`)
+    rollout_oracle:M  DIAGNOSTIC: qlass:M's step-wise choice with each candidate valued by
+                    sampled rollouts to the env's true reward (the ceiling of a value model)
 
 Candidates that would end the episode are scored by the value model like every other
 candidate. ``SearchContext.oracle_terminal_reward`` reproduces the authors' released code
@@ -47,6 +49,7 @@ __all__ = [
     "BestOfN",
     "Greedy",
     "QGuided",
+    "RolloutOracle",
     "Sampled",
     "SearchStrategy",
     "StrategyOptions",
@@ -160,6 +163,68 @@ class QGuided:
         considered = tuple(ScoredCandidate(c, by_text.get(c.text)) for c in proposed)
         best = _best(values)
         return Decision(valid[best], considered, values[best])
+
+    async def run(self, ctx: SearchContext, task: TaskSpec, seed: int) -> Trajectory:
+        return await run_stepwise(ctx, task, self, seed)
+
+
+@dataclass(frozen=True)
+class RolloutOracle:
+    """DIAGNOSTIC, not a method: QLASS's step-wise choice with a value model replaced by
+    the simulator itself.
+
+    Each step samples ``candidates`` turns exactly as ``qlass:M`` does; each distinct
+    valid candidate is executed and followed by ``rollouts`` sampled episodes of the
+    policy to the end, and its value is the mean of their true final scores (a
+    Monte-Carlo estimate of the candidate's Q under the sampling policy). The arg-max is
+    executed. This is what Q-guided search could reach with a value model as good as
+    ``rollouts`` samples of the env's reward, so comparing it with ``qlass:M`` tells the
+    QNet's shortfall from the limits of the policy's candidates. Every rollout's tokens
+    and env steps are counted in the episode's accounting; it reads the env's reward, so
+    it must never be reported as a method.
+    """
+
+    needs_value: ClassVar[bool] = False
+
+    candidates: int = 2
+    rollouts: int = 4
+    temperature: float = 0.7
+
+    @property
+    def name(self) -> str:
+        return f"rollout_oracle:{self.candidates}"
+
+    async def decide(self, ctx: SearchContext, state: EpisodeState, seed: int) -> Decision:
+        proposed = await ctx.propose(
+            state.history, n=self.candidates, temperature=self.temperature, seed=seed
+        )
+        valid = list({c.text: c for c in proposed if c.is_valid}.values())
+        if not valid:
+            return Decision(proposed[0], tuple(ScoredCandidate(c) for c in proposed))
+        values = await asyncio.gather(
+            *(self._value(ctx, state, c, derive_seed(seed, i)) for i, c in enumerate(valid))
+        )
+        by_text = dict(zip((c.text for c in valid), values, strict=True))
+        considered = tuple(ScoredCandidate(c, by_text.get(c.text)) for c in proposed)
+        best = _best(values)
+        return Decision(valid[best], considered, values[best])
+
+    async def _value(
+        self, ctx: SearchContext, state: EpisodeState, candidate: Candidate, seed: int
+    ) -> float:
+        sub = replace(ctx, tally=Tally())
+        after = await advance(sub, state, Decision(candidate))
+        if after.done or after.depth >= ctx.max_steps:
+            ctx.tally.merge(sub.tally)
+            return after.score
+        rollout = Sampled(self.temperature)
+        subs = [replace(ctx, tally=Tally()) for _ in range(self.rollouts)]
+        finals = await asyncio.gather(
+            *(run_until_done(s, after, rollout, derive_seed(seed, k)) for k, s in enumerate(subs))
+        )
+        for spent in (sub, *subs):
+            ctx.tally.merge(spent.tally)
+        return sum(f.score for f in finals) / len(finals)
 
     async def run(self, ctx: SearchContext, task: TaskSpec, seed: int) -> Trajectory:
         return await run_stepwise(ctx, task, self, seed)
@@ -297,6 +362,8 @@ class StrategyOptions:
     """best_first: steps below the current state it expands."""
     mcts_exploration: float = 1.0
     """mcts: UCT exploration constant."""
+    oracle_rollouts: int = 4
+    """rollout_oracle: sampled rollouts that value each candidate."""
 
     @classmethod
     def from_config(cls, search: SearchConfig) -> StrategyOptions:
@@ -307,6 +374,7 @@ class StrategyOptions:
             tree_branching=search.tree_branching,
             lookahead=search.lookahead,
             mcts_exploration=search.mcts_exploration,
+            oracle_rollouts=search.oracle_rollouts,
         )
 
 
@@ -330,6 +398,7 @@ _STRATEGIES: Registry[Callable[[int | None, StrategyOptions], SearchStrategy]] =
             exploration=o.mcts_exploration,
             temperature=o.temperature,
         ),
+        "rollout_oracle": lambda k, o: RolloutOracle(k or 2, o.oracle_rollouts, o.temperature),
     },
 )
 

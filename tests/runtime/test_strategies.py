@@ -7,7 +7,14 @@ from qlass.envs.pool import EnvPool
 from qlass.errors import UnknownNameError
 from qlass.runtime.context import SearchContext
 from qlass.runtime.episode import INVALID_OBSERVATION
-from qlass.runtime.strategies import BeamSearch, BestOfN, Greedy, QGuided, make_strategy
+from qlass.runtime.strategies import (
+    BeamSearch,
+    BestOfN,
+    Greedy,
+    QGuided,
+    RolloutOracle,
+    make_strategy,
+)
 from qlass.types import ChatMessage
 
 from .toys import TASK, Corridor, FunctionValueModel
@@ -156,3 +163,26 @@ async def test_qguided_resamples_to_choose_among_m_different_actions() -> None:
     assert only.candidate.action == "move left"
     assert plain.tally.samples == 2
     assert make_strategy("qlass:3", resample_rounds=2) == QGuided(3, 0.7, 2)
+
+
+async def test_rollout_oracle_values_candidates_by_the_env_reward_of_their_rollouts() -> None:
+    """'move right' finishes the corridor (exact value 1); 'move left' is valued by three
+    rollouts of the policy's single sample ('move left'), which never finish (0). The
+    oracle goes right where a value model preferring 'left' would not, and every rollout's
+    env steps and tokens are in the episode's accounting."""
+    env = Corridor(1)
+    policy = ScriptedPolicy(rule=_alternate)
+    ctx = _ctx(env, policy, max_steps=2)
+    trajectory = await RolloutOracle(candidates=2, rollouts=3).run(ctx, TASK, seed=0)
+    (step,) = trajectory.steps
+    assert step.candidate.action == "move right"
+    assert trajectory.success
+    assert [sc.value for sc in step.considered] == [0.0, 1.0]
+    # 'left' executed once and rolled out 3 x 1 step, 'right' executed once, then the
+    # chosen 'right' played for real.
+    assert trajectory.env_steps == (1 + 3) + 1 + 1
+    assert len(policy.calls) == 1 + 3
+    sampled = _alternate([], 0).split() + _alternate([], 1).split()
+    assert trajectory.usage.completion_tokens == len(sampled) + 3 * len(_alternate([], 0).split())
+    assert make_strategy("rollout_oracle:4").name == "rollout_oracle:4"
+    assert not RolloutOracle.needs_value
