@@ -29,7 +29,7 @@ __all__ = [
     "strategy_sort_key",
 ]
 
-FAMILY_ORDER = ("greedy", "sampled", "best_of_n", "qlass", "beam")
+FAMILY_ORDER = ("greedy", "sampled", "best_of_n", "qlass", "beam", "rollout_oracle")
 """The order strategy families appear in tables and legends (others follow, by name)."""
 
 _BUDGET = re.compile(r"^(?P<family>.+):(?P<k>\d+)$")

@@ -58,7 +58,7 @@ STUDY_MD = "study.md"
 STUDY_CSV = "study.csv"
 STUDY_PNG = "study_reward_vs_tokens.png"
 
-_STEPWISE_FAMILIES = ("qlass", "beam")
+_STEPWISE_FAMILIES = ("qlass", "beam", "rollout_oracle")
 """Value-guided step-wise strategies; each is compared with every Best-of-N by default."""
 
 
@@ -125,7 +125,8 @@ def parse_pair(text: str) -> tuple[str, str]:
 
 def default_pairs(strategies: Sequence[str]) -> list[tuple[str, str]]:
     """Each strategy against greedy, and each value-guided step-wise strategy (QLASS, beam)
-    against each Best-of-N: the comparisons the paper makes."""
+    against each Best-of-N: the comparisons the paper makes. The ``rollout_oracle:M``
+    diagnostic is also set against ``qlass:M`` (the QNet's shortfall)."""
     names = sorted(strategies, key=strategy_sort_key)
     pairs: list[tuple[str, str]] = []
     if "greedy" in names:
@@ -133,6 +134,10 @@ def default_pairs(strategies: Sequence[str]) -> list[tuple[str, str]]:
     stepwise = [s for s in names if split_strategy(s)[0] in _STEPWISE_FAMILIES]
     best_of = [s for s in names if split_strategy(s)[0] == "best_of_n"]
     pairs += list(itertools.product(stepwise, best_of))
+    for name in names:
+        family, budget = split_strategy(name)
+        if family == "rollout_oracle" and f"qlass:{budget}" in names:
+            pairs.append((name, f"qlass:{budget}"))
     return pairs
 
 

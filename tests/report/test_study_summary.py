@@ -90,6 +90,12 @@ def test_default_pairs_and_parsing() -> None:
         ("beam:2", "best_of_n:2"),
         ("beam:2", "best_of_n:4"),
     ]
+    assert default_pairs(["rollout_oracle:2", "qlass:2", "best_of_n:2", "rollout_oracle:4"]) == [
+        ("qlass:2", "best_of_n:2"),
+        ("rollout_oracle:2", "best_of_n:2"),
+        ("rollout_oracle:4", "best_of_n:2"),
+        ("rollout_oracle:2", "qlass:2"),
+    ]
     assert parse_pair("qlass:2-best_of_n:2") == ("qlass:2", "best_of_n:2")
     assert parse_pair("qlass:2,greedy") == ("qlass:2", "greedy")
     with pytest.raises(ValueError, match="A-B"):
