@@ -55,20 +55,18 @@ def _steps(trajectory_json: str) -> list[_Step]:
     valid_actions: tuple[str, ...] | None = None
     out = []
     for step in trajectory.steps:
-        valued = {
-            sc.candidate.text: (sc.value, sc.candidate.action)
-            for sc in step.considered
-            if sc.value is not None
-        }
+        valued: dict[str, tuple[float, str | None]] = {}
+        for scored in step.considered:
+            if scored.value is not None:
+                valued[scored.candidate.text] = (scored.value, scored.candidate.action)
         if len(valued) >= 2:
-            texts = list(valued)
             out.append(
                 _Step(
-                    [ValueQuery(history, text) for text in texts],
-                    [valued[t][0] for t in texts],  # type: ignore[misc]
+                    [ValueQuery(history, text) for text in valued],
+                    [value for value, _ in valued.values()],
                     [
-                        None if valid_actions is None else valued[t][1] in valid_actions
-                        for t in texts
+                        None if valid_actions is None else action in valid_actions
+                        for _, action in valued.values()
                     ],
                 )
             )
@@ -107,11 +105,11 @@ def report(db: sqlite3.Connection, strategy: str, qnet_root: Path | None) -> Non
                 qnet_gaps.append(abs(predicted[i] - predicted[j]))
                 oracle_gaps.append(abs(oracle[i] - oracle[j]))
                 kinds = ["all"]
-                if step.valid[i] is not None and step.valid[j] is not None:
-                    both = step.valid[i] + step.valid[j]
-                    kinds.append({2: "valid", 1: "mixed", 0: "invalid"}[both])
-                    if step.valid[i] != step.valid[j]:
-                        sign = 1 if step.valid[i] else -1  # valid minus invalid
+                valid_i, valid_j = step.valid[i], step.valid[j]
+                if valid_i is not None and valid_j is not None:
+                    kinds.append({2: "valid", 1: "mixed", 0: "invalid"}[valid_i + valid_j])
+                    if valid_i != valid_j:
+                        sign = 1 if valid_i else -1  # valid minus invalid
                         counts["one_valid"] += 1
                         counts["oracle_prefers_valid"] += sign * (oracle[i] - oracle[j]) > 0
                         counts["qnet_prefers_valid"] += sign * (predicted[i] - predicted[j]) > 0
