@@ -9,7 +9,7 @@
     mcts:K          UCT tree search evaluated by Q, K iterations per step
                     (both in :mod:`qlass.runtime.tree_search`)
     rollout_oracle:M  DIAGNOSTIC: qlass:M's step-wise choice with each candidate valued by
-                    sampled rollouts to the env's true reward (the ceiling of a value model)
+                    sampled rollouts to the env's true reward (an upper bound for a value model)
 
 Candidates that would end the episode are scored by the value model like every other
 candidate. ``SearchContext.oracle_terminal_reward`` reproduces the authors' released code
@@ -179,7 +179,9 @@ class RolloutOracle:
     Monte-Carlo estimate of the candidate's Q under the sampling policy). The arg-max is
     executed. This is what Q-guided search could reach with a value model as good as
     ``rollouts`` samples of the env's reward, so comparing it with ``qlass:M`` tells the
-    QNet's shortfall from the limits of the policy's candidates. Every rollout's tokens
+    QNet's shortfall from the limits of the policy's candidates. The rollouts run in the
+    true env and so also know what the observation hides (in a partially observed game an
+    upper bound no observation-based value model can reach). Every rollout's tokens
     and env steps are counted in the episode's accounting; it reads the env's reward, so
     it must never be reported as a method.
     """
