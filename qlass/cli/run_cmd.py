@@ -447,7 +447,8 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--strategy",
                 help="Strategy to evaluate (repeatable): greedy, sampled, best_of_n:N, "
-                "qlass:M, beam:B, best_first:K. Default: search.strategies.",
+                "qlass:M, beam:B, best_first:K, mcts:K; rollout_oracle:M is a diagnostic "
+                "that reads the env's reward. Default: search.strategies.",
             ),
         ] = None,
         split: Annotated[
